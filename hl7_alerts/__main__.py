@@ -1,0 +1,3 @@
+from hl7_alerts.cli import main
+
+main()

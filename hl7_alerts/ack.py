@@ -1,0 +1,150 @@
+"""ACK and NAK construction, original and enhanced mode.
+
+The ACK's MSH swaps sender and receiver, echoes MSH-10 in MSA-2, and uses the
+message's own version and delimiters, so the interface engine can match it to
+what it sent. A NAK carries an ERR segment naming segment, field and reason in
+the layout of the message's version (ERR-1 before 2.5, ERR-2/3/4/8 from 2.5).
+Pure: the caller passes the clock and the ACK's own control ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from hl7_alerts.messages import ErrorCode, MessageError
+from hl7_alerts.model import AckCode, Header
+from hl7_alerts.timeutil import format_dtm
+
+_ENHANCED = {AckCode.AA: AckCode.CA, AckCode.AE: AckCode.CE, AckCode.AR: AckCode.CR}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckError:
+    """What goes into ERR: where the problem is and why."""
+
+    reason: str
+    error_code: ErrorCode
+    segment: str = ""
+    sequence: int = 1
+    field: int = 0
+
+    @classmethod
+    def from_exception(cls, exc: MessageError) -> AckError:
+        return cls(
+            reason=exc.reason,
+            error_code=exc.error_code,
+            segment=exc.segment,
+            sequence=exc.sequence,
+            field=exc.field,
+        )
+
+
+def ack_code_for(header: Header | None, code: AckCode) -> AckCode:
+    """AA/AE/AR become CA/CE/CR when the sender asked for enhanced mode."""
+    if header is not None and header.enhanced_mode:
+        return _ENHANCED.get(code, code)
+    return code
+
+
+def _escape(text: str, fs: str, enc: str) -> str:
+    esc = enc[2] if len(enc) > 2 else "\\"
+    out = text.replace(esc, f"{esc}E{esc}")
+    names = {fs: "F", enc[0]: "S", enc[1]: "R"}
+    if len(enc) > 3:
+        names[enc[3]] = "T"
+    for ch, name in names.items():
+        out = out.replace(ch, f"{esc}{name}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def build_ack(
+    header: Header | None,
+    code: AckCode,
+    *,
+    text: str = "",
+    error: AckError | None = None,
+    now: datetime,
+    control_id: str,
+    application: str = "HL7ALERTS",
+    facility: str = "",
+) -> bytes:
+    """The ACK message (without MLLP framing) answering ``header``.
+
+    With no readable header (no MSH at all) the ACK uses default delimiters,
+    version 2.5, and an empty MSA-2: there is nothing to echo.
+    """
+    fs = header.field_separator if header else "|"
+    enc = (header.encoding_characters if header else "") or "^~\\&"
+    comp = enc[0]
+    version = (header.version if header else "") or "2.5"
+    code = ack_code_for(header, code)
+
+    def esc(value: str) -> str:
+        return _escape(value, fs, enc)
+
+    trigger = header.trigger_event if header else ""
+    msh = fs.join(
+        [
+            "MSH",
+            enc,
+            esc(header.receiving_application if header and header.receiving_application else application),
+            esc(header.receiving_facility if header and header.receiving_facility else facility),
+            esc(header.sending_application) if header else "",
+            esc(header.sending_facility) if header else "",
+            format_dtm(now),
+            "",
+            comp.join(["ACK", esc(trigger), "ACK"]) if trigger else "ACK",
+            esc(control_id),
+            (header.processing_id if header and header.processing_id else "P"),
+            esc(version),
+        ]
+    )
+    msa_fields = ["MSA", str(code), esc(header.control_id) if header else ""]
+    if text:
+        msa_fields.append(esc(text[:80]))
+    segments = [msh, fs.join(msa_fields)]
+    if error is not None:
+        segments.append(_err_segment(error, code, fs=fs, enc=enc, version=version, esc=esc))
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def _err_segment(
+    error: AckError, code: AckCode, *, fs: str, enc: str, version: str, esc: Callable[[str], str]
+) -> str:
+    comp, sub = enc[0], (enc[3] if len(enc) > 3 else "&")
+    location_parts = [error.segment, str(error.sequence) if error.segment else "", str(error.field or "")]
+    severity = "W" if code in (AckCode.AA, AckCode.CA) else "E"
+    if _version_tuple(version) >= (2, 5):
+        location = comp.join(esc(p) for p in location_parts).rstrip(comp)
+        condition = comp.join([str(error.error_code), esc(_CONDITION_TEXT[error.error_code]), "HL70357"])
+        return fs.join(["ERR", "", location, condition, severity, "", "", "", esc(error.reason)])
+    # v2.2-2.4: ERR-1 is CM_ELD: segment ^ sequence ^ field ^ code&text&table
+    code_part = sub.join([str(error.error_code), esc(error.reason), "HL70357"])
+    return fs.join(["ERR", comp.join([*(esc(p) for p in location_parts), code_part])])
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts) or (2, 5)
+
+
+_CONDITION_TEXT = {
+    ErrorCode.SEGMENT_SEQUENCE: "Segment sequence error",
+    ErrorCode.REQUIRED_FIELD_MISSING: "Required field missing",
+    ErrorCode.DATA_TYPE: "Data type error",
+    ErrorCode.TABLE_VALUE: "Table value not found",
+    ErrorCode.UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    ErrorCode.UNSUPPORTED_EVENT: "Unsupported event code",
+    ErrorCode.UNSUPPORTED_PROCESSING_ID: "Unsupported processing id",
+    ErrorCode.UNSUPPORTED_VERSION: "Unsupported version id",
+    ErrorCode.UNKNOWN_KEY: "Unknown key identifier",
+    ErrorCode.DUPLICATE_KEY: "Duplicate key identifier",
+    ErrorCode.RECORD_LOCKED: "Application record locked",
+    ErrorCode.INTERNAL_ERROR: "Application internal error",
+}

@@ -1,0 +1,239 @@
+"""Alerts: identity, lifecycle and the JSON payload pagers receive.
+
+An alert is identified by its fingerprint, a blake2b hash over the sorted
+(patient, rule, episode) labels: stable across processes and daemons, never
+Python's ``hash()``. `reconcile` is the pure decision of what a set of new
+findings does to the open alerts (open one, update, escalate); `payload`
+renders one alert event in the CLINICAL.md contract. No I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from hl7_alerts.model import PatientDemographics, PatientKey, Severity
+from hl7_alerts.rules.common import Evidence, Finding
+from hl7_alerts.timeutil import to_iso
+
+SCHEMA = "hl7-alerts/alert@1"
+
+
+class AlertEvent(enum.StrEnum):
+    FIRING = "firing"
+    UPDATED = "updated"
+    ESCALATED = "escalated"
+    REMINDER = "reminder"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    WITHDRAWN = "withdrawn"
+
+
+class AlertState(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    WITHDRAWN = "withdrawn"
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """blake2b over sorted label pairs (Alertmanager's scheme, stable hash)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(labels):
+        h.update(key.encode())
+        h.update(b"\x00")
+        h.update(labels[key].encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def alert_id_for(patient: PatientKey, rule: str, episode: int) -> str:
+    """The alert's id is its fingerprint: (patient, rule, episode)."""
+    return fingerprint({"patient": patient.key, "rule": rule, "episode": str(episode)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """The message an alert event came from (for the payload's ``source``)."""
+
+    control_id: str
+    sending_application: str
+    sending_facility: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One alert episode and its latest content."""
+
+    alert_id: str
+    patient: PatientKey
+    rule: str
+    episode: int
+    state: AlertState
+    severity: Severity
+    version: int
+    opened_at: datetime
+    evidence_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertChange:
+    """An alert's new state, the event that announces it, and the finding and
+    message behind it."""
+
+    alert: Alert
+    event: AlertEvent
+    finding: Finding
+    source: Source
+
+
+def reconcile(
+    findings: Sequence[Finding],
+    open_alerts: Mapping[str, Alert],
+    *,
+    patient: PatientKey,
+    source: Source,
+    next_episode: Mapping[str, int],
+) -> list[AlertChange]:
+    """What new findings do to a patient's alerts.
+
+    ``open_alerts`` maps rule id to the open alert of that rule;
+    ``next_episode`` maps rule id to the episode number a new alert would
+    take. A finding for an open alert updates it (escalates when severity
+    rises); a finding older than the alert's newest evidence is history and
+    changes nothing; otherwise a new alert fires.
+    """
+    changes: list[AlertChange] = []
+    current = dict(open_alerts)
+    for finding in findings:
+        existing = current.get(finding.rule)
+        if existing is None:
+            episode = next_episode.get(finding.rule, 1)
+            alert = Alert(
+                alert_id=alert_id_for(patient, finding.rule, episode),
+                patient=patient,
+                rule=finding.rule,
+                episode=episode,
+                state=AlertState.OPEN,
+                severity=finding.severity,
+                version=1,
+                opened_at=finding.occurred_at,
+                evidence_at=finding.occurred_at,
+            )
+            event = AlertEvent.FIRING
+        elif finding.occurred_at < existing.evidence_at:
+            continue
+        else:
+            escalates = finding.severity.rank > existing.severity.rank
+            alert = replace(
+                existing,
+                severity=max(finding.severity, existing.severity, key=lambda s: s.rank),
+                version=existing.version + 1,
+                evidence_at=finding.occurred_at,
+            )
+            event = AlertEvent.ESCALATED if escalates else AlertEvent.UPDATED
+        current[finding.rule] = alert
+        changes.append(AlertChange(alert=alert, event=event, finding=finding, source=source))
+    return changes
+
+
+# ---------------------------------------------------------------------------
+# Payload
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhiPolicy:
+    """Which patient fields beyond the identifier go into payloads."""
+
+    include_name: bool = False
+    include_birth_date: bool = False
+
+
+def topic(prefix: str, alert: Alert) -> str:
+    """``<prefix>/alerts/<severity>/<rule id>``: no patient data in topics."""
+    return f"{prefix}/alerts/{alert.severity}/{alert.rule}"
+
+
+def payload(
+    change: AlertChange,
+    *,
+    demographics: PatientDemographics | None = None,
+    phi: PhiPolicy | None = None,
+) -> dict[str, Any]:
+    """The alert event as the CLINICAL.md contract's JSON object.
+
+    ``published_at`` is left to the publisher, which knows when it sends.
+    """
+    alert, finding, source = change.alert, change.finding, change.source
+    phi = phi or PhiPolicy()
+    patient: dict[str, Any] = {
+        "id": alert.patient.id,
+        "id_type": alert.patient.id_type,
+        "authority": alert.patient.authority,
+    }
+    if demographics is not None and phi.include_name and demographics.name:
+        patient["name"] = demographics.name
+    if demographics is not None and phi.include_birth_date and demographics.birth_date:
+        patient["birth_date"] = demographics.birth_date
+    order = finding.order
+    medication = None
+    if order is not None:
+        medication = {
+            "drug": order.ingredient or order.drug_text,
+            "dose": order.dose,
+            "status": order.status_at(finding.occurred_at),
+            "start": to_iso(order.start),
+            "stop": to_iso(order.stop),
+            "order_id": order.order_id,
+        }
+    pattern = None
+    if finding.pattern is not None:
+        pattern = {"r_ratio": finding.pattern.r_ratio, "type": finding.pattern.type}
+    return {
+        "schema": SCHEMA,
+        "alert_id": alert.alert_id,
+        "version": alert.version,
+        "event": str(change.event),
+        "rule": alert.rule,
+        "severity": str(alert.severity),
+        "title": finding.title,
+        "summary": finding.summary,
+        "patient": patient,
+        "facility": source.sending_facility or alert.patient.authority,
+        "medication": medication,
+        "observations": [_observation(e) for e in finding.evidence],
+        "pattern": pattern,
+        "recommendations": list(finding.recommendations),
+        "references": list(finding.references),
+        "source": {
+            "control_id": source.control_id,
+            "sending_application": source.sending_application,
+            "sending_facility": source.sending_facility,
+        },
+        "occurred_at": to_iso(finding.occurred_at),
+    }
+
+
+def _observation(e: Evidence) -> dict[str, Any]:
+    obs = e.observation
+    value: float | int | str | None = obs.value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is None:
+        value = obs.value_text
+    return {
+        "analyte": obs.analyte,
+        "code": obs.code,
+        "value": value,
+        "comparator": obs.comparator or None,
+        "unit": obs.unit,
+        "ref_low": e.ref_low,
+        "ref_high": e.ref_high,
+        "x_uln": e.x_uln,
+        "flag": obs.flag,
+        "status": str(obs.status),
+        "observed_at": to_iso(obs.observed_at),
+    }

@@ -1,0 +1,92 @@
+"""The ``hl7-alerts`` command line. Parses arguments and calls into the
+package; holds no business logic of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from hl7_alerts import logs
+from hl7_alerts.config import Config, ConfigError, load_config
+from hl7_alerts.daemon import Daemon
+from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
+from hl7_alerts.mllp import MllpClient
+from hl7_alerts.timeutil import UTC_ZONE
+
+
+@click.group()
+@click.version_option(package_name="hl7-alerts")
+def main() -> None:
+    """Pages the on-call clinician when an azathioprine patient's labs call for action."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="config.yaml",
+    show_default=True,
+    help="config.yaml to run with",
+)
+def serve(config_path: Path) -> None:
+    """Run the daemon: MLLP in, alerts out to MQTT."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logs.configure(config.logging.level, config.logging.format)
+    asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Daemon(config).run(stop)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2575, show_default=True, type=int)
+@click.option("--timeout", default=30.0, show_default=True, type=float, help="seconds to wait for each ACK")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def send(host: str, port: int, timeout: float, files: tuple[Path, ...]) -> None:
+    """Send HL7 files over MLLP; print MSH-10, ACK code and MSA-3 per message.
+
+    A file may hold one message or many (CR, LF or CRLF segment ends, batch
+    envelopes allowed). Exits 1 if any message is not answered AA or CA.
+    """
+    failures = 0
+    try:
+        with MllpClient(host, port, timeout=timeout) as client:
+            for path in files:
+                for message in split_file(path.read_bytes()):
+                    header = salvage_header(message, UTC_ZONE)
+                    control_id = header.control_id if header else "(no MSH)"
+                    code, text = _ack_fields(client.send(message))
+                    click.echo(f"{control_id}\t{code}\t{text}")
+                    if code not in ("AA", "CA"):
+                        failures += 1
+    except OSError as exc:
+        raise click.ClickException(f"cannot talk to {host}:{port}: {exc}") from None
+    if failures:
+        sys.exit(1)
+
+
+def _ack_fields(ack: bytes) -> tuple[str, str]:
+    try:
+        _, segments = read_segments(ack.decode("utf-8", errors="replace"))
+    except MessageError:
+        return "??", "unreadable answer"
+    msa = next((s for s in segments if s.name == "MSA"), None)
+    if msa is None:
+        return "??", "answer has no MSA segment"
+    return msa.get(1), msa.get(3)

@@ -1,0 +1,616 @@
+"""HL7v2 bytes to domain messages: charset decode, a lazy read, the mapping.
+
+Owns everything between an MLLP frame and a `model.Message`. It reads only the
+segments and fields the pipeline needs (MSH, PID, OBR, OBX, ORC, RXE, RXO,
+TQ1) by splitting strings, instead of building a full parse tree per message;
+python-hl7 stays the test oracle for the field values this produces. The rule
+it keeps: a message we cannot read raises `MessageError` carrying the ACK code
+the sender deserves and where the problem is, never a bare exception.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from hl7_alerts.model import (
+    AckCode,
+    Header,
+    MedicationOrder,
+    Message,
+    Observation,
+    OrderControl,
+    OrderMessage,
+    OtherMessage,
+    PatientDemographics,
+    PatientKey,
+    ResultMessage,
+    ResultStatus,
+)
+from hl7_alerts.terminology import Terminology, parse_range, parse_value
+from hl7_alerts.timeutil import parse_dtm
+
+
+class ErrorCode(enum.StrEnum):
+    """HL7 table 0357 (message error condition codes) for ERR-3."""
+
+    SEGMENT_SEQUENCE = "100"
+    REQUIRED_FIELD_MISSING = "101"
+    DATA_TYPE = "102"
+    TABLE_VALUE = "103"
+    UNSUPPORTED_MESSAGE_TYPE = "200"
+    UNSUPPORTED_EVENT = "201"
+    UNSUPPORTED_PROCESSING_ID = "202"
+    UNSUPPORTED_VERSION = "203"
+    UNKNOWN_KEY = "204"
+    DUPLICATE_KEY = "205"
+    RECORD_LOCKED = "206"
+    INTERNAL_ERROR = "207"
+
+
+class MessageError(Exception):
+    """A message we will not process, with the ACK code it deserves.
+
+    ``segment``/``sequence``/``field`` locate the problem for ERR-2 (segment id,
+    1-based occurrence, field number); ``reason`` is human text for MSA-3/ERR-8.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        ack_code: AckCode,
+        error_code: ErrorCode,
+        segment: str = "",
+        sequence: int = 1,
+        field: int = 0,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ack_code = ack_code
+        self.error_code = error_code
+        self.segment = segment
+        self.sequence = sequence
+        self.field = field
+
+
+def _content_error(reason: str, code: ErrorCode, segment: str, field: int, seq: int = 1) -> MessageError:
+    return MessageError(
+        reason, ack_code=AckCode.AE, error_code=code, segment=segment, field=field, sequence=seq
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParseOptions:
+    """Site settings the mapping needs (built once from config)."""
+
+    terminology: Terminology
+    timezone: tzinfo
+    fallback_charset: str = "cp1252"
+    patient_id_type: str = "MR"
+    patient_authority: str | None = None
+    accepted_versions: tuple[str, ...] = ("2.2", "2.3", "2.4", "2.5", "2.6", "2.7", "2.8")
+    accepted_processing_ids: tuple[str, ...] = ("P", "T", "D")
+
+
+# ---------------------------------------------------------------------------
+# Charset
+
+_BOM = codecs.BOM_UTF8
+
+# MSH-18 names (HL7 table 0211) to Python codecs.
+_CHARSETS = {
+    "ASCII": "ascii",
+    "8859/1": "iso8859-1",
+    "8859/2": "iso8859-2",
+    "8859/15": "iso8859-15",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
+}
+
+
+def decode(data: bytes, fallback: str = "cp1252") -> str:
+    """Bytes of one message to text.
+
+    A UTF-8 BOM wins; otherwise MSH-18 names the charset (read from the raw
+    bytes, which are ASCII up to there in every charset we accept); otherwise
+    UTF-8. If the bytes do not decode as claimed, the configured fallback
+    (default cp1252) decodes them, replacing what it cannot, so one bad byte
+    never costs a message.
+    """
+    if data.startswith(_BOM):
+        return data[len(_BOM) :].decode("utf-8", errors="replace")
+    declared = "utf-8"
+    name = _msh18(data)
+    if name:
+        declared = _CHARSETS.get(name.upper(), "utf-8")
+    try:
+        return data.decode(declared)
+    except UnicodeDecodeError:
+        return data.decode(fallback, errors="replace")
+
+
+def _msh18(data: bytes) -> str:
+    end = len(data)
+    for sep in (b"\r", b"\n"):
+        pos = data.find(sep)
+        if pos != -1:
+            end = min(end, pos)
+    msh = data[:end]
+    if not msh.startswith(b"MSH") or len(msh) < 4:
+        return ""
+    fields = msh.split(msh[3:4])
+    if len(fields) <= 17:
+        return ""
+    raw = fields[17].decode("ascii", errors="replace")
+    return raw.split(chr(msh[4]) if len(msh) > 4 else "^")[0].split("~")[0].strip()
+
+
+# ---------------------------------------------------------------------------
+# The lazy reader
+
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        return f"{self.component}{self.repetition}{self.escape}{self.subcomponent}"
+
+
+class Segment:
+    """One segment split into fields; components are split on demand."""
+
+    __slots__ = ("delims", "fields", "name")
+
+    def __init__(self, name: str, fields: list[str], delims: Delimiters) -> None:
+        self.name = name
+        self.fields = fields
+        self.delims = delims
+
+    def raw(self, n: int) -> str:
+        """Field n as sent (escapes intact), for n as the standard numbers it."""
+        # MSH-1 is the field separator itself, so MSH's fields sit one to the left.
+        index = n - 1 if self.name == "MSH" else n
+        if index < 1 and self.name != "MSH":
+            return self.name
+        return self.fields[index] if 0 <= index < len(self.fields) else ""
+
+    def repetitions(self, n: int) -> list[str]:
+        raw = self.raw(n)
+        return raw.split(self.delims.repetition) if raw else []
+
+    def get(self, n: int, component: int = 1, subcomponent: int = 1) -> str:
+        """Field n, component, subcomponent of the first repetition, unescaped."""
+        raw = self.raw(n)
+        if not raw:
+            return ""
+        if self.name == "MSH" and n in (1, 2):
+            return raw
+        return component_of(raw.split(self.delims.repetition, 1)[0], self.delims, component, subcomponent)
+
+    def text(self, n: int) -> str:
+        """Field n, first repetition, all components joined back as text."""
+        raw = self.raw(n)
+        return unescape(raw.split(self.delims.repetition, 1)[0], self.delims) if raw else ""
+
+
+def component_of(rep: str, d: Delimiters, component: int = 1, subcomponent: int = 1) -> str:
+    parts = rep.split(d.component)
+    if component > len(parts):
+        return ""
+    subs = parts[component - 1].split(d.subcomponent)
+    if subcomponent > len(subs):
+        return ""
+    value = subs[subcomponent - 1]
+    return unescape(value, d) if d.escape in value else value
+
+
+_HEX = re.compile(r"^X([0-9A-Fa-f]+)$")
+
+
+def unescape(value: str, d: Delimiters) -> str:
+    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\);
+    formatting escapes we do not render (\\H\\, \\N\\) are dropped."""
+    esc = d.escape
+    if esc not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = value.find(esc, i + 1)
+        if end == -1:
+            out.append(value[i:])
+            break
+        seq = value[i + 1 : end]
+        replacement = {
+            "F": d.field,
+            "S": d.component,
+            "T": d.subcomponent,
+            "R": d.repetition,
+            "E": esc,
+            ".br": "\n",
+            "H": "",
+            "N": "",
+        }.get(seq)
+        if replacement is None and (m := _HEX.match(seq)) and len(m.group(1)) % 2 == 0:
+            replacement = bytes.fromhex(m.group(1)).decode("latin-1")
+        if replacement is None:
+            out.append(value[i : end + 1])  # unknown escape: keep it as sent
+        else:
+            out.append(replacement)
+        i = end + 1
+    return "".join(out)
+
+
+def split_segments(text: str) -> list[str]:
+    return [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
+
+
+def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
+    """Split a message into segments with the delimiters MSH declares."""
+    lines = split_segments(text.lstrip("\ufeff"))
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
+        raise MessageError(
+            "message does not start with an MSH segment",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.SEGMENT_SEQUENCE,
+            segment="MSH",
+        )
+    msh = lines[0]
+    enc = msh[4:8]
+    fs = msh[3]
+    if fs.isalnum() or len(set(fs + enc)) != 5 or any(c.isalnum() for c in enc):
+        raise MessageError(
+            "MSH-1/MSH-2 do not declare five distinct delimiters",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.DATA_TYPE,
+            segment="MSH",
+            field=2,
+        )
+    d = Delimiters(field=fs, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
+    segments = []
+    for line in lines:
+        fields = line.split(fs)
+        segments.append(Segment(fields[0].strip(), fields, d))
+    # MSH-2 may carry a fifth (truncation) character in v2.7+; keep it as sent.
+    segments[0].fields[1] = msh[4:].split(fs, 1)[0]
+    return d, segments
+
+
+# ---------------------------------------------------------------------------
+# Header
+
+
+def read_header(segments: list[Segment], tz: tzinfo) -> Header:
+    msh = segments[0]
+    return Header(
+        field_separator=msh.delims.field,
+        encoding_characters=msh.raw(2),
+        sending_application=msh.get(3),
+        sending_facility=msh.get(4),
+        receiving_application=msh.get(5),
+        receiving_facility=msh.get(6),
+        message_time=parse_dtm(msh.get(7), tz),
+        message_type=msh.get(9, 1).strip().upper(),
+        trigger_event=msh.get(9, 2).strip().upper(),
+        control_id=msh.get(10).strip(),
+        processing_id=msh.get(11, 1).strip().upper(),
+        version=msh.get(12, 1).strip(),
+        accept_ack_type=msh.get(15).strip().upper(),
+        application_ack_type=msh.get(16).strip().upper(),
+        charset=msh.get(18).strip(),
+    )
+
+
+def salvage_header(data: bytes, tz: tzinfo, fallback: str = "cp1252") -> Header | None:
+    """Best-effort MSH of a message we could not otherwise read, so that even a
+    NAK for it can swap sender and receiver and echo MSH-10."""
+    try:
+        _, segments = read_segments(decode(data, fallback))
+        return read_header(segments, tz)
+    except (MessageError, IndexError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Mapping
+
+_RESULT_TYPES = frozenset({"ORU"})
+_ORDER_TYPES = frozenset({"RDE", "ORM", "OMP", "RDS"})
+
+
+def parse_message(data: bytes, options: ParseOptions) -> Message:
+    """One frame's bytes to a domain message, or `MessageError`."""
+    _, segments = read_segments(decode(data, options.fallback_charset))
+    header = read_header(segments, options.timezone)
+    check_header(header, options)
+    if header.message_type in _RESULT_TYPES:
+        patient, demographics = read_patient(segments, options)
+        return ResultMessage(
+            header=header,
+            patient=patient,
+            demographics=demographics,
+            observations=tuple(read_observations(segments, header, options)),
+        )
+    if header.message_type in _ORDER_TYPES:
+        patient, demographics = read_patient(segments, options)
+        return OrderMessage(
+            header=header,
+            patient=patient,
+            demographics=demographics,
+            orders=tuple(read_orders(segments, header, options)),
+        )
+    return OtherMessage(header=header)
+
+
+def check_header(header: Header, options: ParseOptions) -> None:
+    """AR for what this receiver does not take: version, processing ID, no type."""
+    if not header.message_type:
+        raise MessageError(
+            "MSH-9 message type is empty",
+            ack_code=AckCode.AR,
+            error_code=ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+            segment="MSH",
+            field=9,
+        )
+    if not header.control_id:
+        raise _content_error(
+            "MSH-10 message control ID is empty", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 10
+        )
+    if not version_accepted(header.version, options.accepted_versions):
+        raise MessageError(
+            f"HL7 version {header.version or '(empty)'} is not supported",
+            ack_code=AckCode.AR,
+            error_code=ErrorCode.UNSUPPORTED_VERSION,
+            segment="MSH",
+            field=12,
+        )
+    if header.processing_id and header.processing_id not in options.accepted_processing_ids:
+        raise MessageError(
+            f"processing ID {header.processing_id} is not accepted here",
+            ack_code=AckCode.AR,
+            error_code=ErrorCode.UNSUPPORTED_PROCESSING_ID,
+            segment="MSH",
+            field=11,
+        )
+
+
+def version_accepted(version: str, accepted: tuple[str, ...]) -> bool:
+    """2.5.1 is accepted when 2.5 is: a minor release keeps its major's rules."""
+    return any(version == v or version.startswith(v + ".") for v in accepted)
+
+
+def read_patient(segments: list[Segment], options: ParseOptions) -> tuple[PatientKey, PatientDemographics]:
+    """PID-3: the first repetition of the configured identifier type (and,
+    when configured, authority). Other types (PI, SS) never match."""
+    pid = next((s for s in segments if s.name == "PID"), None)
+    if pid is None:
+        raise _content_error("message has no PID segment", ErrorCode.SEGMENT_SEQUENCE, "PID", 0)
+    d = pid.delims
+    for rep in pid.repetitions(3):
+        ident = component_of(rep, d, 1).strip()
+        id_type = component_of(rep, d, 5).strip().upper()
+        authority = component_of(rep, d, 4, 1).strip()
+        if not ident or id_type != options.patient_id_type.upper():
+            continue
+        if options.patient_authority is not None and authority != options.patient_authority:
+            continue
+        demographics = PatientDemographics(
+            name=_person_name(pid.get(5, 1), pid.get(5, 2)),
+            birth_date=pid.get(7)[:8],
+            sex=pid.get(8).strip().upper()[:1],
+        )
+        return PatientKey(id=ident, id_type=id_type, authority=authority), demographics
+    wanted = options.patient_id_type + (
+        f" from {options.patient_authority}" if options.patient_authority else ""
+    )
+    raise _content_error(
+        f"PID-3 has no patient identifier of type {wanted}", ErrorCode.REQUIRED_FIELD_MISSING, "PID", 3
+    )
+
+
+def _person_name(family: str, given: str) -> str:
+    return ", ".join(p for p in (family.strip(), given.strip()) if p)
+
+
+def read_observations(
+    segments: list[Segment], header: Header, options: ParseOptions
+) -> Iterator[Observation]:
+    obr: Segment | None = None
+    obx_count = 0
+    for seg in segments:
+        if seg.name == "OBR":
+            obr = seg
+        elif seg.name == "OBX":
+            obx_count += 1
+            yield _observation(seg, obr, header, options, obx_count)
+
+
+def _observation(
+    obx: Segment, obr: Segment | None, header: Header, options: ParseOptions, seq: int
+) -> Observation:
+    d = obx.delims
+    value_type = obx.get(2).strip().upper()
+    status_text = obx.get(11).strip().upper()
+    try:
+        status = ResultStatus(status_text) if status_text else ResultStatus.FINAL
+    except ValueError:
+        raise _content_error(
+            f"OBX-11 result status {status_text!r} is not a valid status",
+            ErrorCode.TABLE_VALUE,
+            "OBX",
+            11,
+            seq,
+        ) from None
+    observed_at = (
+        parse_dtm(obx.get(14), options.timezone)
+        or (parse_dtm(obr.get(7), options.timezone) if obr is not None else None)
+        or header.message_time
+    )
+    if observed_at is None:
+        raise _content_error(
+            "no observation time in OBX-14, OBR-7 or MSH-7", ErrorCode.REQUIRED_FIELD_MISSING, "OBX", 14, seq
+        )
+    code, system = obx.get(3, 1).strip(), obx.get(3, 3).strip()
+    alt_code, alt_system = obx.get(3, 4).strip(), obx.get(3, 6).strip()
+    raw_value = obx.raw(5).split(d.repetition, 1)[0] if obx.raw(5) else ""
+    if value_type == "SN":
+        value_text = unescape(raw_value, d)
+        value, comparator = parse_value("SN", raw_value, d.component)
+    else:
+        value_text = obx.get(5)
+        value, comparator = (
+            parse_value(value_type, value_text) if value_type in ("NM", "ST", "") else (None, "")
+        )
+    ref_text = obx.text(7)
+    rng = parse_range(ref_text)
+    unit = obx.get(6, 1).strip() or obx.get(6, 2).strip()
+    specimen = ""
+    if obr is not None:
+        specimen = obr.get(3).strip() or obr.get(2).strip()
+    return Observation(
+        analyte=options.terminology.analyte(((code, system), (alt_code, alt_system))),
+        code=code,
+        code_system=system,
+        text=obx.get(3, 2).strip(),
+        value_type=value_type,
+        value_text=value_text,
+        value=value,
+        comparator=comparator,
+        unit=unit,
+        ref_low=rng.low,
+        ref_high=rng.high,
+        ref_text=ref_text,
+        flag=obx.get(8).strip().upper(),
+        status=status,
+        observed_at=observed_at,
+        specimen_id=specimen,
+        set_id=obx.get(1).strip(),
+    )
+
+
+_STOPS = frozenset(
+    {OrderControl.DISCONTINUE, OrderControl.DISCONTINUED, OrderControl.CANCEL, OrderControl.CANCELLED}
+)
+
+
+def read_orders(segments: list[Segment], header: Header, options: ParseOptions) -> Iterator[MedicationOrder]:
+    """Each ORC with a following RXE or RXO (before the next ORC) is one order
+    event. ORCs without a pharmacy segment (lab orders in an ORM) are skipped."""
+    groups: list[list[Segment]] = []
+    for seg in segments:
+        if seg.name == "ORC":
+            groups.append([seg])
+        elif groups and seg.name in ("RXE", "RXO", "TQ1", "RXD", "RXG"):
+            groups[-1].append(seg)
+    for index, group in enumerate(groups, start=1):
+        order = _order(group, header, options, index)
+        if order is not None:
+            yield order
+
+
+def _order(group: list[Segment], header: Header, options: ParseOptions, seq: int) -> MedicationOrder | None:
+    orc = group[0]
+    rx = next((s for s in group if s.name in ("RXE", "RXO", "RXD")), None)
+    if rx is None:
+        return None
+    tq1 = next((s for s in group if s.name == "TQ1"), None)
+    tz = options.timezone
+    control_text = orc.get(1).strip().upper()
+    try:
+        control = OrderControl(control_text)
+    except ValueError:
+        raise _content_error(
+            f"ORC-1 order control {control_text!r} is not one this receiver handles",
+            ErrorCode.TABLE_VALUE,
+            "ORC",
+            1,
+            seq,
+        ) from None
+    order_id = orc.get(2).strip() or orc.get(3).strip()
+    if rx.name == "RXO":
+        order_id = order_id or rx.get(1, 1)
+    if not order_id:
+        raise _content_error(
+            "ORC-2 and ORC-3 order numbers are both empty", ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 2, seq
+        )
+    # Give code: RXE-2, RXO-1, RXD-2 (CE: id ^ text ^ system).
+    code_field = 1 if rx.name == "RXO" else 2
+    drug_code, drug_text, drug_system = (rx.get(code_field, i).strip() for i in (1, 2, 3))
+    if rx.name == "RXO":
+        amount, units = rx.get(2), rx.get(4, 1) or rx.get(4, 2)
+    elif rx.name == "RXE":
+        amount, units = rx.get(3), rx.get(5, 1) or rx.get(5, 2)
+    else:
+        amount, units = rx.get(4), rx.get(5, 1) or rx.get(5, 2)
+    dose = " ".join(p for p in (amount.strip(), units.strip()) if p)
+    transaction = parse_dtm(orc.get(9), tz)
+    # Timing: TQ1-7/8 (v2.5+), else RXE-1 / ORC-7 TQ components 4 and 5.
+    start = _first_time(
+        tz, tq1.get(7) if tq1 else "", rx.get(1, 4) if rx.name == "RXE" else "", orc.get(7, 4)
+    )
+    end = _first_time(tz, tq1.get(8) if tq1 else "", rx.get(1, 5) if rx.name == "RXE" else "", orc.get(7, 5))
+    if start is None:
+        start = parse_dtm(orc.get(15), tz) or transaction or header.message_time
+    stop = transaction or end or header.message_time if control in _STOPS else end
+    return MedicationOrder(
+        order_id=order_id,
+        control=control,
+        drug_code=drug_code,
+        drug_system=drug_system,
+        drug_text=drug_text or drug_code,
+        ingredient=options.terminology.ingredient(drug_code, drug_system, drug_text),
+        dose=dose,
+        start=start,
+        stop=stop,
+        transaction_time=transaction or header.message_time,
+    )
+
+
+def _first_time(tz: tzinfo, *texts: str) -> datetime | None:
+    for text in texts:
+        value = parse_dtm(text, tz)
+        if value is not None:
+            return value
+    return None
+
+
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+def split_file(data: bytes) -> list[bytes]:
+    """Messages in a file: one or many, CR/LF/CRLF segment ends, optional BOM,
+    batch envelopes (FHS/BHS/BTS/FTS) dropped. Each message comes back with
+    CR segment ends, ready to frame."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    lines = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    messages: list[list[bytes]] = []
+    for line in lines:
+        if not line.strip() or line.startswith(_BATCH_SEGMENTS):
+            continue
+        if line.startswith(b"MSH") or not messages:
+            messages.append([])
+        messages[-1].append(line)
+    return [b"\r".join(m) + b"\r" for m in messages]

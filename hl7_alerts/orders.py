@@ -1,0 +1,50 @@
+"""Order lifecycle: fold one ORC event into an order's state.
+
+Pure. NW starts an order; XO and SC change it and keep its identity; DC, OD,
+CA and OC stop it at the event's time; HD holds it from its transaction time
+until an RL (CLINICAL.md decision 9). An event for an order we never saw
+begin (a feed joined mid-stream) creates it from what the event says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hl7_alerts.model import HoldPeriod, MedicationOrder, OrderControl, OrderState
+
+_STOPPING = frozenset(
+    {OrderControl.DISCONTINUE, OrderControl.DISCONTINUED, OrderControl.CANCEL, OrderControl.CANCELLED}
+)
+
+
+def apply_event(state: OrderState | None, event: MedicationOrder) -> OrderState:
+    """The order's state after ``event``."""
+    if state is None or event.control is OrderControl.NEW:
+        state = OrderState(
+            order_id=event.order_id,
+            ingredient=event.ingredient,
+            drug_text=event.drug_text,
+            dose=event.dose,
+            start=None if event.control in _STOPPING else event.start,
+            stop=event.stop if event.control in _STOPPING or event.control is OrderControl.NEW else None,
+        )
+        if event.control not in (OrderControl.HOLD,):
+            return state
+    at = event.transaction_time or event.start
+    if event.control in _STOPPING:
+        return replace(state, stop=event.stop or at)
+    if event.control is OrderControl.HOLD and at is not None:
+        if any(h.end is None for h in state.holds):
+            return state
+        return replace(state, holds=(*state.holds, HoldPeriod(start=at, end=None)))
+    if event.control is OrderControl.RELEASE and at is not None:
+        holds = tuple(replace(h, end=at) if h.end is None else h for h in state.holds)
+        return replace(state, holds=holds)
+    # XO / SC: same order, new details.
+    return replace(
+        state,
+        ingredient=event.ingredient or state.ingredient,
+        drug_text=event.drug_text or state.drug_text,
+        dose=event.dose or state.dose,
+        stop=event.stop if event.stop is not None else state.stop,
+    )

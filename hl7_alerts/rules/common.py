@@ -1,0 +1,171 @@
+"""What every rule needs: findings, evidence, ULN arithmetic, panels, settings.
+
+A rule reads ``value / ULN`` in the result's own units when OBX-7 gives a
+range, and in the analyte's canonical unit against the configured default
+range otherwise (CLINICAL.md, "ULN / LLN").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hl7_alerts.model import Observation, OrderState, PatientContext, Severity
+from hl7_alerts.terminology import Analyte, Ingredient, to_canonical
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DefaultRange:
+    """A default reference range in the analyte's canonical unit; optional
+    sex-specific overrides keyed by PID-8 (``F``/``M``)."""
+
+    low: float | None
+    high: float | None
+    by_sex: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def for_sex(self, sex: str) -> tuple[float | None, float | None]:
+        return self.by_sex.get(sex, (self.low, self.high))
+
+
+DEFAULT_RANGES: Mapping[Analyte, DefaultRange] = {
+    Analyte.ALT: DefaultRange(low=7, high=56),
+    Analyte.AST: DefaultRange(low=10, high=40),
+    Analyte.ALP: DefaultRange(low=42, high=141),
+    Analyte.GGT: DefaultRange(low=9, high=48),
+    Analyte.BILI_TOTAL: DefaultRange(low=0.1, high=1.2),
+    Analyte.BILI_DIRECT: DefaultRange(low=0.0, high=0.3),
+    Analyte.ALBUMIN: DefaultRange(low=3.5, high=5.0),
+    Analyte.PT: DefaultRange(low=11, high=13.5),
+    Analyte.INR: DefaultRange(low=0.8, high=1.2),
+    Analyte.WBC: DefaultRange(low=4.0, high=11.0),
+    Analyte.NEUTROPHILS: DefaultRange(low=1.5, high=8.0),
+    Analyte.PLATELETS: DefaultRange(low=150, high=400),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleSettings:
+    """Thresholds and tables from config.yaml (defaults are CLINICAL.md's)."""
+
+    thiopurines: frozenset[str] = frozenset({Ingredient.AZATHIOPRINE.value})
+    hepatotoxicity_x_uln: float = 3.0
+    default_ranges: Mapping[Analyte, DefaultRange] = field(default_factory=lambda: dict(DEFAULT_RANGES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """One result a finding rests on, with the arithmetic that made it count."""
+
+    observation: Observation
+    ref_low: float | None
+    ref_high: float | None
+    x_uln: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pattern:
+    r_ratio: float
+    type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """A rule's verdict on one panel: what an alert is made from."""
+
+    rule: str
+    severity: Severity
+    title: str
+    summary: str
+    evidence: tuple[Evidence, ...]
+    order: OrderState | None
+    recommendations: tuple[str, ...]
+    references: tuple[str, ...]
+    occurred_at: datetime
+    pattern: Pattern | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Panel:
+    """Results from one specimen at one time: the unit a rule fires on."""
+
+    specimen_id: str
+    observed_at: datetime
+    results: Mapping[str, Observation]
+
+    def get(self, analyte: Analyte) -> Observation | None:
+        return self.results.get(analyte.value)
+
+
+def panels(observations: Iterable[Observation]) -> list[Panel]:
+    """Group evaluable numeric results by (specimen, observation time)."""
+    groups: dict[tuple[str, datetime], dict[str, Observation]] = {}
+    for obs in observations:
+        if obs.analyte is None or not obs.status.evaluated:
+            continue
+        key = (obs.specimen_id, obs.observed_at)
+        groups.setdefault(key, {})[obs.analyte] = obs
+    return [
+        Panel(specimen_id=spec, observed_at=at, results=results)
+        for (spec, at), results in sorted(groups.items(), key=lambda item: item[0][1])
+    ]
+
+
+def reference(
+    obs: Observation, settings: RuleSettings, sex: str = ""
+) -> tuple[float | None, float | None, float | None]:
+    """(value, LLN, ULN) on a common scale: the result's own units when OBX-7
+    gives a bound, else the canonical unit against the configured default.
+    The value is None when it cannot be compared (unknown unit, no number)."""
+    if obs.value is None:
+        return None, None, None
+    if obs.ref_high is not None or obs.ref_low is not None:
+        return obs.value, obs.ref_low, obs.ref_high
+    analyte = Analyte(obs.analyte) if obs.analyte else None
+    if analyte is None or analyte not in settings.default_ranges:
+        return None, None, None
+    value = to_canonical(analyte, obs.value, obs.unit)
+    low, high = settings.default_ranges[analyte].for_sex(sex)
+    return value, low, high
+
+
+def x_uln(obs: Observation, settings: RuleSettings, sex: str = "") -> float | None:
+    value, _, high = reference(obs, settings, sex)
+    if value is None or high is None or high <= 0:
+        return None
+    return value / high
+
+
+def evidence(obs: Observation, settings: RuleSettings, sex: str = "") -> Evidence:
+    _, low, high = reference(obs, settings, sex)
+    ratio = x_uln(obs, settings, sex)
+    return Evidence(
+        observation=obs, ref_low=low, ref_high=high, x_uln=None if ratio is None else round(ratio, 2)
+    )
+
+
+def r_ratio(panel: Panel, settings: RuleSettings, sex: str = "") -> Pattern | None:
+    """R = (ALT/ULN) / (ALP/ULN): hepatocellular ≥ 5, mixed 2–5, cholestatic ≤ 2."""
+    alt, alp = panel.get(Analyte.ALT), panel.get(Analyte.ALP)
+    if alt is None or alp is None:
+        return None
+    alt_x, alp_x = x_uln(alt, settings, sex), x_uln(alp, settings, sex)
+    if alt_x is None or not alp_x:
+        return None
+    r = alt_x / alp_x
+    kind = "hepatocellular" if r >= 5 else "cholestatic" if r <= 2 else "mixed"
+    return Pattern(r_ratio=round(r, 2), type=kind)
+
+
+def active_thiopurine(ctx: PatientContext, at: datetime, settings: RuleSettings) -> OrderState | None:
+    """The thiopurine order active at ``at`` (the most recently started, if several)."""
+    active = [o for o in ctx.orders if o.ingredient in settings.thiopurines and o.active_at(at)]
+    return max(active, key=lambda o: o.start or at) if active else None
+
+
+def fmt(value: float) -> str:
+    return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def join(values: Sequence[str]) -> str:
+    return ", ".join(values)

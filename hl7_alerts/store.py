@@ -1,0 +1,761 @@
+"""The store: one interface, SQLite behind it (PostgreSQL later).
+
+Owns the schema and its migrations, the write transaction that covers a whole
+message (dedup key, raw bytes, orders or observations, alerts, outbox rows),
+and the queries that read a patient's context back. It does not evaluate
+rules: callers hand it a *unit of work*, a plain function of a `Transaction`,
+and it runs that function inside the transaction. SQL dialect stays in here.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` on one writer thread. Units
+queued while a commit is in progress are run together and committed together
+(group commit), each inside its own SAVEPOINT so one failing unit rolls back
+alone. A unit's awaiter is answered only after the COMMIT that covers it has
+returned: that is what makes ACK-after-commit true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from hl7_alerts.alerts import Alert, AlertState
+from hl7_alerts.model import (
+    AckCode,
+    Header,
+    HoldPeriod,
+    Observation,
+    OrderState,
+    PatientKey,
+    ResultStatus,
+    Severity,
+)
+from hl7_alerts.timeutil import from_iso, to_iso
+
+T = TypeVar("T")
+
+log = structlog.get_logger("hl7_alerts.store")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, locked, corrupt).
+
+    Transient from the sender's point of view: answer AR so it resends.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupKey:
+    """(MSH-3, MSH-4, MSH-10): what makes a resend recognisable."""
+
+    sending_application: str
+    sending_facility: str
+    control_id: str
+
+    @classmethod
+    def of(cls, header: Header) -> DedupKey:
+        return cls(
+            sending_application=header.sending_application,
+            sending_facility=header.sending_facility,
+            control_id=header.control_id,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriorAck:
+    """How a message was answered the first time it was received."""
+
+    message_id: int
+    ack_code: AckCode
+    ack_text: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxItem:
+    alert_id: str
+    version: int
+    event: str
+    topic: str
+    payload: str
+    patient: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxRow:
+    id: int
+    alert_id: str
+    version: int
+    event: str
+    topic: str
+    payload: str
+    created_at: str
+
+
+class Transaction(Protocol):
+    """What a unit of work may do inside the store's transaction."""
+
+    def find_messages(self, key: DedupKey) -> list[PriorAck]: ...
+
+    def insert_message(
+        self,
+        key: DedupKey,
+        header: Header,
+        raw: bytes,
+        *,
+        digest: str,
+        received_at: datetime,
+        ack_code: AckCode,
+        ack_text: str,
+    ) -> int: ...
+
+    def insert_rejected(
+        self,
+        header: Header | None,
+        raw: bytes,
+        *,
+        received_at: datetime,
+        ack_code: AckCode,
+        reason: str,
+    ) -> None: ...
+
+    def insert_observations(
+        self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
+    ) -> None: ...
+
+    def get_order(self, patient: PatientKey, order_id: str) -> OrderState | None: ...
+
+    def put_order(self, patient: PatientKey, order: OrderState, message_id: int) -> None: ...
+
+    def patient_orders(self, patient: PatientKey) -> tuple[OrderState, ...]: ...
+
+    def patient_history(self, patient: PatientKey, since: datetime) -> tuple[Observation, ...]: ...
+
+    def open_alerts(self, patient: PatientKey) -> dict[str, Alert]: ...
+
+    def next_episodes(self, patient: PatientKey) -> dict[str, int]: ...
+
+    def save_alert(self, alert: Alert, payload: dict[str, Any]) -> None: ...
+
+    def enqueue(self, item: OutboxItem, created_at: datetime) -> None: ...
+
+
+class Store(Protocol):
+    """The store every backend implements."""
+
+    async def transact(self, unit: Callable[[Transaction], T]) -> T:
+        """Run ``unit`` in a write transaction; return once it is durable."""
+        ...
+
+    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
+        """Undelivered outbox rows, oldest first."""
+        ...
+
+    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None: ...
+
+    def outbox_signal(self) -> asyncio.Event:
+        """Set after every commit that added outbox rows."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------
+# Schema
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        sending_application TEXT NOT NULL,
+        sending_facility TEXT NOT NULL,
+        control_id TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        version TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        ack_code TEXT NOT NULL,
+        ack_text TEXT NOT NULL DEFAULT '',
+        UNIQUE (sending_application, sending_facility, control_id, digest)
+    );
+    CREATE TABLE rejected_messages (
+        id INTEGER PRIMARY KEY,
+        sending_application TEXT,
+        sending_facility TEXT,
+        control_id TEXT,
+        received_at TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        ack_code TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        patient TEXT NOT NULL,
+        analyte TEXT,
+        code TEXT NOT NULL,
+        code_system TEXT NOT NULL,
+        text TEXT NOT NULL,
+        value_type TEXT NOT NULL,
+        value_text TEXT NOT NULL,
+        value REAL,
+        comparator TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        ref_low REAL,
+        ref_high REAL,
+        ref_text TEXT NOT NULL,
+        flag TEXT NOT NULL,
+        status TEXT NOT NULL,
+        observed_at TEXT NOT NULL,
+        observed_ts REAL NOT NULL,
+        specimen_id TEXT NOT NULL,
+        set_id TEXT NOT NULL
+    );
+    CREATE INDEX observations_patient ON observations (patient, observed_ts);
+    CREATE TABLE orders (
+        patient TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        ingredient TEXT,
+        drug_text TEXT NOT NULL,
+        dose TEXT NOT NULL,
+        start TEXT,
+        stop TEXT,
+        holds TEXT NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        PRIMARY KEY (patient, order_id)
+    );
+    CREATE TABLE alerts (
+        alert_id TEXT PRIMARY KEY,
+        patient TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        patient_id_type TEXT NOT NULL,
+        patient_authority TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        episode INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        opened_at TEXT NOT NULL,
+        evidence_at TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        UNIQUE (patient, rule, episode)
+    );
+    CREATE UNIQUE INDEX alerts_one_open ON alerts (patient, rule) WHERE state = 'open';
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        alert_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        patient TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        delivered_at TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (id) WHERE delivered_at IS NULL;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer hl7-alerts; refuse to touch it."""
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"store schema version {current} is newer than this hl7-alerts knows ({SCHEMA_VERSION}); "
+            "upgrade hl7-alerts or point store.path elsewhere"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("store_migrated", version=version)
+
+
+# ---------------------------------------------------------------------------
+# SQLite transaction
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+class _SqliteTransaction:
+    """`Transaction` over one SQLite connection (writer thread only)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.enqueued = 0
+
+    def find_messages(self, key: DedupKey) -> list[PriorAck]:
+        rows = self._conn.execute(
+            "SELECT id, ack_code, ack_text, digest FROM messages "
+            "WHERE sending_application = ? AND sending_facility = ? AND control_id = ? ORDER BY id",
+            (key.sending_application, key.sending_facility, key.control_id),
+        ).fetchall()
+        return [PriorAck(message_id=r[0], ack_code=AckCode(r[1]), ack_text=r[2], digest=r[3]) for r in rows]
+
+    def insert_message(
+        self,
+        key: DedupKey,
+        header: Header,
+        raw: bytes,
+        *,
+        digest: str,
+        received_at: datetime,
+        ack_code: AckCode,
+        ack_text: str,
+    ) -> int:
+        cursor = self._conn.execute(
+            "INSERT INTO messages (sending_application, sending_facility, control_id, message_type, "
+            "version, received_at, digest, raw, ack_code, ack_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.sending_application,
+                key.sending_facility,
+                key.control_id,
+                header.type_code,
+                header.version,
+                to_iso(received_at),
+                digest,
+                raw,
+                str(ack_code),
+                ack_text,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def insert_rejected(
+        self,
+        header: Header | None,
+        raw: bytes,
+        *,
+        received_at: datetime,
+        ack_code: AckCode,
+        reason: str,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO rejected_messages (sending_application, sending_facility, control_id, "
+            "received_at, raw, ack_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                header.sending_application if header else None,
+                header.sending_facility if header else None,
+                header.control_id if header else None,
+                to_iso(received_at),
+                raw,
+                str(ack_code),
+                reason,
+            ),
+        )
+
+    def insert_observations(
+        self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
+    ) -> None:
+        self._conn.executemany(
+            "INSERT INTO observations (message_id, patient, analyte, code, code_system, text, value_type, "
+            "value_text, value, comparator, unit, ref_low, ref_high, ref_text, flag, status, observed_at, "
+            "observed_ts, specimen_id, set_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    message_id,
+                    patient.key,
+                    o.analyte,
+                    o.code,
+                    o.code_system,
+                    o.text,
+                    o.value_type,
+                    o.value_text,
+                    o.value,
+                    o.comparator,
+                    o.unit,
+                    o.ref_low,
+                    o.ref_high,
+                    o.ref_text,
+                    o.flag,
+                    str(o.status),
+                    to_iso(o.observed_at),
+                    _ts(o.observed_at),
+                    o.specimen_id,
+                    o.set_id,
+                )
+                for o in observations
+            ],
+        )
+
+    def get_order(self, patient: PatientKey, order_id: str) -> OrderState | None:
+        row = self._conn.execute(
+            "SELECT order_id, ingredient, drug_text, dose, start, stop, holds FROM orders "
+            "WHERE patient = ? AND order_id = ?",
+            (patient.key, order_id),
+        ).fetchone()
+        return None if row is None else _order_from_row(row)
+
+    def put_order(self, patient: PatientKey, order: OrderState, message_id: int) -> None:
+        holds = json.dumps([[to_iso(h.start), to_iso(h.end)] for h in order.holds])
+        self._conn.execute(
+            "INSERT INTO orders "
+            "(patient, order_id, ingredient, drug_text, dose, start, stop, holds, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient, order_id) DO UPDATE SET "
+            "ingredient = excluded.ingredient, drug_text = excluded.drug_text, dose = excluded.dose, "
+            "start = excluded.start, stop = excluded.stop, holds = excluded.holds, "
+            "message_id = excluded.message_id",
+            (
+                patient.key,
+                order.order_id,
+                order.ingredient,
+                order.drug_text,
+                order.dose,
+                to_iso(order.start),
+                to_iso(order.stop),
+                holds,
+                message_id,
+            ),
+        )
+
+    def patient_orders(self, patient: PatientKey) -> tuple[OrderState, ...]:
+        rows = self._conn.execute(
+            "SELECT order_id, ingredient, drug_text, dose, start, stop, holds FROM orders WHERE patient = ? "
+            "ORDER BY start",
+            (patient.key,),
+        ).fetchall()
+        return tuple(_order_from_row(r) for r in rows)
+
+    def patient_history(self, patient: PatientKey, since: datetime) -> tuple[Observation, ...]:
+        rows = self._conn.execute(
+            "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
+            "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id FROM observations "
+            "WHERE patient = ? AND observed_ts >= ? ORDER BY observed_ts, id",
+            (patient.key, _ts(since)),
+        ).fetchall()
+        return tuple(_observation_from_row(r) for r in rows)
+
+    def open_alerts(self, patient: PatientKey) -> dict[str, Alert]:
+        rows = self._conn.execute(
+            "SELECT alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, "
+            "severity, version, opened_at, evidence_at FROM alerts WHERE patient = ? AND state = 'open'",
+            (patient.key,),
+        ).fetchall()
+        return {r[4]: _alert_from_row(r) for r in rows}
+
+    def next_episodes(self, patient: PatientKey) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT rule, max(episode) FROM alerts WHERE patient = ? GROUP BY rule", (patient.key,)
+        ).fetchall()
+        return {rule: episode + 1 for rule, episode in rows}
+
+    def save_alert(self, alert: Alert, payload: dict[str, Any]) -> None:
+        self._conn.execute(
+            "INSERT INTO alerts (alert_id, patient, patient_id, patient_id_type, patient_authority, rule, "
+            "episode, state, severity, version, opened_at, evidence_at, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id) DO UPDATE SET "
+            "state = excluded.state, severity = excluded.severity, version = excluded.version, "
+            "evidence_at = excluded.evidence_at, payload = excluded.payload",
+            (
+                alert.alert_id,
+                alert.patient.key,
+                alert.patient.id,
+                alert.patient.id_type,
+                alert.patient.authority,
+                alert.rule,
+                alert.episode,
+                str(alert.state),
+                str(alert.severity),
+                alert.version,
+                to_iso(alert.opened_at),
+                to_iso(alert.evidence_at),
+                json.dumps(payload, separators=(",", ":")),
+            ),
+        )
+
+    def enqueue(self, item: OutboxItem, created_at: datetime) -> None:
+        self._conn.execute(
+            "INSERT INTO outbox (alert_id, version, event, topic, payload, patient, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.alert_id,
+                item.version,
+                item.event,
+                item.topic,
+                item.payload,
+                item.patient,
+                to_iso(created_at),
+            ),
+        )
+        self.enqueued += 1
+
+
+def _order_from_row(row: Sequence[Any]) -> OrderState:
+    holds = tuple(
+        HoldPeriod(start=start, end=from_iso(end))
+        for s, end in json.loads(row[6])
+        if (start := from_iso(s)) is not None
+    )
+    return OrderState(
+        order_id=row[0],
+        ingredient=row[1],
+        drug_text=row[2],
+        dose=row[3],
+        start=from_iso(row[4]),
+        stop=from_iso(row[5]),
+        holds=holds,
+    )
+
+
+def _observation_from_row(r: Sequence[Any]) -> Observation:
+    observed = from_iso(r[14])
+    assert observed is not None
+    return Observation(
+        analyte=r[0],
+        code=r[1],
+        code_system=r[2],
+        text=r[3],
+        value_type=r[4],
+        value_text=r[5],
+        value=r[6],
+        comparator=r[7],
+        unit=r[8],
+        ref_low=r[9],
+        ref_high=r[10],
+        ref_text=r[11],
+        flag=r[12],
+        status=ResultStatus(r[13]),
+        observed_at=observed,
+        specimen_id=r[15],
+        set_id=r[16],
+    )
+
+
+def _alert_from_row(r: Sequence[Any]) -> Alert:
+    opened, evidence = from_iso(r[9]), from_iso(r[10])
+    assert opened is not None
+    assert evidence is not None
+    return Alert(
+        alert_id=r[0],
+        patient=PatientKey(id=r[1], id_type=r[2], authority=r[3]),
+        rule=r[4],
+        episode=r[5],
+        state=AlertState(r[6]),
+        severity=Severity(r[7]),
+        version=r[8],
+        opened_at=opened,
+        evidence_at=evidence,
+    )
+
+
+# ---------------------------------------------------------------------------
+# SQLite store
+
+
+@dataclass(slots=True)
+class _Job:
+    unit: Callable[[Any], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    write: bool
+
+
+_STOP = object()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # the awaiter went away (cancelled); the work is done regardless
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SqliteStore:
+    """`Store` on one SQLite file, one writer thread, grouped commits."""
+
+    def __init__(self, path: Path, *, max_batch: int = 512) -> None:
+        self.path = path
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._outbox_event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path | str, *, max_batch: int = 512) -> SqliteStore:
+        """Open (creating and migrating as needed) and start the writer."""
+        store = cls(Path(path), max_batch=max_batch)
+        store._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = store._loop.create_future()
+        store._thread = threading.Thread(target=store._run, args=(ready,), name="store-writer", daemon=True)
+        store._thread.start()
+        await ready
+        return store
+
+    def outbox_signal(self) -> asyncio.Event:
+        return self._outbox_event
+
+    async def transact(self, unit: Callable[[Transaction], T]) -> T:
+        return await self._submit(unit, write=True)
+
+    async def read(self, unit: Callable[[Transaction], T]) -> T:
+        """Run a read-only unit on the writer's connection (no commit needed)."""
+        return await self._submit(unit, write=False)
+
+    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
+        def unit(tx: Transaction) -> list[OutboxRow]:
+            assert isinstance(tx, _SqliteTransaction)
+            rows = tx._conn.execute(
+                "SELECT id, alert_id, version, event, topic, payload, created_at FROM outbox "
+                "WHERE delivered_at IS NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                OutboxRow(
+                    id=r[0],
+                    alert_id=r[1],
+                    version=r[2],
+                    event=r[3],
+                    topic=r[4],
+                    payload=r[5],
+                    created_at=r[6],
+                )
+                for r in rows
+            ]
+
+        return await self.read(unit)
+
+    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
+        def unit(tx: Transaction) -> None:
+            assert isinstance(tx, _SqliteTransaction)
+            tx._conn.executemany(
+                "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                [(to_iso(at), i) for i in ids],
+            )
+
+        await self.transact(unit)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    async def _submit(self, unit: Callable[[Transaction], T], *, write: bool) -> T:
+        if self._thread is None or self._loop is None:
+            raise StoreError("store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(_Job(unit=unit, future=future, loop=self._loop, write=write))
+        return await future
+
+    # -- writer thread -------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            self._conn = self._connect()
+            _migrate(self._conn)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(
+                _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
+            )
+            self._thread = None
+            return
+        loop.call_soon_threadsafe(_resolve, ready, None, None)
+        conn = self._conn
+        tx = _SqliteTransaction(conn)
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is _STOP:
+                break
+            batch: list[_Job] = [first]  # type: ignore[list-item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)  # type: ignore[arg-type]
+            self._run_batch(conn, tx, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, tx: _SqliteTransaction, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        tx.enqueued = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(batch, exc)
+            return
+        for job in batch:
+            try:
+                conn.execute("SAVEPOINT unit")
+            except sqlite3.Error as exc:
+                outcomes.append((job, None, StoreError(str(exc))))
+                continue
+            try:
+                result = job.unit(tx)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                failure = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+                outcomes.append((job, None, failure))
+            else:
+                conn.execute("RELEASE unit")
+                outcomes.append((job, result, None))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("store_rollback_failed")
+            self._fail_all(batch, exc)
+            return
+        for job, result, error in outcomes:
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+        if tx.enqueued:
+            batch[0].loop.call_soon_threadsafe(self._outbox_event.set)
+
+    @staticmethod
+    def _fail_all(batch: Iterable[_Job], exc: BaseException) -> None:
+        log.error("store_commit_failed", error=str(exc))
+        for job in batch:
+            job.loop.call_soon_threadsafe(_resolve, job.future, None, StoreError(str(exc)))

@@ -1,0 +1,55 @@
+"""ACK/NAK construction: MSH swap, MSA echo, ERR layouts, enhanced mode."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hl7_alerts.ack import AckError, build_ack
+from hl7_alerts.messages import ErrorCode, read_header, read_segments
+from hl7_alerts.model import AckCode, Header
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def header(msh: str) -> Header:
+    _, segments = read_segments(msh + "\r")
+    return read_header(segments, UTC)
+
+
+def test_ack_swaps_sender_and_receiver_and_echoes_control_id() -> None:
+    h = header("MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ORU^R01^ORU_R01|M1|P|2.5.1")
+    ack = build_ack(h, AckCode.AA, now=NOW, control_id="A1").decode()
+    msh, msa = ack.strip("\r").split("\r")
+    assert msh == "MSH|^~\\&|HL7ALERTS|ICU|LAB|GENHOSP|20261125100000+0000||ACK^R01^ACK|A1|P|2.5.1"
+    assert msa == "MSA|AA|M1"
+
+
+def test_ack_uses_the_message_delimiters() -> None:
+    h = header("MSH#$%*@#LAB#GENHOSP#HL7ALERTS#ICU#20261020##ORU$R01#M2#P#2.3")
+    ack = build_ack(h, AckCode.AE, text="bad|value", now=NOW, control_id="A2").decode()
+    msh, msa = ack.strip("\r").split("\r")
+    assert msh.startswith("MSH#$%*@#HL7ALERTS#ICU#LAB#GENHOSP#")
+    assert "ACK$R01$ACK" in msh
+    assert msa == "MSA#AE#M2#bad|value"
+
+
+def test_err_segment_v25_and_v23_layouts() -> None:
+    error = AckError(reason="PID-3 missing", error_code=ErrorCode.REQUIRED_FIELD_MISSING, segment="PID", field=3)
+    v25 = header("MSH|^~\\&|L|F|R|G|20261020||ORU^R01|M3|P|2.5")
+    v23 = header("MSH|^~\\&|L|F|R|G|20261020||ORU^R01|M3|P|2.3")
+    err25 = build_ack(v25, AckCode.AE, error=error, now=NOW, control_id="x").decode().split("\r")[2]
+    err23 = build_ack(v23, AckCode.AE, error=error, now=NOW, control_id="x").decode().split("\r")[2]
+    assert err25 == "ERR||PID^1^3|101^Required field missing^HL70357|E||||PID-3 missing"
+    assert err23 == "ERR|PID^1^3^101&PID-3 missing&HL70357"
+
+
+def test_enhanced_mode_answers_commit_codes() -> None:
+    h = header("MSH|^~\\&|L|F|R|G|20261020||ORU^R01|M4|P|2.5|||AL|NE")
+    assert b"MSA|CA|M4" in build_ack(h, AckCode.AA, now=NOW, control_id="x")
+    assert b"MSA|CR|M4" in build_ack(h, AckCode.AR, now=NOW, control_id="x")
+
+
+def test_nak_without_any_header_still_answers() -> None:
+    ack = build_ack(None, AckCode.AE, text="no MSH", now=NOW, control_id="x").decode()
+    assert ack.startswith("MSH|^~\\&|HL7ALERTS||||")
+    assert "\rMSA|AE||no MSH\r" in ack

@@ -1,0 +1,160 @@
+"""Parsing and mapping, with python-hl7 as the oracle for field values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import hl7
+import pytest
+
+from hl7_alerts.messages import (
+    MessageError,
+    ParseOptions,
+    decode,
+    parse_message,
+    read_segments,
+    split_file,
+)
+from hl7_alerts.model import AckCode, OrderControl, OrderMessage, OtherMessage, ResultMessage, ResultStatus
+from hl7_alerts.terminology import Terminology
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
+
+
+def sample(name: str, index: int = 0) -> bytes:
+    return split_file((SAMPLES / name).read_bytes())[index]
+
+
+def all_sample_messages() -> list[bytes]:
+    return [m for path in sorted(SAMPLES.glob("*.hl7")) for m in split_file(path.read_bytes())]
+
+
+@pytest.mark.parametrize("raw", all_sample_messages(), ids=lambda m: m.split(b"|")[9].decode())
+def test_fields_agree_with_python_hl7(raw: bytes) -> None:
+    """Every field of every segment we read matches python-hl7's parse."""
+    text = raw.decode()
+    oracle = hl7.parse(text)
+    _, segments = read_segments(text)
+    assert len(segments) == len(oracle)
+    for ours, theirs in zip(segments, oracle, strict=True):
+        assert ours.name == str(theirs[0])
+        for n in range(1, len(theirs)):
+            if ours.name == "MSH" and n <= 2:
+                continue
+            assert ours.raw(n) == str(theirs[n]), (ours.name, n)
+
+
+def test_oru_maps_observations() -> None:
+    message = parse_message(sample("02_seed_liver_panel_above_3xuln.hl7"), OPTIONS)
+    assert isinstance(message, ResultMessage)
+    assert (message.patient.id, message.patient.id_type, message.patient.authority) == ("H010001", "MR", "GENHOSP")
+    assert message.demographics.sex == "F"
+    alt = message.observations[0]
+    assert (alt.analyte, alt.value, alt.unit, alt.ref_low, alt.ref_high, alt.flag) == ("ALT", 190, "U/L", 7, 56, "H")
+    assert alt.status is ResultStatus.FINAL
+    assert alt.observed_at == datetime(2026, 10, 20, 8, 0, tzinfo=UTC)
+    assert alt.specimen_id == "SPC100"
+
+
+def test_pid3_picks_the_configured_type_not_the_first_repetition() -> None:
+    raw = sample("01_seed_order_azathioprine.hl7").replace(
+        b"H010001^^^GENHOSP^MR~900123456^^^SSA^SS", b"900123456^^^SSA^SS~H010001^^^GENHOSP^MR"
+    )
+    message = parse_message(raw, OPTIONS)
+    assert isinstance(message, OrderMessage)
+    assert message.patient.id == "H010001"
+
+
+def test_rde_maps_a_new_azathioprine_order() -> None:
+    message = parse_message(sample("01_seed_order_azathioprine.hl7"), OPTIONS)
+    assert isinstance(message, OrderMessage)
+    (order,) = message.orders
+    assert order.control is OrderControl.NEW
+    assert (order.order_id, order.ingredient, order.dose) == ("RX1", "azathioprine", "150 mg")
+    assert order.start == datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
+    assert order.stop is None
+
+
+def test_discontinue_stops_at_orc9() -> None:
+    message = parse_message(sample("03_seed_discontinue_azathioprine.hl7"), OPTIONS)
+    assert isinstance(message, OrderMessage)
+    (order,) = message.orders
+    assert order.control is OrderControl.DISCONTINUE
+    assert order.stop == datetime(2026, 10, 20, 14, 0, tzinfo=UTC)
+
+
+def test_v23_orm_with_drug_name_and_orc7_timing() -> None:
+    message = parse_message(sample("06_v23_orm_feed.hl7", 0), OPTIONS)
+    assert isinstance(message, OrderMessage)
+    (order,) = message.orders
+    assert (order.ingredient, order.drug_text, order.dose) == ("azathioprine", "IMURAN 50MG TAB", "100 mg")
+    assert order.start == datetime(2006, 9, 15, 8, 0, tzinfo=UTC)
+
+
+def test_other_types_are_stored_not_evaluated() -> None:
+    raw = b"MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261020||ADT^A08|ADT1|P|2.5\rPID|1||H1^^^GENHOSP^MR\r"
+    assert isinstance(parse_message(raw, OPTIONS), OtherMessage)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "segment", "field"),
+    [
+        pytest.param(b"PID|1||H1^^^G^MR\r", AckCode.AE, "MSH", 0, id="no-msh"),
+        pytest.param(b"MSH|^~\\&|L|F|R|G|2026||ORU^R01|C1|P|2.1\rPID|1\r", AckCode.AR, "MSH", 12, id="version-2.1"),
+        pytest.param(b"MSH|^~\\&|L|F|R|G|2026||ORU^R01|C1|X|2.5\rPID|1\r", AckCode.AR, "MSH", 11, id="processing-id"),
+        pytest.param(b"MSH|^~\\&|L|F|R|G|2026|||C1|P|2.5\r", AckCode.AR, "MSH", 9, id="no-type"),
+        pytest.param(b"MSH|^~\\&|L|F|R|G|2026||ORU^R01|C1|P|2.5\rOBX|1\r", AckCode.AE, "PID", 0, id="no-pid"),
+        pytest.param(
+            b"MSH|^~\\&|L|F|R|G|2026||ORU^R01|C1|P|2.5\rPID|1||123^^^SSA^SS\r", AckCode.AE, "PID", 3, id="no-mr"
+        ),
+    ],
+)
+def test_unreadable_messages_raise_with_their_ack_code(raw: bytes, code: AckCode, segment: str, field: int) -> None:
+    with pytest.raises(MessageError) as info:
+        parse_message(raw, OPTIONS)
+    assert (info.value.ack_code, info.value.segment, info.value.field) == (code, segment, field)
+
+
+def test_versions_2_2_to_2_8_and_minor_releases_are_accepted() -> None:
+    for version in ("2.2", "2.3.1", "2.5.1", "2.8.2"):
+        raw = f"MSH|^~\\&|L|F|R|G|2026||ADT^A01|C1|P|{version}\r".encode()
+        assert isinstance(parse_message(raw, OPTIONS), OtherMessage)
+
+
+def test_offset_in_timestamp_is_kept() -> None:
+    raw = sample("02_seed_liver_panel_above_3xuln.hl7").replace(b"|||20261020080000\r", b"|||20261020080000+0200\r")
+    message = parse_message(raw, OPTIONS)
+    assert isinstance(message, ResultMessage)
+    assert message.observations[0].observed_at.utcoffset() == timedelta(hours=2)
+    assert message.observations[0].observed_at == datetime(2026, 10, 20, 8, tzinfo=timezone(timedelta(hours=2)))
+
+
+def test_decode_bom_declared_charset_and_fallback() -> None:
+    assert decode(b"\xef\xbb\xbfMSH|^~\\&|\xc3\xa9") == "MSH|^~\\&|é"
+    latin = b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5|||||8859/1\rPID|1||X||M\xfcller\r"
+    assert "Müller" in decode(latin)
+    assert "Müller" in decode(b"MSH|^~\\&|A\rPID|1||X||M\xfcller\r")  # not UTF-8: cp1252 fallback
+
+
+def test_escape_sequences_are_resolved() -> None:
+    raw = (
+        b"MSH|^~\\&|L|F|R|G|2026||ORU^R01|C1|P|2.5\rPID|1||H1^^^G^MR\r"
+        b"OBR|1|||P\rOBX|1|ST|X^Note\\T\\more^L||a\\F\\b\\S\\c\\E\\d||||||F|||20261020\r"
+    )
+    message = parse_message(raw, OPTIONS)
+    assert isinstance(message, ResultMessage)
+    assert message.observations[0].value_text == "a|b^c\\d"
+    assert message.observations[0].text == "Note&more"
+
+
+def test_split_file_handles_line_endings_and_batches() -> None:
+    batch = (
+        b"FHS|^~\\&|L\nBHS|^~\\&|L\nMSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\r\nPID|1\r\n"
+        b"MSH|^~\\&|A|B|C|D|1||ADT^A01|2|P|2.5\nPID|2\nBTS|2\nFTS|1\n"
+    )
+    assert split_file(batch) == [
+        b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rPID|1\r",
+        b"MSH|^~\\&|A|B|C|D|1||ADT^A01|2|P|2.5\rPID|2\r",
+    ]

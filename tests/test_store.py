@@ -1,0 +1,114 @@
+"""The SQLite store: atomic units, grouped commits, dedup, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.model import AckCode
+from hl7_alerts.pipeline import PipelineSettings, process
+from hl7_alerts.store import SchemaTooNewError, SqliteStore, Transaction
+from hl7_alerts.terminology import Terminology
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def messages(name: str) -> list[bytes]:
+    return split_file((SAMPLES / name).read_bytes())
+
+
+async def test_failing_unit_rolls_back_alone_in_a_grouped_commit(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+
+    def ok(raw: bytes):
+        return lambda tx: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+
+    def boom(tx: Transaction) -> None:
+        raw = messages("05_no_thiopurine_high_enzymes.hl7")[0]
+        process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+        raise RuntimeError("defect after writing")
+
+    order, panel = messages("01_seed_order_azathioprine.hl7")[0], messages("02_seed_liver_panel_above_3xuln.hl7")[0]
+    results = await asyncio.gather(store.transact(ok(order)), store.transact(boom), store.transact(ok(panel)),
+                                   return_exceptions=True)
+    await store.close()
+    assert results[0].ack_code is AckCode.CA or results[0].ack_code is AckCode.AA  # type: ignore[union-attr]
+    assert isinstance(results[1], RuntimeError)
+    assert len(results[2].changes) == 1  # type: ignore[union-attr]
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        ids = [r[0] for r in db.execute("SELECT control_id FROM messages ORDER BY id")]
+        outbox = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert ids == ["RX0001", "LAB0001"]  # LAB0003 rolled back with its unit
+    assert outbox == 1
+
+
+async def test_many_concurrent_units_share_commits(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    commits = 0
+
+    def count(tx: Transaction) -> int:
+        return 1
+
+    # 300 units queued at once must finish in far fewer than 300 commits.
+    original_run_batch = store._run_batch
+
+    def counting(conn, tx, batch):
+        nonlocal commits
+        commits += 1
+        return original_run_batch(conn, tx, batch)
+
+    store._run_batch = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(*(store.transact(count) for _ in range(300)))
+    await store.close()
+    assert sum(results) == 300
+    assert commits < 300
+
+
+async def test_dedup_key_returns_the_first_answer(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    raw = messages("05_no_thiopurine_high_enzymes.hl7")[0]
+    settings = PipelineSettings()
+
+    def unit(tx: Transaction):
+        return process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+
+    first = await store.transact(unit)
+    second = await store.transact(unit)
+    await store.close()
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert first.ack_code == second.ack_code == AckCode.AA
+
+
+async def test_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (999)")
+    with pytest.raises(SchemaTooNewError, match="newer than this hl7-alerts knows"):
+        await SqliteStore.open(tmp_path / "s.db")
+
+
+async def test_reused_control_id_with_other_content_is_processed_not_dropped(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+    first = messages("05_no_thiopurine_high_enzymes.hl7")[0]
+    restamped = first.replace(b"|20261021101500|", b"|20261021111500|")  # MSH-7 only
+    other = first.replace(b"||310|", b"||311|")  # same MSH-10, another result
+
+    def unit(raw: bytes):
+        return lambda tx: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+
+    outcomes = [await store.transact(unit(m)) for m in (first, restamped, other)]
+    await store.close()
+    assert [o.duplicate for o in outcomes] == [False, True, False]
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+        assert sorted(r[0] for r in db.execute("SELECT value FROM observations WHERE analyte = 'ALT'")) == [310, 311]
