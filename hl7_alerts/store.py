@@ -155,6 +155,10 @@ class Transaction(Protocol):
         """Every alert the patient had, open or resolved (withdrawn ones left out)."""
         ...
 
+    def find_patients(self, patient_id: str, id_type: str) -> list[PatientKey]:
+        """Every stored patient key with this identifier and type (any authority)."""
+        ...
+
     def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
         """ADT^A40: move results, orders and alerts of ``prior`` to ``surviving``."""
         ...
@@ -516,6 +520,20 @@ class _SqliteTransaction:
                 PastAlert(rule=rule, open=state == "open", opened_at=opened_at, evidence_at=evidence_at)
             )
         return tuple(out)
+
+    def find_patients(self, patient_id: str, id_type: str) -> list[PatientKey]:
+        keys = set()
+        for table in ("orders", "observations"):
+            keys |= {
+                r[0] for r in self._conn.execute(f"SELECT DISTINCT patient FROM {table}")  # noqa: S608
+            }
+        found = []
+        for key in sorted(keys):
+            authority, _, rest = key.partition("|")
+            kind, _, ident = rest.partition("|")
+            if ident == patient_id and kind == id_type:
+                found.append(PatientKey(id=ident, id_type=kind, authority=authority))
+        return found
 
     def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
         old, new = prior.key, surviving.key
