@@ -231,3 +231,9 @@ def test_a40_merge_moves_history_orders_and_alerts(tmp_path: Path) -> None:
     assert events(out) == [(MISSING, "firing", "info"), (MILD, "firing", "warning"), (MILD, "escalated", "high")]
     assert out[1]["alert_id"] == out[2]["alert_id"]
     assert out[2]["patient"]["id"] == "H0990001"
+
+
+def test_pgx_missing_resolves_when_the_results_arrive(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START,
+                    oru("G1", "20260905080000", tpmt("Normal metabolizer"), nudt15("*1/*1"), specimen="G1"))
+    assert events(out) == [(MISSING, "firing", "info"), (MISSING, "resolved", "info")]

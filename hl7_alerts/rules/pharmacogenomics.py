@@ -168,5 +168,6 @@ def pgx_missing(ctx: PatientContext, started: Sequence[OrderState], settings: Ru
                 "CPIC Guideline for Thiopurine Dosing Based on TPMT and NUDT15 Genotypes",
             ),
             occurred_at=order.start,
+            rests_on=tuple(missing),  # a later panel carrying them resolves the alert
         )
     return None
