@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hl7_alerts.model import (
     HoldPeriod,
     Observation,
-    PastAlert,
     OrderState,
+    PastAlert,
     PatientContext,
     PatientDemographics,
     PatientKey,

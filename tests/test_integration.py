@@ -223,7 +223,7 @@ async def test_every_rule_through_mllp_and_mqtt(tmp_path: Path, broker: Broker, 
         codes = {ack_fields(await client.send(m))["code"] for m in messages}
         await client.close()
         assert codes == {"AA"}
-        await mqtt.wait_for(lambda _: CATALOG <= seen())
+        await mqtt.wait_for(lambda _: seen() >= CATALOG)
     for topic, body in mqtt.messages:
         if "/alerts/" in topic:
             assert topic == f"{prefix}/alerts/{body['severity']}/{body['rule']}"

@@ -189,9 +189,11 @@ def test_every_liver_finding_carries_the_pattern() -> None:
     findings = evaluate(ON, [obs(A.ALT, 500, ref="7-56"), obs(A.ALP, 300, ref="42-141")], SETTINGS)
     assert [(f.rule, f.pattern.type if f.pattern else None) for f in findings] == [(STOP, "mixed"), (CHOL, "mixed")]
     (hepatocellular,) = evaluate(ON, [obs(A.ALT, 600, ref="7-56"), obs(A.ALP, 141, ref="42-141")], SETTINGS)
-    assert hepatocellular.pattern is not None and hepatocellular.pattern.type == "hepatocellular"
+    assert hepatocellular.pattern is not None
+    assert hepatocellular.pattern.type == "hepatocellular"
     (cholestatic,) = evaluate(ON, [obs(A.ALT, 60, ref="7-56"), obs(A.ALP, 300, ref="42-141")], SETTINGS)
-    assert cholestatic.pattern is not None and cholestatic.pattern.type == "cholestatic"
+    assert cholestatic.pattern is not None
+    assert cholestatic.pattern.type == "cholestatic"
 
 
 THRESHOLDS = [
@@ -276,6 +278,6 @@ def test_pgx_missing_names_which() -> None:
     (A.NUDT15, "*1/*2", Metabolizer.INTERMEDIATE),
     (A.NUDT15, "*3/*3", Metabolizer.POOR),
     (A.NUDT15, "pending", None),
-], ids=lambda v: str(v))
+], ids=str)
 def test_metabolizer_reading(analyte: Analyte, text: str, expected: Metabolizer | None) -> None:
     assert metabolizer(coded(analyte, text), SETTINGS) is expected
