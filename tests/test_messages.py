@@ -197,11 +197,11 @@ def test_a40_without_a_usable_prior_is_ae(mrg: str) -> None:
 
 def test_cwe_result_reads_the_text_component() -> None:
     raw = (
-        "MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261001080000||ORU^R01|G1|P|2.5.1\r"
-        "PID|1||H0990001^^^GENHOSP^MR\r"
-        "OBR|1|O1|S1|TPMT^TPMT^L|||20261001080000\r"
-        "OBX|1|CWE|TPMT^TPMT phenotype^L||IM^Intermediate metabolizer^L||||||F\r"
-    ).encode()
+        b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261001080000||ORU^R01|G1|P|2.5.1\r"
+        b"PID|1||H0990001^^^GENHOSP^MR\r"
+        b"OBR|1|O1|S1|TPMT^TPMT^L|||20261001080000\r"
+        b"OBX|1|CWE|TPMT^TPMT phenotype^L||IM^Intermediate metabolizer^L||||||F\r"
+    )
     options = ParseOptions(terminology=Terminology(local_lab_codes={"TPMT": Analyte.TPMT}), timezone=UTC)
     message = parse_message(raw, options)
     assert isinstance(message, ResultMessage)
