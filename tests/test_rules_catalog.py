@@ -13,6 +13,7 @@ from rulekit import T0, coded, context, obs, order, past
 
 from hl7_alerts.model import Severity
 from hl7_alerts.rules import RuleSettings, evaluate
+from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange
 from hl7_alerts.rules.engine import evaluate_orders
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
 from hl7_alerts.rules.pharmacogenomics import Metabolizer, metabolizer
@@ -76,7 +77,6 @@ CASES = [
     ("mild-previous-other-analyte-warning", context(order(), history=(obs(A.AST, 60, ref="10-40", at=T0 - 7 * D, specimen="S0"),)),
      [obs(A.ALT, 57, ref="7-56")], [(MILD, S.WARNING)]),
     ("mild-folded-into-stop", ON, [obs(A.ALT, 170, ref="7-56"), obs(A.GGT, 60, ref="9-48")], [(STOP, S.CRITICAL)]),
-    ("mild-sex-specific-default", context(order(), sex="F"), [obs(A.ALT, 40)], []),
     # -- rechallenge (decision 1: replaces stop and mild; decision 10)
     ("rechallenge-mild-high", RECHALLENGE, [obs(A.ALT, 57, ref="7-56")], [(RECH, S.HIGH)]),
     ("rechallenge-at-3x-critical", RECHALLENGE, [obs(A.ALT, 168, ref="7-56")], [(RECH, S.CRITICAL)]),
@@ -196,6 +196,8 @@ def test_every_liver_finding_carries_the_pattern() -> None:
     assert cholestatic.pattern.type == "cholestatic"
 
 
+FEMALE_ALT = RuleSettings(default_ranges={**DEFAULT_RANGES, A.ALT: DefaultRange(low=7, high=56, by_sex={"F": (7, 35)})})
+
 THRESHOLDS = [
     ("cholestasis-x-uln", RuleSettings(cholestasis_alp_x_uln=3.0), ON, [obs(A.ALP, 300, ref="42-141")], [(MILD, S.WARNING)]),
     ("hys-bili-x-uln", RuleSettings(hys_law_bilirubin_x_uln=1.5), ON,
@@ -214,6 +216,9 @@ THRESHOLDS = [
      [coded(A.TPMT, "15.0", value_type="NM", value=15.0)], [(POOR, S.HIGH)]),
     ("tpmt-activity-normal", RuleSettings(tpmt_activity_poor_below=6.3, tpmt_activity_intermediate_below=15.1), ON,
      [coded(A.TPMT, "15.1", value_type="NM", value=15.1)], []),
+    ("sex-specific-default-female", FEMALE_ALT, context(order(), sex="F"), [obs(A.ALT, 40)], [(MILD, S.WARNING)]),
+    ("sex-specific-default-male", FEMALE_ALT, context(order(), sex="M"), [obs(A.ALT, 40)], []),
+    ("sex-specific-default-unknown-sex", FEMALE_ALT, context(order()), [obs(A.ALT, 40)], []),
     ("tpmt-activity-unset-not-read", SETTINGS, ON, [coded(A.TPMT, "1.0", value_type="NM", value=1.0)], []),
     ("mercaptopurine-watched-when-configured", RuleSettings(thiopurines=frozenset({"azathioprine", "mercaptopurine"})),
      context(order(ingredient="mercaptopurine")), [obs(A.WBC, 3.4)], [(MYELO, S.HIGH)]),
