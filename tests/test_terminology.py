@@ -34,7 +34,7 @@ SITE = Terminology(
     ((("LFT1", "L"), ("1742-6", "LN")), A.ALT),  # alternate identifier (OBX-3.4)
     ((("1742-6", "L"),), None),  # a LOINC-looking local code is not LOINC
     ((("9999-9", "LN"),), None),
-], ids=lambda v: str(v))
+], ids=str)
 def test_codes_to_analytes(codes: tuple[tuple[str, str], ...], expected: Analyte | None) -> None:
     assert SITE.analyte(codes) == expected
 
@@ -48,7 +48,7 @@ def test_every_clinical_loinc_is_mapped() -> None:
     (A.BILI_TOTAL, 34.2, "umol/L", 2.0), (A.BILI_TOTAL, 2, "mg/dL", 2), (A.ALBUMIN, 35, "g/L", 3.5),
     (A.ALBUMIN, 3.5, "g/dL", 3.5), (A.WBC, 4, "10*9/L", 4), (A.WBC, 4, "10*3/uL", 4), (A.WBC, 4, "K/uL", 4),
     (A.PLATELETS, 150000, "/uL", 150), (A.ALT, 1, "furlongs", None),
-], ids=lambda v: str(v))
+], ids=str)
 def test_units(analyte: Analyte, value: float, unit: str, expected: float | None) -> None:
     got = to_canonical(analyte, value, unit)
     assert got == pytest.approx(expected) if expected is not None else got is None
@@ -57,7 +57,7 @@ def test_units(analyte: Analyte, value: float, unit: str, expected: float | None
 @pytest.mark.parametrize(("text", "low", "high"), [
     ("7-56", 7, 56), ("7 - 56", 7, 56), ("<40", None, 40), ("0-40 U/L", 0, 40), (">3.5", 3.5, None),
     ("3.5-5.0", 3.5, 5.0), ("", None, None), ("see note", None, None),
-], ids=lambda v: str(v))
+], ids=str)
 def test_ranges(text: str, low: float | None, high: float | None) -> None:
     rng = parse_range(text)
     assert (rng.low, rng.high) == (low, high)
@@ -67,7 +67,7 @@ def test_ranges(text: str, low: float | None, high: float | None) -> None:
     ("NM", "190", (190.0, "")), ("NM", "<5", (5.0, "<")), ("NM", ">1000", (1000.0, ">")),
     ("SN", ">^1000", (1000.0, ">")), ("SN", "<^5", (5.0, "<")), ("SN", "^42", (42.0, "")),
     ("SN", "1^:^128", (None, "")), ("ST", "haemolysed", (None, "")),
-], ids=lambda v: str(v))
+], ids=str)
 def test_values(value_type: str, text: str, expected: tuple[float | None, str]) -> None:
     assert parse_value(value_type, text) == expected
 
@@ -79,6 +79,6 @@ def test_values(value_type: str, text: str, expected: tuple[float | None, str]) 
     ("", "", "azasan 75 mg tablet", Ingredient.AZATHIOPRINE), ("", "", "Azathioprine 50 MG", Ingredient.AZATHIOPRINE),
     ("0054-4084-25", "NDC", "", Ingredient.AZATHIOPRINE), ("PH123", "LOCAL", "", Ingredient.ALLOPURINOL),
     ("", "", "Zyloprim 100", Ingredient.ALLOPURINOL), ("", "", "aspirin", None),
-], ids=lambda v: str(v))
+], ids=str)
 def test_drugs(code: str, system: str, text: str, expected: Ingredient | None) -> None:
     assert SITE.ingredient(code, system, text) == expected
