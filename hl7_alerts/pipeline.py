@@ -129,16 +129,24 @@ def _context(
     patient: PatientKey,
     orders: tuple[OrderState, ...],
     demographics: PatientDemographics,
-    since: datetime,
+    *,
+    earliest: datetime,
+    settings: PipelineSettings,
 ) -> PatientContext:
-    """What the rules may know: orders, results since ``since`` plus every
-    TPMT/NUDT15 result (a genotype does not expire), and past alerts."""
-    recent = tx.patient_history(patient, since)
-    pgx = [o for o in tx.patient_history(patient, None, analytes=_PGX) if o.observed_at < since]
+    """What the rules may know: orders, past alerts, and the results they read:
+    everything from the Hy's law window before ``earliest`` on, plus the
+    latest result of each analyte before that (a previous panel, within
+    ``history_days``) and the latest TPMT/NUDT15 ever (a genotype does not
+    expire). Loading only this keeps a long history from costing every
+    message."""
+    near = earliest - timedelta(hours=settings.rules.hys_law_window_hours)
+    recent = tx.patient_history(patient, near)
+    older = tx.latest_results(patient, near, earliest - timedelta(days=settings.history_days))
+    pgx = [o for o in tx.latest_results(patient, near, None) if o.analyte in _PGX and o not in older]
     return PatientContext(
         patient=patient,
         orders=orders,
-        history=(*pgx, *recent),
+        history=(*pgx, *older, *recent),
         demographics=demographics,
         alerts=tx.alert_history(patient),
     )
@@ -152,8 +160,7 @@ def _evaluate(
     if not any(o.ingredient in settings.rules.thiopurines for o in orders):
         return []  # every rule needs a thiopurine order, current or past
     earliest = min(o.observed_at for o in message.observations) if message.observations else received_at
-    since = earliest - timedelta(days=settings.history_days)
-    ctx = _context(tx, patient, orders, message.demographics, since)
+    ctx = _context(tx, patient, orders, message.demographics, earliest=earliest, settings=settings)
     assessment = assess(ctx, message.observations, settings.rules)
     corrected: dict[datetime, set[str]] = {}
     for o in message.observations:
@@ -183,8 +190,7 @@ def _evaluate_orders(
     if not any(o.ingredient in settings.rules.thiopurines for o in orders):
         return []
     starts = [o.start for o in started if o.start is not None] or [received_at]
-    since = min(starts) - timedelta(days=settings.history_days)
-    ctx = _context(tx, patient, orders, message.demographics, since)
+    ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
     findings = evaluate_orders(ctx, started, settings.rules)
     return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings)
 

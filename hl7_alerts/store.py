@@ -40,6 +40,7 @@ from hl7_alerts.model import (
     ResultStatus,
     Severity,
 )
+from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso
 
 T = TypeVar("T")
@@ -144,6 +145,14 @@ class Transaction(Protocol):
     ) -> tuple[Observation, ...]:
         """Results observed at or after ``since`` (all, when None), optionally
         only of ``analytes``; superseded (corrected, cancelled) ones left out."""
+        ...
+
+    def latest_results(
+        self, patient: PatientKey, before: datetime, since: datetime | None
+    ) -> tuple[Observation, ...]:
+        """Per analyte, the latest evaluable result observed before ``before``
+        (and at or after ``since``, when given): what "the previous result"
+        and "on file" need, without loading the whole history."""
         ...
 
     def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:
@@ -294,6 +303,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN rests_on TEXT NOT NULL DEFAULT '';
     ALTER TABLE alerts ADD COLUMN evidence_key TEXT NOT NULL DEFAULT '';
     CREATE INDEX observations_code ON observations (patient, code, specimen_id, observed_ts);
+    CREATE INDEX observations_analyte ON observations (patient, analyte, observed_ts);
     """,
 )
 
@@ -493,6 +503,24 @@ class _SqliteTransaction:
             params.extend(analytes)
         rows = self._conn.execute(sql + " ORDER BY observed_ts, id", params).fetchall()
         return tuple(_observation_from_row(r) for r in rows)
+
+    def latest_results(
+        self, patient: PatientKey, before: datetime, since: datetime | None
+    ) -> tuple[Observation, ...]:
+        # One indexed probe per analyte: a long history costs nothing here.
+        rows = []
+        for analyte in Analyte:
+            row = self._conn.execute(
+                "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
+                "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id "
+                "FROM observations INDEXED BY observations_analyte "
+                "WHERE patient = ? AND analyte = ? AND observed_ts < ? AND observed_ts >= ? "
+                "AND superseded = 0 AND status IN ('F', 'C', 'P') ORDER BY observed_ts DESC, id DESC LIMIT 1",
+                (patient.key, analyte.value, _ts(before), _ts(since) if since is not None else float("-inf")),
+            ).fetchone()
+            if row is not None:
+                rows.append(row)
+        return tuple(sorted((_observation_from_row(r) for r in rows), key=lambda o: o.observed_at))
 
     def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:
         count = 0
