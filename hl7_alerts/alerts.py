@@ -121,6 +121,7 @@ def reconcile(
     next_episode: Mapping[str, int],
     verdicts: Sequence[PanelVerdict] = (),
     corrected: Mapping[datetime, Collection[str]] | None = None,
+    resolved_at: Mapping[str, datetime] | None = None,
 ) -> list[AlertChange]:
     """What new findings and panel verdicts do to a patient's alerts.
 
@@ -139,7 +140,9 @@ def reconcile(
     corrected or cancelled (OBX-11 C/X/D) to the analytes it touched: an
     alert resting on such a value whose rule no longer holds on that panel
     is withdrawn (decision 4). A closed alert's next finding opens a new
-    episode with a new alert_id (decision 2).
+    episode with a new alert_id (decision 2), unless it is older than the
+    panel that resolved the last episode (``resolved_at``, per rule): a late
+    result is history.
     """
     changes: list[AlertChange] = []
     current = dict(open_alerts)
@@ -148,6 +151,9 @@ def reconcile(
         existing = current.get(finding.rule)
         key = evidence_key(finding)
         if existing is None:
+            closed_by = (resolved_at or {}).get(finding.rule)
+            if closed_by is not None and finding.occurred_at < closed_by:
+                continue
             episode = episodes.get(finding.rule, 1)
             episodes[finding.rule] = episode + 1
             alert = Alert(
@@ -212,7 +218,7 @@ def _close(
     alert: Alert, state: AlertState, at: datetime, verdict: PanelVerdict | None, source: Source
 ) -> AlertChange:
     """The alert closed (resolved or withdrawn) by the panel observed at ``at``."""
-    closed = replace(alert, state=state, version=alert.version + 1)
+    closed = replace(alert, state=state, version=alert.version + 1, evidence_at=max(alert.evidence_at, at))
     if state is AlertState.WITHDRAWN:
         what, why = "Withdrawn", "the result it rested on was corrected or cancelled"
     else:

@@ -168,7 +168,7 @@ def _evaluate(
             corrected.setdefault(o.observed_at, set()).add(o.analyte)
     return _reconcile(
         tx, message, assessment.findings, assessment.verdicts, corrected, received_at=received_at,
-        settings=settings,
+        settings=settings, ctx=ctx,
     )
 
 
@@ -192,7 +192,7 @@ def _evaluate_orders(
     starts = [o.start for o in started if o.start is not None] or [received_at]
     ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
     findings = evaluate_orders(ctx, started, settings.rules)
-    return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings)
+    return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
 
 
 def _reconcile(
@@ -204,6 +204,7 @@ def _reconcile(
     *,
     received_at: datetime,
     settings: PipelineSettings,
+    ctx: PatientContext,
 ) -> list[AlertChange]:
     if not findings and not verdicts and not corrected:
         return []
@@ -218,10 +219,21 @@ def _reconcile(
         next_episode=tx.next_episodes(message.patient),
         verdicts=verdicts,
         corrected=corrected,
+        resolved_at=_resolved_at(ctx),
     )
     for change in changes:
         enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
     return changes
+
+
+def _resolved_at(ctx: PatientContext) -> dict[str, datetime]:
+    """Per rule, the observation time of the panel that closed its last
+    episode (withdrawn episodes are not in the context)."""
+    out: dict[str, datetime] = {}
+    for a in ctx.alerts:
+        if not a.open and (a.rule not in out or a.evidence_at > out[a.rule]):
+            out[a.rule] = a.evidence_at
+    return out
 
 
 def enqueue_change(

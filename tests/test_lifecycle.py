@@ -238,3 +238,15 @@ def test_pgx_missing_resolves_when_the_results_arrive(tmp_path: Path) -> None:
     out = run_check(tmp_path, START,
                     oru("G1", "20260905080000", tpmt("Normal metabolizer"), nudt15("*1/*1"), specimen="G1"))
     assert events(out) == [(MISSING, "firing", "info"), (MISSING, "resolved", "info")]
+
+
+def test_late_result_after_resolution_is_history_not_a_new_episode(tmp_path: Path) -> None:
+    """Issue point 3: a late abnormal result observed before the panel that
+    resolved the alert does not reopen it; a newer one does."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L3", "20261008080000", alt("40"), specimen="S3"),
+                    oru("L2", "20261004080000", alt("250"), specimen="S2"),
+                    oru("L4", "20261010080000", alt("250"), specimen="S4"))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "resolved", "critical"),
+                               (STOP, "firing", "critical")]
+    assert out[3]["occurred_at"].startswith("2026-10-10")
