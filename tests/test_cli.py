@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import SAMPLES, WAIT, Broker, free_port, port_open, wait_until
 
-from hl7_alerts.config import ConfigError, parse_config
+from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 
 CLI = [sys.executable, "-m", "hl7_alerts"]
 
@@ -84,3 +84,9 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
                             timeout=WAIT, check=False, env={**os.environ})
     assert result.returncode == 1
     assert f"{config}:2: hl7.timezone" in result.stderr
+
+
+def test_config_yaml_shows_the_embedded_defaults() -> None:
+    shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
+    assert shipped.rules == Config().rules
+    assert shipped.rule_settings() == Config().rule_settings()

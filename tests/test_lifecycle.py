@@ -111,6 +111,11 @@ def test_preliminary_is_evaluated_and_marked_pending_is_stored_only(tmp_path: Pa
     out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")))
     assert events(out)[1:] == [(STOP, "firing", "critical")]
     assert out[1]["observations"][0]["status"] == "P"
+    assert out[1]["title"].startswith("Preliminary: ")
+    final = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
+                      oru("L1F", "20261001080000", alt("190")))
+    assert events(final)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert not final[2]["title"].startswith("Preliminary")
     for status in ("I", "R"):
         assert events(run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status=status))))[1:] == []
 

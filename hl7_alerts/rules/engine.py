@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from hl7_alerts.model import Observation, OrderState, PastAlert, PatientContext
+from hl7_alerts.model import Observation, OrderState, PastAlert, PatientContext, ResultStatus
 from hl7_alerts.rules import interactions, liver, marrow, pharmacogenomics
 from hl7_alerts.rules.common import Evidence, Finding, Panel, RuleSettings, evidence, panels
 from hl7_alerts.rules.ids import (
@@ -97,6 +97,19 @@ def _fold_liver(raw: dict[str, Finding]) -> list[Finding]:
     return [sent[r] for r in order if r in sent]
 
 
+def _mark_preliminary(finding: Finding) -> Finding:
+    """A finding resting on a preliminary (OBX-11 P) value says so in its title."""
+    preliminary = any(
+        e.observation.status is ResultStatus.PRELIMINARY and e.observation.analyte in finding.rests_on
+        for e in finding.evidence
+    )
+    if not preliminary:
+        return finding
+    return replace(
+        finding, title=f"Preliminary: {finding.title}", summary=f"Preliminary result. {finding.summary}"
+    )
+
+
 def assess(ctx: PatientContext, new: Sequence[Observation], settings: RuleSettings) -> Assessment:
     """Findings and per-panel verdicts for the new results of one message, in
     observation-time order."""
@@ -115,7 +128,7 @@ def assess(ctx: PatientContext, new: Sequence[Observation], settings: RuleSettin
         if raised:
             ctx = replace(ctx, alerts=ctx.alerts + raised)
         others = [f for rule in OTHER_PANEL_RULES if (f := rule(ctx, panel, settings)) is not None]
-        findings += liver_sent + others
+        findings += [_mark_preliminary(f) for f in liver_sent + others]
         verdicts.append(
             PanelVerdict(
                 observed_at=panel.observed_at,
