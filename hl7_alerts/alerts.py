@@ -3,21 +3,23 @@
 An alert is identified by its fingerprint, a blake2b hash over the sorted
 (patient, rule, episode) labels: stable across processes and daemons, never
 Python's ``hash()``. `reconcile` is the pure decision of what a set of new
-findings does to the open alerts (open one, update, escalate); `payload`
-renders one alert event in the CLINICAL.md contract. No I/O here.
+findings and panel verdicts does to the open alerts (open one, update,
+escalate, resolve, withdraw); `payload` renders one alert event in the
+CLINICAL.md contract. No I/O here.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from hl7_alerts.model import PatientDemographics, PatientKey, Severity
 from hl7_alerts.rules.common import Evidence, Finding
+from hl7_alerts.rules.engine import PanelVerdict
 from hl7_alerts.timeutil import to_iso
 
 SCHEMA = "hl7-alerts/alert@1"
@@ -77,6 +79,26 @@ class Alert:
     version: int
     opened_at: datetime
     evidence_at: datetime
+    rests_on: tuple[str, ...] = ()
+    """Analytes the latest finding rested on (what a resolving panel must carry)."""
+    evidence_key: str = ""
+    """`evidence_key` of the latest finding: an identical finding changes nothing."""
+    title: str = field(default="", compare=False)
+
+
+def evidence_key(finding: Finding) -> str:
+    """What an update must change to be news: the results a finding rests on
+    (analyte, value, comparator, unit, status, observation time) and its order."""
+    h = hashlib.blake2b(digest_size=12)
+    parts = [finding.order.order_id if finding.order is not None else ""]
+    for e in finding.evidence:
+        o = e.observation
+        parts.append(f"{o.analyte}|{o.code}|{o.value_text}|{o.value}|{o.comparator}|{o.unit}|"
+                     f"{o.status}|{o.observed_at.isoformat()}|{o.specimen_id}")
+    for part in sorted(parts):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,21 +119,43 @@ def reconcile(
     patient: PatientKey,
     source: Source,
     next_episode: Mapping[str, int],
+    verdicts: Sequence[PanelVerdict] = (),
+    corrected: Mapping[datetime, Collection[str]] | None = None,
+    resolved_at: Mapping[str, datetime] | None = None,
 ) -> list[AlertChange]:
-    """What new findings do to a patient's alerts.
+    """What new findings and panel verdicts do to a patient's alerts.
 
     ``open_alerts`` maps rule id to the open alert of that rule;
     ``next_episode`` maps rule id to the episode number a new alert would
     take. A finding for an open alert updates it (escalates when severity
-    rises); a finding older than the alert's newest evidence is history and
-    changes nothing; otherwise a new alert fires.
+    rises) only when its evidence or severity differs from the alert's (an
+    identical finding, e.g. the same panel processed again, is no news); a
+    finding older than the alert's newest evidence is history and changes
+    nothing; otherwise a new alert fires.
+
+    ``verdicts`` says which rules held on each new panel: a panel observed
+    after the alert's newest evidence, carrying every analyte the alert rests
+    on, on which its rule no longer holds, resolves it (decision 3).
+    ``corrected`` maps the observation time of each panel this message
+    corrected or cancelled (OBX-11 C/X/D) to the analytes it touched: an
+    alert resting on such a value whose rule no longer holds on that panel
+    is withdrawn (decision 4). A closed alert's next finding opens a new
+    episode with a new alert_id (decision 2), unless it is older than the
+    panel that resolved the last episode (``resolved_at``, per rule): a late
+    result is history.
     """
     changes: list[AlertChange] = []
     current = dict(open_alerts)
+    episodes = dict(next_episode)
     for finding in findings:
         existing = current.get(finding.rule)
+        key = evidence_key(finding)
         if existing is None:
-            episode = next_episode.get(finding.rule, 1)
+            closed_by = (resolved_at or {}).get(finding.rule)
+            if closed_by is not None and finding.occurred_at < closed_by:
+                continue
+            episode = episodes.get(finding.rule, 1)
+            episodes[finding.rule] = episode + 1
             alert = Alert(
                 alert_id=alert_id_for(patient, finding.rule, episode),
                 patient=patient,
@@ -122,10 +166,15 @@ def reconcile(
                 version=1,
                 opened_at=finding.occurred_at,
                 evidence_at=finding.occurred_at,
+                rests_on=finding.rests_on,
+                evidence_key=key,
+                title=finding.title,
             )
             event = AlertEvent.FIRING
-        elif finding.occurred_at < existing.evidence_at:
-            continue
+        elif finding.occurred_at < existing.evidence_at or (
+            key == existing.evidence_key and finding.severity.rank <= existing.severity.rank
+        ):
+            continue  # history, or nothing new: no spurious `updated`
         else:
             escalates = finding.severity.rank > existing.severity.rank
             alert = replace(
@@ -133,11 +182,61 @@ def reconcile(
                 severity=max(finding.severity, existing.severity, key=lambda s: s.rank),
                 version=existing.version + 1,
                 evidence_at=finding.occurred_at,
+                rests_on=finding.rests_on or existing.rests_on,
+                evidence_key=key,
+                title=finding.title,
             )
             event = AlertEvent.ESCALATED if escalates else AlertEvent.UPDATED
         current[finding.rule] = alert
         changes.append(AlertChange(alert=alert, event=event, finding=finding, source=source))
+    raised = {c.finding.rule for c in changes if c.finding.occurred_at in (corrected or {})}
+    for at, analytes in (corrected or {}).items():
+        verdict = next((v for v in verdicts if v.observed_at == at), None)
+        for rule, alert in list(current.items()):
+            if alert.evidence_at != at or not set(alert.rests_on) & set(analytes) or rule in raised:
+                continue
+            if verdict is not None and rule in verdict.held:
+                continue
+            closed = _close(alert, AlertState.WITHDRAWN, at, verdict, source)
+            del current[rule]
+            changes.append(closed)
+    for verdict in sorted(verdicts, key=lambda v: v.observed_at):
+        for rule, alert in list(current.items()):
+            if (
+                not alert.rests_on
+                or verdict.observed_at <= alert.evidence_at
+                or not set(alert.rests_on) <= verdict.analytes
+                or rule in verdict.held
+            ):
+                continue
+            changes.append(_close(alert, AlertState.RESOLVED, verdict.observed_at, verdict, source))
+            del current[rule]
     return changes
+
+
+def _close(
+    alert: Alert, state: AlertState, at: datetime, verdict: PanelVerdict | None, source: Source
+) -> AlertChange:
+    """The alert closed (resolved or withdrawn) by the panel observed at ``at``."""
+    closed = replace(alert, state=state, version=alert.version + 1, evidence_at=max(alert.evidence_at, at))
+    if state is AlertState.WITHDRAWN:
+        what, why = "Withdrawn", "the result it rested on was corrected or cancelled"
+    else:
+        what, why = "Resolved", "a later panel no longer meets the rule"
+    title = f"{what}: {alert.title}" if alert.title else f"{what}: {alert.rule}"
+    finding = Finding(
+        rule=alert.rule,
+        severity=alert.severity,
+        title=title,
+        summary=f"{alert.rule} {what.lower()}: {why}",
+        evidence=verdict.evidence if verdict is not None else (),
+        order=None,
+        recommendations=(),
+        references=(),
+        occurred_at=at,
+    )
+    event = AlertEvent.WITHDRAWN if state is AlertState.WITHDRAWN else AlertEvent.RESOLVED
+    return AlertChange(alert=closed, event=event, finding=finding, source=source)
 
 
 # ---------------------------------------------------------------------------

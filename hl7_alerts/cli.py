@@ -4,17 +4,21 @@ package; holds no business logic of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from hl7_alerts import logs
+from hl7_alerts import logs, offline
 from hl7_alerts.config import Config, ConfigError, load_config
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
 from hl7_alerts.mllp import MllpClient
+from hl7_alerts.model import OrderState, PatientKey
+from hl7_alerts.store import SqliteStore
 from hl7_alerts.timeutil import UTC_ZONE
 
 
@@ -90,3 +94,113 @@ def _ack_fields(ack: bytes) -> tuple[str, str]:
     if msa is None:
         return "??", "answer has no MSA segment"
     return msa.get(1), msa.get(3)
+
+
+def _config_or_default(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="config.yaml for terminology, thresholds and store (default: the embedded defaults)",
+)
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
+    """Evaluate HL7 files offline and print the alert events as JSON lines.
+
+    Runs the daemon's own pipeline against a throwaway store (deleted after);
+    no broker, nothing published. Messages that would be rejected print a
+    line with "ack" and "error".
+    """
+    config = _config_or_default(config_path)
+    logs.configure("warning", "console")
+    events = asyncio.run(offline.check(files, config, now=datetime.now(UTC)))
+    for event in events:
+        click.echo(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+
+
+@main.group()
+def orders() -> None:
+    """Medication orders for sites without a pharmacy feed."""
+
+
+@orders.command("import")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="config.yaml",
+    show_default=True,
+    help="config.yaml naming the store",
+)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def orders_import(config_path: Path, file: Path) -> None:
+    """Import orders from a CSV file (columns in the README). Importing the
+    same file twice changes nothing; a bad row stops the import with an error
+    naming the row and column."""
+    config = _config_or_default(config_path)
+    logs.configure("warning", "console")
+    data = file.read_text(encoding="utf-8-sig")
+    try:
+        offline.read_orders_csv(data, config, str(file))  # validate before opening the store
+    except offline.OrdersCsvError as exc:
+        raise click.ClickException(str(exc)) from None
+    result = asyncio.run(_import(config, data, str(file)))
+    click.echo(
+        f"imported {result.imported}, unchanged {result.unchanged}, alert events {result.alert_events}"
+    )
+
+
+async def _import(config: Config, data: str, source: str) -> offline.ImportResult:
+    store = await SqliteStore.open(config.store.path)
+    try:
+        return await offline.import_orders(store, data, config, source=source, now=datetime.now(UTC))
+    finally:
+        await store.close()
+
+
+@orders.command("list")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="config.yaml",
+    show_default=True,
+    help="config.yaml naming the store",
+)
+@click.option("--patient", "patient_id", required=True, help="PID-3 identifier")
+@click.option("--id-type", default=None, help="identifier type (default: patient.id_type)")
+@click.option("--authority", default=None, help="assigning authority (default: any)")
+def orders_list(config_path: Path, patient_id: str, id_type: str | None, authority: str | None) -> None:
+    """List a patient's orders with their status now (tab-separated)."""
+    config = _config_or_default(config_path)
+    logs.configure("warning", "console")
+    found = asyncio.run(_list(config, patient_id, id_type or config.patient.id_type, authority))
+    if not found:
+        raise click.ClickException("no orders on file for that patient")
+    for row in offline.order_rows(found, datetime.now(UTC)):
+        click.echo("\t".join(row))
+
+
+async def _list(
+    config: Config, patient_id: str, id_type: str, authority: str | None
+) -> list[tuple[PatientKey, OrderState]]:
+    store = await SqliteStore.open(config.store.path)
+    try:
+        return await offline.list_orders(store, patient_id, id_type, authority)
+    finally:
+        await store.close()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hl7_alerts.alerts import PhiPolicy
 from hl7_alerts.messages import ParseOptions
+from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
 from hl7_alerts.terminology import Analyte, Ingredient, Terminology
@@ -111,6 +112,25 @@ class RangeConfig(_Section):
 
 class RulesConfig(_Section):
     hepatotoxicity_x_uln: float = Field(default=3.0, gt=1)
+    hys_law_bilirubin_x_uln: float = Field(default=2.0, gt=1)
+    hys_law_window_hours: float = Field(default=48.0, ge=0)
+    cholestasis_alp_x_uln: float = Field(default=2.0, gt=1)
+    rechallenge_days: int = Field(default=30, ge=0)
+    post_stop_days: int = Field(default=90, ge=0)
+    synthetic_inr_above: float = Field(default=1.5, gt=0)
+    wbc_below: float = Field(default=3.5, gt=0)
+    neutrophils_below: float = Field(default=1.6, gt=0)
+    platelets_below: float = Field(default=140.0, gt=0)
+    neutrophils_critical_below: float = Field(default=1.0, gt=0)
+    platelets_critical_below: float = Field(default=50.0, gt=0)
+    tpmt_activity_poor_below: float | None = Field(default=None, gt=0)
+    tpmt_activity_intermediate_below: float | None = Field(default=None, gt=0)
+    interacting_drugs: dict[Ingredient, Severity] = Field(
+        default_factory=lambda: {
+            Ingredient.ALLOPURINOL: Severity.HIGH,
+            Ingredient.FEBUXOSTAT: Severity.CRITICAL,
+        }
+    )
     ranges: dict[Analyte, RangeConfig] = Field(default_factory=dict)
     history_days: int = Field(default=400, ge=1)
 
@@ -165,9 +185,24 @@ class Config(_Section):
         for analyte, rc in self.rules.ranges.items():
             by_sex = {k: v for k, v in (("F", rc.female), ("M", rc.male)) if v is not None}
             ranges[analyte] = DefaultRange(low=rc.low, high=rc.high, by_sex=by_sex)
+        r = self.rules
         return RuleSettings(
             thiopurines=frozenset(str(t) for t in self.terminology.thiopurines),
-            hepatotoxicity_x_uln=self.rules.hepatotoxicity_x_uln,
+            hepatotoxicity_x_uln=r.hepatotoxicity_x_uln,
+            hys_law_bilirubin_x_uln=r.hys_law_bilirubin_x_uln,
+            hys_law_window_hours=r.hys_law_window_hours,
+            cholestasis_alp_x_uln=r.cholestasis_alp_x_uln,
+            rechallenge_days=r.rechallenge_days,
+            post_stop_days=r.post_stop_days,
+            synthetic_inr_above=r.synthetic_inr_above,
+            wbc_below=r.wbc_below,
+            neutrophils_below=r.neutrophils_below,
+            platelets_below=r.platelets_below,
+            neutrophils_critical_below=r.neutrophils_critical_below,
+            platelets_critical_below=r.platelets_critical_below,
+            tpmt_activity_poor_below=r.tpmt_activity_poor_below,
+            tpmt_activity_intermediate_below=r.tpmt_activity_intermediate_below,
+            xanthine_oxidase_inhibitors={str(k): v for k, v in r.interacting_drugs.items()},
             default_ranges=ranges,
         )
 

@@ -21,6 +21,7 @@ from hl7_alerts.model import (
     AckCode,
     Header,
     MedicationOrder,
+    MergeMessage,
     Message,
     Observation,
     OrderControl,
@@ -353,6 +354,9 @@ def parse_message(data: bytes, options: ParseOptions) -> Message:
             demographics=demographics,
             observations=tuple(read_observations(segments, header, options)),
         )
+    if header.message_type == "ADT" and header.trigger_event == "A40":
+        patient, _ = read_patient(segments, options)
+        return MergeMessage(header=header, patient=patient, prior=read_prior_patient(segments, options))
     if header.message_type in _ORDER_TYPES:
         patient, demographics = read_patient(segments, options)
         return OrderMessage(
@@ -430,6 +434,29 @@ def read_patient(segments: list[Segment], options: ParseOptions) -> tuple[Patien
     )
 
 
+def read_prior_patient(segments: list[Segment], options: ParseOptions) -> PatientKey:
+    """MRG-1 of an ADT^A40: the first repetition of the configured identifier
+    type. A repetition without a type (common in MRG-1) is taken as that type;
+    one of another type (PI, SS) never is."""
+    mrg = next((s for s in segments if s.name == "MRG"), None)
+    if mrg is None:
+        raise _content_error("ADT^A40 has no MRG segment", ErrorCode.SEGMENT_SEQUENCE, "MRG", 0)
+    d = mrg.delims
+    wanted = options.patient_id_type.upper()
+    for rep in mrg.repetitions(1):
+        ident = component_of(rep, d, 1).strip()
+        id_type = component_of(rep, d, 5).strip().upper() or wanted
+        authority = component_of(rep, d, 4, 1).strip()
+        if not ident or id_type != wanted:
+            continue
+        if options.patient_authority is not None and authority != options.patient_authority:
+            continue
+        return PatientKey(id=ident, id_type=id_type, authority=authority)
+    raise _content_error(
+        f"MRG-1 has no prior patient identifier of type {wanted}", ErrorCode.REQUIRED_FIELD_MISSING, "MRG", 1
+    )
+
+
 def _person_name(family: str, given: str) -> str:
     return ", ".join(p for p in (family.strip(), given.strip()) if p)
 
@@ -478,6 +505,10 @@ def _observation(
     if value_type == "SN":
         value_text = unescape(raw_value, d)
         value, comparator = parse_value("SN", raw_value, d.component)
+    elif value_type in ("CWE", "CE", "CNE"):
+        # Coded results (a PGx phenotype): the text component says it.
+        value_text = obx.get(5, 2) or obx.get(5, 1)
+        value, comparator = None, ""
     else:
         value_text = obx.get(5)
         value, comparator = (

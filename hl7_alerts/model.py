@@ -214,13 +214,26 @@ class OrderState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PastAlert:
+    """What a rule may know about an alert the patient had: which rule, whether
+    it is still open, and the observation times it rests on."""
+
+    rule: str
+    open: bool
+    opened_at: datetime
+    evidence_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PatientContext:
-    """What the rules may know about a patient: orders and prior results."""
+    """What the rules may know about a patient: orders, prior results and
+    prior alerts (withdrawn ones excluded: their evidence was wrong)."""
 
     patient: PatientKey
     orders: tuple[OrderState, ...]
     history: tuple[Observation, ...] = ()
     demographics: PatientDemographics = field(default_factory=PatientDemographics)
+    alerts: tuple[PastAlert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,10 +253,19 @@ class OrderMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MergeMessage:
+    """ADT^A40: the prior identifier (MRG-1) merges into the surviving one (PID-3)."""
+
+    header: Header
+    patient: PatientKey
+    prior: PatientKey
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OtherMessage:
     """A message type we store and acknowledge but do not evaluate."""
 
     header: Header
 
 
-Message = ResultMessage | OrderMessage | OtherMessage
+Message = ResultMessage | OrderMessage | MergeMessage | OtherMessage

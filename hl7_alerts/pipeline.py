@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -20,15 +21,22 @@ from hl7_alerts.alerts import AlertChange, PhiPolicy, Source, payload, reconcile
 from hl7_alerts.model import (
     AckCode,
     Header,
+    MergeMessage,
     Message,
+    OrderControl,
     OrderMessage,
+    OrderState,
     PatientContext,
     PatientDemographics,
+    PatientKey,
     ResultMessage,
+    ResultStatus,
 )
 from hl7_alerts.orders import apply_event
-from hl7_alerts.rules import RuleSettings, evaluate
+from hl7_alerts.rules import RuleSettings
+from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
 from hl7_alerts.store import DedupKey, OutboxItem, Transaction
+from hl7_alerts.terminology import Analyte
 
 log = structlog.get_logger("hl7_alerts.pipeline")
 
@@ -90,15 +98,58 @@ def process(
         key, header, raw, digest=raw_digest, received_at=received_at, ack_code=AckCode.AA, ack_text=""
     )
     if isinstance(message, OrderMessage):
+        started: list[OrderState] = []
         for order in message.orders:
-            state = apply_event(tx.get_order(message.patient, order.order_id), order)
+            known = tx.get_order(message.patient, order.order_id)
+            state = apply_event(known, order)
             tx.put_order(message.patient, state, message_id)
-        return Outcome(ack_code=AckCode.AA)
+            if order.control is OrderControl.NEW and known is None:
+                started.append(state)  # a resent or repeated NW is not a new order
+        changes = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
+        return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
     if isinstance(message, ResultMessage):
+        # A correction or cancellation replaces the stored value it names
+        # before anything reads the patient's history.
+        tx.supersede(message.patient, [o for o in message.observations if o.status in _REPLACING])
         tx.insert_observations(message_id, message.patient, message.observations)
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
+    if isinstance(message, MergeMessage):
+        tx.merge_patient(message.prior, message.patient)
+        log.info("patients_merged")
     return Outcome(ack_code=AckCode.AA)
+
+
+_REPLACING = frozenset({ResultStatus.CORRECTED, ResultStatus.CANCELLED, ResultStatus.DELETED})
+_PGX = (Analyte.TPMT.value, Analyte.NUDT15.value)
+
+
+def _context(
+    tx: Transaction,
+    patient: PatientKey,
+    orders: tuple[OrderState, ...],
+    demographics: PatientDemographics,
+    *,
+    earliest: datetime,
+    settings: PipelineSettings,
+) -> PatientContext:
+    """What the rules may know: orders, past alerts, and the results they read:
+    everything from the Hy's law window before ``earliest`` on, plus the
+    latest result of each analyte before that (a previous panel, within
+    ``history_days``) and the latest TPMT/NUDT15 ever (a genotype does not
+    expire). Loading only this keeps a long history from costing every
+    message."""
+    near = earliest - timedelta(hours=settings.rules.hys_law_window_hours)
+    recent = tx.patient_history(patient, near)
+    older = tx.latest_results(patient, near, earliest - timedelta(days=settings.history_days))
+    pgx = [o for o in tx.latest_results(patient, near, None) if o.analyte in _PGX and o not in older]
+    return PatientContext(
+        patient=patient,
+        orders=orders,
+        history=(*pgx, *older, *recent),
+        demographics=demographics,
+        alerts=tx.alert_history(patient),
+    )
 
 
 def _evaluate(
@@ -109,25 +160,80 @@ def _evaluate(
     if not any(o.ingredient in settings.rules.thiopurines for o in orders):
         return []  # every rule needs a thiopurine order, current or past
     earliest = min(o.observed_at for o in message.observations) if message.observations else received_at
-    ctx = PatientContext(
-        patient=patient,
-        orders=orders,
-        history=tx.patient_history(patient, earliest - timedelta(days=settings.history_days)),
-        demographics=message.demographics,
+    ctx = _context(tx, patient, orders, message.demographics, earliest=earliest, settings=settings)
+    assessment = assess(ctx, message.observations, settings.rules)
+    corrected: dict[datetime, set[str]] = {}
+    for o in message.observations:
+        if o.status in _REPLACING and o.analyte is not None:
+            corrected.setdefault(o.observed_at, set()).add(o.analyte)
+    return _reconcile(
+        tx, message, assessment.findings, assessment.verdicts, corrected, received_at=received_at,
+        settings=settings, ctx=ctx,
     )
-    findings = evaluate(ctx, message.observations, settings.rules)
-    if not findings:
+
+
+def _evaluate_orders(
+    tx: Transaction,
+    message: OrderMessage,
+    started: Sequence[OrderState],
+    *,
+    received_at: datetime,
+    settings: PipelineSettings,
+) -> list[AlertChange]:
+    """Order rules (PGx on file, allopurinol) for the orders this message started.
+    Results and orders that came before the thiopurine order are on file, so
+    the patients skipped until then are still judged in full now."""
+    if not started:
+        return []
+    patient = message.patient
+    orders = tx.patient_orders(patient)
+    if not any(o.ingredient in settings.rules.thiopurines for o in orders):
+        return []
+    starts = [o.start for o in started if o.start is not None] or [received_at]
+    ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
+    findings = evaluate_orders(ctx, started, settings.rules)
+    return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
+
+
+def _reconcile(
+    tx: Transaction,
+    message: ResultMessage | OrderMessage,
+    findings: Sequence[Finding],
+    verdicts: Sequence[PanelVerdict],
+    corrected: dict[datetime, set[str]],
+    *,
+    received_at: datetime,
+    settings: PipelineSettings,
+    ctx: PatientContext,
+) -> list[AlertChange]:
+    if not findings and not verdicts and not corrected:
+        return []
+    open_alerts = tx.open_alerts(message.patient)
+    if not findings and not open_alerts:
         return []
     changes = reconcile(
         findings,
-        tx.open_alerts(patient),
-        patient=patient,
+        open_alerts,
+        patient=message.patient,
         source=_source(message.header),
-        next_episode=tx.next_episodes(patient),
+        next_episode=tx.next_episodes(message.patient),
+        verdicts=verdicts,
+        corrected=corrected,
+        resolved_at=_resolved_at(ctx),
     )
     for change in changes:
         enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
     return changes
+
+
+def _resolved_at(ctx: PatientContext) -> dict[str, datetime]:
+    """Per rule, the observation time of the panel that closed its last
+    episode (withdrawn episodes are not in the context)."""
+    out: dict[str, datetime] = {}
+    for a in ctx.alerts:
+        if not a.open and (a.rule not in out or a.evidence_at > out[a.rule]):
+            out[a.rule] = a.evidence_at
+    return out
 
 
 def enqueue_change(

@@ -35,10 +35,12 @@ from hl7_alerts.model import (
     HoldPeriod,
     Observation,
     OrderState,
+    PastAlert,
     PatientKey,
     ResultStatus,
     Severity,
 )
+from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso
 
 T = TypeVar("T")
@@ -138,7 +140,37 @@ class Transaction(Protocol):
 
     def patient_orders(self, patient: PatientKey) -> tuple[OrderState, ...]: ...
 
-    def patient_history(self, patient: PatientKey, since: datetime) -> tuple[Observation, ...]: ...
+    def patient_history(
+        self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
+    ) -> tuple[Observation, ...]:
+        """Results observed at or after ``since`` (all, when None), optionally
+        only of ``analytes``; superseded (corrected, cancelled) ones left out."""
+        ...
+
+    def latest_results(
+        self, patient: PatientKey, before: datetime, since: datetime | None
+    ) -> tuple[Observation, ...]:
+        """Per analyte, the latest evaluable result observed before ``before``
+        (and at or after ``since``, when given): what "the previous result"
+        and "on file" need, without loading the whole history."""
+        ...
+
+    def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:
+        """Mark the stored results that corrections/cancellations (OBX-11 C, X,
+        D) replace: same code, specimen and observation time. Returns how many."""
+        ...
+
+    def alert_history(self, patient: PatientKey) -> tuple[PastAlert, ...]:
+        """Every alert the patient had, open or resolved (withdrawn ones left out)."""
+        ...
+
+    def find_patients(self, patient_id: str, id_type: str) -> list[PatientKey]:
+        """Every stored patient key with this identifier and type (any authority)."""
+        ...
+
+    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
+        """ADT^A40: move results, orders and alerts of ``prior`` to ``surviving``."""
+        ...
 
     def open_alerts(self, patient: PatientKey) -> dict[str, Alert]: ...
 
@@ -264,6 +296,14 @@ MIGRATIONS: tuple[str, ...] = (
         delivered_at TEXT
     );
     CREATE INDEX outbox_pending ON outbox (id) WHERE delivered_at IS NULL;
+    """,
+    # 2: corrections supersede results; alerts remember what they rest on
+    """
+    ALTER TABLE observations ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN rests_on TEXT NOT NULL DEFAULT '';
+    ALTER TABLE alerts ADD COLUMN evidence_key TEXT NOT NULL DEFAULT '';
+    CREATE INDEX observations_code ON observations (patient, code, specimen_id, observed_ts);
+    CREATE INDEX observations_analyte ON observations (patient, analyte, observed_ts);
     """,
 )
 
@@ -446,19 +486,126 @@ class _SqliteTransaction:
         ).fetchall()
         return tuple(_order_from_row(r) for r in rows)
 
-    def patient_history(self, patient: PatientKey, since: datetime) -> tuple[Observation, ...]:
-        rows = self._conn.execute(
+    def patient_history(
+        self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
+    ) -> tuple[Observation, ...]:
+        sql = (
             "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
             "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id FROM observations "
-            "WHERE patient = ? AND observed_ts >= ? ORDER BY observed_ts, id",
-            (patient.key, _ts(since)),
-        ).fetchall()
+            "WHERE patient = ? AND superseded = 0"
+        )
+        params: list[Any] = [patient.key]
+        if since is not None:
+            sql += " AND observed_ts >= ?"
+            params.append(_ts(since))
+        if analytes is not None:
+            sql += f" AND analyte IN ({', '.join('?' for _ in analytes)})"
+            params.extend(analytes)
+        rows = self._conn.execute(sql + " ORDER BY observed_ts, id", params).fetchall()
         return tuple(_observation_from_row(r) for r in rows)
+
+    def latest_results(
+        self, patient: PatientKey, before: datetime, since: datetime | None
+    ) -> tuple[Observation, ...]:
+        # One indexed probe per analyte: a long history costs nothing here.
+        rows = []
+        for analyte in Analyte:
+            row = self._conn.execute(
+                "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
+                "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id "
+                "FROM observations INDEXED BY observations_analyte "
+                "WHERE patient = ? AND analyte = ? AND observed_ts < ? AND observed_ts >= ? "
+                "AND superseded = 0 AND status IN ('F', 'C', 'P') ORDER BY observed_ts DESC, id DESC LIMIT 1",
+                (patient.key, analyte.value, _ts(before), _ts(since) if since is not None else float("-inf")),
+            ).fetchone()
+            if row is not None:
+                rows.append(row)
+        return tuple(sorted((_observation_from_row(r) for r in rows), key=lambda o: o.observed_at))
+
+    def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:
+        count = 0
+        for o in corrections:
+            cursor = self._conn.execute(
+                "UPDATE observations SET superseded = 1 WHERE patient = ? AND code = ? AND specimen_id = ? "
+                "AND observed_ts = ? AND superseded = 0",
+                (patient.key, o.code, o.specimen_id, _ts(o.observed_at)),
+            )
+            count += cursor.rowcount
+        return count
+
+    def alert_history(self, patient: PatientKey) -> tuple[PastAlert, ...]:
+        rows = self._conn.execute(
+            "SELECT rule, state, opened_at, evidence_at FROM alerts "
+            "WHERE patient = ? AND state != 'withdrawn' ORDER BY opened_at",
+            (patient.key,),
+        ).fetchall()
+        out = []
+        for rule, state, opened, evidence in rows:
+            opened_at, evidence_at = from_iso(opened), from_iso(evidence)
+            assert opened_at is not None
+            assert evidence_at is not None
+            out.append(
+                PastAlert(rule=rule, open=state == "open", opened_at=opened_at, evidence_at=evidence_at)
+            )
+        return tuple(out)
+
+    def find_patients(self, patient_id: str, id_type: str) -> list[PatientKey]:
+        keys = set()
+        for table in ("orders", "observations"):
+            keys |= {
+                r[0] for r in self._conn.execute(f"SELECT DISTINCT patient FROM {table}")  # noqa: S608
+            }
+        found = []
+        for key in sorted(keys):
+            authority, _, rest = key.partition("|")
+            kind, _, ident = rest.partition("|")
+            if ident == patient_id and kind == id_type:
+                found.append(PatientKey(id=ident, id_type=kind, authority=authority))
+        return found
+
+    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
+        old, new = prior.key, surviving.key
+        if old == new:
+            return
+        self._conn.execute("UPDATE observations SET patient = ? WHERE patient = ?", (new, old))
+        # The surviving record's own version of an order wins over the prior's.
+        self._conn.execute("UPDATE OR IGNORE orders SET patient = ? WHERE patient = ?", (new, old))
+        self._conn.execute("DELETE FROM orders WHERE patient = ?", (old,))
+        open_rules = {
+            r[0] for r in self._conn.execute(
+                "SELECT rule FROM alerts WHERE patient = ? AND state = 'open'", (new,)
+            )
+        }
+        next_episode = dict(
+            self._conn.execute(
+                "SELECT rule, max(episode) FROM alerts WHERE patient = ? GROUP BY rule", (new,)
+            )
+        )
+        moved = self._conn.execute(
+            "SELECT alert_id, rule, state FROM alerts WHERE patient = ? ORDER BY episode", (old,)
+        ).fetchall()
+        for alert_id, rule, was in moved:
+            episode = next_episode.get(rule, 0) + 1
+            next_episode[rule] = episode
+            state = was
+            if was == "open" and rule in open_rules:
+                # The surviving identifier already has this alert open: keep
+                # one open episode per rule; the prior one is folded into it.
+                state = "resolved"
+            elif was == "open":
+                open_rules.add(rule)
+            self._conn.execute(
+                "UPDATE alerts SET patient = ?, patient_id = ?, patient_id_type = ?, patient_authority = ?, "
+                "episode = ?, state = ? WHERE alert_id = ?",
+                (new, surviving.id, surviving.id_type, surviving.authority, episode, state, alert_id),
+            )
+        self._conn.execute("UPDATE outbox SET patient = ? WHERE patient = ?", (new, old))
 
     def open_alerts(self, patient: PatientKey) -> dict[str, Alert]:
         rows = self._conn.execute(
             "SELECT alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, "
-            "severity, version, opened_at, evidence_at FROM alerts WHERE patient = ? AND state = 'open'",
+            "severity, version, opened_at, evidence_at, rests_on, evidence_key, payload FROM alerts "
+            "WHERE patient = ? AND state = 'open'",
             (patient.key,),
         ).fetchall()
         return {r[4]: _alert_from_row(r) for r in rows}
@@ -472,10 +619,11 @@ class _SqliteTransaction:
     def save_alert(self, alert: Alert, payload: dict[str, Any]) -> None:
         self._conn.execute(
             "INSERT INTO alerts (alert_id, patient, patient_id, patient_id_type, patient_authority, rule, "
-            "episode, state, severity, version, opened_at, evidence_at, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id) DO UPDATE SET "
+            "episode, state, severity, version, opened_at, evidence_at, payload, rests_on, evidence_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id) DO UPDATE SET "
             "state = excluded.state, severity = excluded.severity, version = excluded.version, "
-            "evidence_at = excluded.evidence_at, payload = excluded.payload",
+            "evidence_at = excluded.evidence_at, payload = excluded.payload, "
+            "rests_on = excluded.rests_on, evidence_key = excluded.evidence_key",
             (
                 alert.alert_id,
                 alert.patient.key,
@@ -490,6 +638,8 @@ class _SqliteTransaction:
                 to_iso(alert.opened_at),
                 to_iso(alert.evidence_at),
                 json.dumps(payload, separators=(",", ":")),
+                ",".join(alert.rests_on),
+                alert.evidence_key,
             ),
         )
 
@@ -565,6 +715,9 @@ def _alert_from_row(r: Sequence[Any]) -> Alert:
         version=r[8],
         opened_at=opened,
         evidence_at=evidence,
+        rests_on=tuple(a for a in r[11].split(",") if a) if len(r) > 11 else (),
+        evidence_key=r[12] if len(r) > 12 else "",
+        title=str(json.loads(r[13]).get("title", "")) if len(r) > 13 else "",
     )
 
 

@@ -8,6 +8,7 @@ from hl7_alerts.model import (
     HoldPeriod,
     Observation,
     OrderState,
+    PastAlert,
     PatientContext,
     PatientDemographics,
     PatientKey,
@@ -17,7 +18,9 @@ from hl7_alerts.terminology import CANONICAL_UNIT, LOINC, Analyte, parse_range
 
 T0 = datetime(2026, 10, 20, 8, 0, tzinfo=UTC)
 PATIENT = PatientKey(id="H1", id_type="MR", authority="GENHOSP")
-_CODES = {analyte: code for code, analyte in reversed(list(LOINC.items()))}
+_CODES = {analyte: code for code, analyte in reversed(list(LOINC.items()))} | {
+    Analyte.TPMT: "TPMT", Analyte.NUDT15: "NUDT15"
+}
 
 
 def obs(
@@ -71,5 +74,43 @@ def order(
     )
 
 
-def context(*orders: OrderState, sex: str = "") -> PatientContext:
-    return PatientContext(patient=PATIENT, orders=orders, demographics=PatientDemographics(sex=sex))
+def context(
+    *orders: OrderState,
+    sex: str = "",
+    history: tuple[Observation, ...] = (),
+    alerts: tuple[PastAlert, ...] = (),
+) -> PatientContext:
+    return PatientContext(
+        patient=PATIENT,
+        orders=orders,
+        demographics=PatientDemographics(sex=sex),
+        history=history,
+        alerts=alerts,
+    )
+
+
+def past(rule: str, at: datetime, *, open: bool = False) -> PastAlert:
+    """An alert the patient had, raised on results observed at ``at``."""
+    return PastAlert(rule=rule, open=open, opened_at=at, evidence_at=at)
+
+
+def coded(analyte: Analyte, text: str, *, value_type: str = "CWE", at: datetime = T0, value: float | None = None) -> Observation:
+    """A TPMT/NUDT15 result as text (phenotype, diplotype) or an activity number."""
+    return Observation(
+        analyte=analyte,
+        code=analyte.value,
+        code_system="L",
+        text=analyte.value,
+        value_type=value_type,
+        value_text=text,
+        value=value,
+        comparator="",
+        unit="",
+        ref_low=None,
+        ref_high=None,
+        ref_text="",
+        flag="",
+        status=ResultStatus.FINAL,
+        observed_at=at,
+        specimen_id="G1",
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import SAMPLES, WAIT, Broker, free_port, port_open, wait_until
 
-from hl7_alerts.config import ConfigError, parse_config
+from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 
 CLI = [sys.executable, "-m", "hl7_alerts"]
 
@@ -35,7 +35,8 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
         )
         assert sent.returncode == 0, sent.stderr
         lines = [line.split("\t") for line in sent.stdout.splitlines()]
-        assert [(cols[0], cols[1]) for cols in lines] == [
+        assert {cols[1] for cols in lines[7:]} == {"AA"}  # samples 07+ (the rule catalog)
+        assert [(cols[0], cols[1]) for cols in lines[:7]] == [
             ("RX0001", "CA"), ("LAB0001", "AA"), ("RX0002", "AA"), ("LAB0002", "AA"),
             ("LAB0003", "AA"), ("ORM23-0001", "AA"), ("ORU23-0001", "AA"),
         ]
@@ -83,3 +84,9 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
                             timeout=WAIT, check=False, env={**os.environ})
     assert result.returncode == 1
     assert f"{config}:2: hl7.timezone" in result.stderr
+
+
+def test_config_yaml_shows_the_embedded_defaults() -> None:
+    shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
+    assert shipped.rules == Config().rules
+    assert shipped.rule_settings() == Config().rule_settings()

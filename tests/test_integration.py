@@ -17,6 +17,7 @@ from conftest import (
 )
 
 from hl7_alerts.messages import split_file
+from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
 
 SEED_STORY = [
     "01_seed_order_azathioprine.hl7",
@@ -45,10 +46,18 @@ async def test_seed_story_fires_one_critical_alert(tmp_path: Path, broker: Broke
             ("AA", "RX0002"),
             ("AA", "LAB0002"),
         ]
-        alerts = await mqtt.wait_alerts(1)
-        topic = next(t for t, _ in mqtt.messages if "/alerts/" in t)
-    assert topic == f"{prefix}/alerts/critical/aza.hepatotoxicity.stop"
-    (alert,) = alerts
+        # The order (no TPMT/NUDT15 on file), the critical panel, then the low
+        # ALP two weeks after stopping, which also resolves the critical alert.
+        alerts = await mqtt.wait_alerts(4)
+        topics = [t for t, _ in mqtt.messages if "/alerts/" in t]
+    assert [(a["rule"], a["event"]) for a in alerts] == [
+        ("aza.pgx.missing", "firing"),
+        ("aza.hepatotoxicity.stop", "firing"),
+        ("aza.post_stop.low_alp", "firing"),
+        ("aza.hepatotoxicity.stop", "resolved"),
+    ]
+    assert topics[1] == f"{prefix}/alerts/critical/aza.hepatotoxicity.stop"
+    alert = alerts[1]
     assert alert["schema"] == "hl7-alerts/alert@1"
     assert alert["rule"] == "aza.hepatotoxicity.stop"
     assert alert["severity"] == "critical"
@@ -85,7 +94,8 @@ async def test_no_order_no_alert_and_v23_orm_feed(tmp_path: Path, broker: Broker
         ]
         await client.close()
         assert codes == ["AA", "AA", "AA"]
-        (alert,) = await mqtt.wait_alerts(1)
+        missing, alert = await mqtt.wait_alerts(2)
+    assert (missing["rule"], missing["patient"]["id"]) == ("aza.pgx.missing", "H030003")
     # Only H030003 (IMURAN on the v2.3 ORM) alerts; H020002 has no order.
     assert alert["patient"]["id"] == "H030003"
     assert alert["medication"]["drug"] == "azathioprine"
@@ -102,13 +112,13 @@ async def test_resend_gets_same_ack_and_no_second_alert(tmp_path: Path, broker: 
         first = ack_fields(await client.send(panel))
         second = ack_fields(await client.send(panel))
         await client.close()
-        await mqtt.wait_alerts(1)
+        await mqtt.wait_alerts(2)
         # A marker alert after the resend proves the publisher has drained past it.
         marker = await AsyncMllpClient.connect(daemon.port)
         for m in sample_messages("06_v23_orm_feed.hl7"):
             await marker.send(m)
         await marker.close()
-        alerts = await mqtt.wait_alerts(2)
+        alerts = [a for a in await mqtt.wait_alerts(4) if a["rule"] == "aza.hepatotoxicity.stop"]
     assert (first["code"], first["control_id"]) == (second["code"], second["control_id"]) == ("AA", "LAB0001")
     assert [a["patient"]["id"] for a in alerts] == ["H010001", "H030003"]
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
@@ -127,8 +137,9 @@ async def test_broker_down_never_delays_acks_and_alerts_follow(tmp_path: Path, o
         assert not daemon.daemon.publisher.connected
         own_broker.start()
         async with recording(own_broker, prefix) as mqtt:
-            alerts = await mqtt.wait_alerts(2, timeout=15)
-    assert [a["patient"]["id"] for a in alerts] == ["H010001", "H030003"]
+            alerts = await mqtt.wait_alerts(6, timeout=15)
+    firing = [a for a in alerts if a["rule"] == "aza.hepatotoxicity.stop" and a["event"] == "firing"]
+    assert [a["patient"]["id"] for a in firing] == ["H010001", "H030003"]
 
 
 async def test_content_error_gets_ae_with_err_and_is_kept(tmp_path: Path, broker: Broker, prefix: str) -> None:
@@ -148,3 +159,83 @@ async def test_content_error_gets_ae_with_err_and_is_kept(tmp_path: Path, broker
     assert ack["MSH"].startswith("MSH|^~\\&|HL7ALERTS|GENHOSP|LAB|GENHOSP|")
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         assert db.execute("SELECT control_id, ack_code FROM rejected_messages").fetchall() == [("BAD001", "AE")]
+
+
+async def test_seed_story_low_alp_carries_every_seed_recommendation(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    """Issue 4 point 7: order, enzymes above 3×ULN, discontinuation, then ALP 39
+    (42-141) two weeks later gives aza.post_stop.low_alp with the seed's advice."""
+    config = make_config(tmp_path, broker.port, prefix)
+    async with recording(broker, prefix) as mqtt, running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        for m in sample_messages(*SEED_STORY):
+            assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
+        await client.close()
+        await mqtt.wait_for(lambda _: any(a["rule"] == "aza.post_stop.low_alp" for a in mqtt.alerts()))
+        topic, low_alp = next((t, a) for t, a in mqtt.messages if a.get("rule") == "aza.post_stop.low_alp")
+    assert topic == f"{prefix}/alerts/info/aza.post_stop.low_alp"
+    assert (low_alp["event"], low_alp["severity"]) == ("firing", "info")
+    assert low_alp["recommendations"] == list(LOW_ALP_ACTIONS)
+    text = " ".join(low_alp["recommendations"]).lower()
+    for phrase in ("favorable sign", "weekly for the next 2-4 weeks", "albumin and prothrombin time",
+                   "jaundice, right upper quadrant pain, fatigue, nausea", "1/3 to 1/4 of the previous dose",
+                   "twice monthly", "tpmt and nudt15", "alternative immunosuppressive", "allopurinol",
+                   "complete normalization", "above 3x uln", "mild persistent", "viral hepatitis, alcohol",
+                   "too rapidly", "recur rapidly", "asymptomatic"):
+        assert phrase in text, phrase
+    alp = next(o for o in low_alp["observations"] if o["analyte"] == "ALP")
+    assert (alp["value"], alp["ref_low"], alp["ref_high"], alp["flag"]) == (39, 42.0, 141.0, "L")
+    assert low_alp["medication"]["status"] == "stopped"
+    assert low_alp["medication"]["stop"] == "2026-10-20T14:00:00+00:00"
+    assert low_alp["occurred_at"] == "2026-11-03T08:00:00+00:00"
+
+
+# (patient, rule, event, severity) each sample must publish: every catalog rule
+# but monitoring.overdue (issue 6), through real MLLP and MQTT.
+CATALOG = {
+    ("H040001", "aza.hys_law", "firing", "critical"),
+    ("H040002", "aza.cholestasis", "firing", "high"),
+    ("H040003", "aza.liver.mild", "firing", "warning"),
+    ("H040004", "aza.hepatotoxicity.stop", "firing", "critical"),
+    ("H040004", "aza.rechallenge.recurrence", "firing", "high"),
+    ("H040004", "aza.hepatotoxicity.stop", "resolved", "critical"),
+    ("H040005", "aza.synthetic_function", "firing", "high"),
+    ("H040006", "aza.post_stop.normalized", "firing", "info"),
+    ("H040007", "aza.myelosuppression", "firing", "critical"),
+    ("H040008", "aza.pgx.poor_metabolizer", "firing", "critical"),
+    ("H040009", "aza.interaction.allopurinol", "firing", "high"),
+    ("H040009", "aza.pgx.missing", "firing", "info"),
+    ("H040000", "aza.hepatotoxicity.stop", "firing", "critical"),
+    ("H040000", "aza.hepatotoxicity.stop", "withdrawn", "critical"),
+}
+
+
+async def test_every_rule_through_mllp_and_mqtt(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    messages = sample_messages("07_rule_catalog.hl7", "08_correction_withdraws.hl7")
+
+    def seen() -> set[tuple[str, str, str, str]]:
+        return {(a["patient"]["id"], a["rule"], a["event"], a["severity"]) for a in mqtt.alerts()}
+
+    async with recording(broker, prefix) as mqtt, running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        codes = {ack_fields(await client.send(m))["code"] for m in messages}
+        await client.close()
+        assert codes == {"AA"}
+        await mqtt.wait_for(lambda _: seen() >= CATALOG)
+    for topic, body in mqtt.messages:
+        if "/alerts/" in topic:
+            assert topic == f"{prefix}/alerts/{body['severity']}/{body['rule']}"
+            assert body["schema"] == "hl7-alerts/alert@1"
+            assert body["event"] in {"firing", "updated", "escalated", "resolved", "withdrawn"}
+    liver = [a for a in mqtt.alerts() if a["rule"] in {"aza.hys_law", "aza.cholestasis", "aza.liver.mild",
+                                                         "aza.rechallenge.recurrence"}]
+    assert all(a["pattern"] is None or a["pattern"]["type"] in {"hepatocellular", "mixed", "cholestatic"}
+               for a in liver)
+    hys = next(a for a in liver if a["rule"] == "aza.hys_law")
+    assert hys["pattern"] == {"r_ratio": 2.99, "type": "mixed"}
+    withdrawn = next(a for a in mqtt.alerts() if a["event"] == "withdrawn")
+    firing = next(a for a in mqtt.alerts() if a["patient"]["id"] == "H040000" and a["event"] == "firing"
+                  and a["rule"] == "aza.hepatotoxicity.stop")
+    assert (withdrawn["alert_id"], withdrawn["version"]) == (firing["alert_id"], 2)

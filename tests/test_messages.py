@@ -16,8 +16,16 @@ from hl7_alerts.messages import (
     read_segments,
     split_file,
 )
-from hl7_alerts.model import AckCode, OrderControl, OrderMessage, OtherMessage, ResultMessage, ResultStatus
-from hl7_alerts.terminology import Terminology
+from hl7_alerts.model import (
+    AckCode,
+    MergeMessage,
+    OrderControl,
+    OrderMessage,
+    OtherMessage,
+    ResultMessage,
+    ResultStatus,
+)
+from hl7_alerts.terminology import Analyte, Terminology
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
@@ -158,3 +166,44 @@ def test_split_file_handles_line_endings_and_batches() -> None:
         b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rPID|1\r",
         b"MSH|^~\\&|A|B|C|D|1||ADT^A01|2|P|2.5\rPID|2\r",
     ]
+
+
+A40 = (
+    "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1\r"
+    "EVN|A40|20261002080000\r"
+    "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO\r"
+)
+
+
+@pytest.mark.parametrize(("mrg", "prior"), [
+    ("MRG|H0990009^^^GENHOSP^MR\r", ("H0990009", "MR", "GENHOSP")),
+    ("MRG|H0990009^^^GENHOSP\r", ("H0990009", "MR", "GENHOSP")),  # MRG-1 often has no type: the configured one
+    ("MRG|777^^^GENHOSP^PI~H0990009^^^GENHOSP^MR\r", ("H0990009", "MR", "GENHOSP")),
+], ids=["typed", "untyped", "repeating"])
+def test_a40_maps_prior_to_surviving(mrg: str, prior: tuple[str, str, str]) -> None:
+    message = parse_message((A40 + mrg).encode(), OPTIONS)
+    assert isinstance(message, MergeMessage)
+    assert (message.patient.id, message.prior.id, message.prior.id_type, message.prior.authority) == (
+        "H0990001", *prior)
+
+
+@pytest.mark.parametrize("mrg", ["", "MRG|777^^^GENHOSP^PI\r"], ids=["no-mrg", "no-mr-in-mrg"])
+def test_a40_without_a_usable_prior_is_ae(mrg: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message((A40 + mrg).encode(), OPTIONS)
+    assert caught.value.ack_code is AckCode.AE
+    assert caught.value.segment == "MRG"
+
+
+def test_cwe_result_reads_the_text_component() -> None:
+    raw = (
+        b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261001080000||ORU^R01|G1|P|2.5.1\r"
+        b"PID|1||H0990001^^^GENHOSP^MR\r"
+        b"OBR|1|O1|S1|TPMT^TPMT^L|||20261001080000\r"
+        b"OBX|1|CWE|TPMT^TPMT phenotype^L||IM^Intermediate metabolizer^L||||||F\r"
+    )
+    options = ParseOptions(terminology=Terminology(local_lab_codes={"TPMT": Analyte.TPMT}), timezone=UTC)
+    message = parse_message(raw, options)
+    assert isinstance(message, ResultMessage)
+    (obs,) = message.observations
+    assert (obs.analyte, obs.value_text, obs.value) == ("TPMT", "Intermediate metabolizer", None)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from hl7_alerts.model import Observation, OrderState, PatientContext, Severity
+from hl7_alerts.rules.ids import LIVER_RULES
 from hl7_alerts.terminology import Analyte, Ingredient, to_canonical
 
 
@@ -50,6 +51,25 @@ class RuleSettings:
 
     thiopurines: frozenset[str] = frozenset({Ingredient.AZATHIOPRINE.value})
     hepatotoxicity_x_uln: float = 3.0
+    hys_law_bilirubin_x_uln: float = 2.0
+    hys_law_window_hours: float = 48.0
+    cholestasis_alp_x_uln: float = 2.0
+    rechallenge_days: int = 30
+    post_stop_days: int = 90
+    synthetic_inr_above: float = 1.5
+    wbc_below: float = 3.5
+    neutrophils_below: float = 1.6
+    platelets_below: float = 140.0
+    neutrophils_critical_below: float = 1.0
+    platelets_critical_below: float = 50.0
+    tpmt_activity_poor_below: float | None = None
+    tpmt_activity_intermediate_below: float | None = None
+    xanthine_oxidase_inhibitors: Mapping[str, Severity] = field(
+        default_factory=lambda: {
+            Ingredient.ALLOPURINOL.value: Severity.HIGH,
+            Ingredient.FEBUXOSTAT.value: Severity.CRITICAL,
+        }
+    )
     default_ranges: Mapping[Analyte, DefaultRange] = field(default_factory=lambda: dict(DEFAULT_RANGES))
 
 
@@ -83,6 +103,9 @@ class Finding:
     references: tuple[str, ...]
     occurred_at: datetime
     pattern: Pattern | None = None
+    rests_on: tuple[str, ...] = ()
+    """Analytes whose values made the rule hold: a later panel carrying all of
+    them that no longer meets the rule resolves the alert (CLINICAL.md decision 3)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,17 +120,31 @@ class Panel:
         return self.results.get(analyte.value)
 
 
-def panels(observations: Iterable[Observation]) -> list[Panel]:
-    """Group evaluable numeric results by (specimen, observation time)."""
+def panel_key(obs: Observation) -> tuple[str, datetime]:
+    return (obs.specimen_id, obs.observed_at)
+
+
+def panels(observations: Iterable[Observation], history: Iterable[Observation] = ()) -> list[Panel]:
+    """Group evaluable results by (specimen, observation time). Results of the
+    same panel already in ``history`` (sent earlier, or the rest of a panel a
+    correction touches) fill in what the new results do not carry."""
     groups: dict[tuple[str, datetime], dict[str, Observation]] = {}
     for obs in observations:
-        if obs.analyte is None or not obs.status.evaluated:
+        if obs.analyte is None:
             continue
-        key = (obs.specimen_id, obs.observed_at)
-        groups.setdefault(key, {})[obs.analyte] = obs
+        # A cancelled or pending result still names its panel: the rest of it
+        # is re-evaluated (a cancellation may withdraw an alert).
+        group = groups.setdefault(panel_key(obs), {})
+        if obs.status.evaluated:
+            group[obs.analyte] = obs
+    for obs in history:
+        key = panel_key(obs)
+        if key in groups and obs.analyte is not None and obs.status.evaluated:
+            groups[key].setdefault(obs.analyte, obs)
     return [
         Panel(specimen_id=spec, observed_at=at, results=results)
         for (spec, at), results in sorted(groups.items(), key=lambda item: item[0][1])
+        if results
     ]
 
 
@@ -155,6 +192,49 @@ def r_ratio(panel: Panel, settings: RuleSettings, sex: str = "") -> Pattern | No
     r = alt_x / alp_x
     kind = "hepatocellular" if r >= 5 else "cholestatic" if r <= 2 else "mixed"
     return Pattern(r_ratio=round(r, 2), type=kind)
+
+
+def previous(ctx: PatientContext, analyte: Analyte, before: datetime) -> Observation | None:
+    """The patient's latest evaluable result of ``analyte`` observed before ``before``."""
+    found = None
+    for obs in ctx.history:
+        usable = obs.analyte == analyte and obs.status.evaluated and obs.observed_at < before
+        if usable and (found is None or obs.observed_at >= found.observed_at):
+            found = obs
+    return found
+
+
+def thiopurine_orders(ctx: PatientContext, settings: RuleSettings) -> list[OrderState]:
+    return [o for o in ctx.orders if o.ingredient in settings.thiopurines and o.start is not None]
+
+
+def liver_alert_during(ctx: PatientContext, order: OrderState) -> datetime | None:
+    """The latest liver alert raised on ``order`` (observed between its start and
+    its stop), or None."""
+    times = [
+        a.opened_at
+        for a in ctx.alerts
+        if a.rule in LIVER_RULES
+        and order.start is not None
+        and order.start <= a.opened_at
+        and (order.stop is None or a.opened_at <= order.stop)
+    ]
+    return max(times) if times else None
+
+
+def is_rechallenge(ctx: PatientContext, order: OrderState, settings: RuleSettings) -> bool:
+    """CLINICAL.md decision 10: an earlier thiopurine order of the patient was
+    stopped within ``rechallenge_days`` after a liver alert on it."""
+    if order.start is None:
+        return False
+    window = timedelta(days=settings.rechallenge_days)
+    for earlier in thiopurine_orders(ctx, settings):
+        if earlier.order_id == order.order_id or earlier.stop is None or earlier.stop > order.start:
+            continue
+        alerted = liver_alert_during(ctx, earlier)
+        if alerted is not None and earlier.stop - alerted <= window:
+            return True
+    return False
 
 
 def active_thiopurine(ctx: PatientContext, at: datetime, settings: RuleSettings) -> OrderState | None:

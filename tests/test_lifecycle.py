@@ -1,0 +1,257 @@
+"""Scenarios through the daemon's own pipeline (`hl7-alerts check`'s path):
+result status, time, patients, orders and the alert lifecycle. Each test pins
+one of CLINICAL.md's "Decisions that settle edge cases" or a point of issue 4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hl7kit import (
+    ALLOPURINOL,
+    ALP,
+    AZA,
+    BILI,
+    alt,
+    events,
+    order_msg,
+    oru,
+    result,
+    run_check,
+)
+
+from hl7_alerts.config import parse_config
+
+STOP, MILD, MISSING = "aza.hepatotoxicity.stop", "aza.liver.mild", "aza.pgx.missing"
+START = order_msg("RX1", "NW", "RX1", AZA, "20260901090000")
+
+
+def tpmt(text: str) -> str:
+    return f"CWE|TPMT^TPMT activity^L||^{text}^L||||||F"
+
+
+def nudt15(text: str) -> str:
+    return f"ST|NUDT15^NUDT15 genotype^L||{text}||||||F"
+
+
+def test_resolved_then_new_episode_with_new_alert_id(tmp_path: Path) -> None:
+    """Decisions 2 and 3: a later panel without the abnormality resolves; the
+    next finding opens a new episode with a new alert_id."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L2", "20261008080000", alt("40"), specimen="S2"),
+                    oru("L3", "20261015080000", alt("200"), specimen="S3"))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "resolved", "critical"),
+                               (STOP, "firing", "critical")]
+    first, resolved, second = out[1:]
+    assert first["alert_id"] == resolved["alert_id"] != second["alert_id"]
+    assert (resolved["version"], second["version"]) == (2, 1)
+    assert resolved["observations"][0]["value"] == 40
+
+
+def test_late_result_never_resolves_or_updates(tmp_path: Path) -> None:
+    """Decision 3: a normal result older than the alert's evidence is history."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L0", "20260930080000", alt("40"), specimen="S0"),
+                    oru("L00", "20260929080000", alt("300"), specimen="S00"))
+    assert events(out)[1:] == [(STOP, "firing", "critical")]
+
+
+def test_panel_without_the_analyte_does_not_resolve(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L2", "20261008080000", result(ALP, "100", "U/L", "42-141"), specimen="S2"))
+    assert events(out)[1:] == [(STOP, "firing", "critical")]
+
+
+def test_correction_that_removes_the_abnormality_withdraws(tmp_path: Path) -> None:
+    """Decision 4 and issue point 2: C replaces the value and re-evaluates."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190"), result(ALP, "100", "U/L", "42-141")),
+                    oru("L1C", "20261001080000", alt("19", status="C")))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "withdrawn", "critical")]
+    assert out[1]["alert_id"] == out[2]["alert_id"]
+    # After withdrawal, a new abnormal panel is a new episode.
+    again = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                      oru("L1C", "20261001080000", alt("19", status="C")),
+                      oru("L2", "20261002080000", alt("190"), specimen="S2"))
+    assert events(again)[1:] == [(STOP, "firing", "critical"), (STOP, "withdrawn", "critical"),
+                                 (STOP, "firing", "critical")]
+    assert again[3]["alert_id"] != again[1]["alert_id"]
+
+
+def test_correction_that_keeps_the_abnormality_updates(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L1C", "20261001080000", alt("250", status="C")))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert out[2]["observations"][0]["value"] == 250
+    assert out[2]["observations"][0]["status"] == "C"
+
+
+def test_correction_to_a_milder_value_withdraws_one_rule_and_fires_another(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L1C", "20261001080000", alt("60", status="C")))
+    assert sorted(events(out)[1:]) == sorted([(STOP, "firing", "critical"), (MILD, "firing", "warning"),
+                                              (STOP, "withdrawn", "critical")])
+
+
+def test_cancellation_withdraws(tmp_path: Path) -> None:
+    """X and D cancel: an empty OBX-5 under X is accepted (decision 8)."""
+    for status in ("X", "D"):
+        out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                        oru("L1X", "20261001080000", alt("", status=status)))
+        assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "withdrawn", "critical")], status
+
+
+def test_cancelling_one_of_two_values_keeps_the_alert(tmp_path: Path) -> None:
+    ast = result("1920-8", "150", "U/L", "10-40", name="AST")
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190"), ast),
+                    oru("L1X", "20261001080000", alt("", status="X")))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert [o["analyte"] for o in out[2]["observations"]] == ["AST"]
+
+
+def test_preliminary_is_evaluated_and_marked_pending_is_stored_only(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")))
+    assert events(out)[1:] == [(STOP, "firing", "critical")]
+    assert out[1]["observations"][0]["status"] == "P"
+    assert out[1]["title"].startswith("Preliminary: ")
+    final = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
+                      oru("L1F", "20261001080000", alt("190")))
+    assert events(final)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert not final[2]["title"].startswith("Preliminary")
+    for status in ("I", "R"):
+        assert events(run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status=status))))[1:] == []
+
+
+def test_same_panel_again_sends_no_spurious_update(tmp_path: Path) -> None:
+    """A reused control ID with identical results (other MSH-7, so not a resend),
+    or the same panel inside another message: no `updated`."""
+    panel = oru("L1", "20261001080000", alt("190"))
+    restamped = panel.replace("|20261001080000||ORU", "|20261001090000||ORU", 1)
+    other_control = panel.replace("|L1|", "|L9|", 1)
+    out = run_check(tmp_path, START, panel, restamped, other_control,
+                    oru("L2", "20261002080000", alt("190"), specimen="S2"))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+
+
+def test_second_consecutive_mild_panel_escalates(tmp_path: Path) -> None:
+    """Decisions 2 and 5: same alert_id, event escalated, severity high."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("60")),
+                    oru("L2", "20261008080000", alt("62"), specimen="S2"))
+    assert events(out)[1:] == [(MILD, "firing", "warning"), (MILD, "escalated", "high")]
+    assert out[1]["alert_id"] == out[2]["alert_id"]
+
+
+def test_results_before_the_order_are_baseline(tmp_path: Path) -> None:
+    """Issue point 3: a result observed before the order started, arriving
+    after it, never alerts."""
+    out = run_check(tmp_path, START, oru("L0", "20260825080000", alt("400")))
+    assert events(out) == [(MISSING, "firing", "info")]
+
+
+def test_patient_identity_from_repeating_pid3(tmp_path: Path) -> None:
+    """Decision 7: the MR repetition keys the patient, wherever it stands;
+    a PI identifier never matches; authority is part of the key."""
+    pi_first = "900123^^^GENHOSP^PI~H0990001^^^GENHOSP^MR"
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190"), mrn=pi_first))
+    assert events(out)[1:] == [(STOP, "firing", "critical")]
+    assert out[1]["patient"] == {"id": "H0990001", "id_type": "MR", "authority": "GENHOSP"}
+    other_authority = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190"),
+                                                    mrn="H0990001^^^OTHERHOSP^MR"))
+    assert events(other_authority)[1:] == []
+    pi_only = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190"), mrn="H0990001^^^GENHOSP^PI"))
+    assert pi_only[1]["ack"] == "AE"
+    restricted = parse_config("patient:\n  authority: OTHERHOSP\n")
+    assert run_check(tmp_path, START, config=restricted)[0]["ack"] == "AE"
+
+
+def test_comparator_and_sn_values_are_accepted_and_evaluated(tmp_path: Path) -> None:
+    """Decision 8: AA for `>1000` and SN `>^1000`; the bound is used."""
+    for value, value_type in ((">1000", "NM"), (">^1000", "SN")):
+        out = run_check(tmp_path, START, oru("L1", "20261001080000", alt(value, value_type=value_type)))
+        assert events(out)[1:] == [(STOP, "firing", "critical")], value
+        assert out[1]["observations"][0]["comparator"] == ">"
+
+
+def test_hold_and_release(tmp_path: Path) -> None:
+    """Decision 9: HD holds from ORC-9 until RL; XO keeps the same order."""
+    hold = order_msg("RX2", "HD", "RX1", AZA, "20260901090000", tx="20260930120000")
+    release = order_msg("RX3", "RL", "RX1", AZA, "20260901090000", tx="20261005120000")
+    change = order_msg("RX4", "XO", "RX1", AZA, "20260901090000", tx="20261006120000")
+    out = run_check(tmp_path, START, hold, oru("L1", "20261001080000", alt("190")), release,
+                    oru("L2", "20261004080000", alt("190"), specimen="S2"), change,
+                    oru("L3", "20261007080000", alt("190"), specimen="S3"))
+    # Held through 1 and 4 October; active again on the 7th; XO is no new order.
+    assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
+    assert out[1]["occurred_at"].startswith("2026-10-07")
+
+
+def test_pgx_and_allopurinol_on_file_before_the_thiopurine_order(tmp_path: Path) -> None:
+    """Results and orders that came while the patient had no thiopurine order
+    (and so were not evaluated) count when the order arrives."""
+    out = run_check(
+        tmp_path,
+        oru("G1", "20250101080000", tpmt("Intermediate metabolizer"), nudt15("*1/*1"), specimen="G1"),
+        order_msg("RX0", "NW", "AL1", ALLOPURINOL, "20260801090000"),
+        START,
+    )
+    assert sorted(events(out)) == [("aza.interaction.allopurinol", "firing", "high"),
+                                   ("aza.pgx.poor_metabolizer", "firing", "high")]
+
+
+def test_pgx_missing_once_per_new_order_naming_which(tmp_path: Path) -> None:
+    out = run_check(tmp_path, oru("G1", "20250101080000", tpmt("Normal metabolizer"), specimen="G1"),
+                    START, START.replace("|RX1|P|", "|RX1B|P|"))
+    assert events(out) == [(MISSING, "firing", "info")]
+    assert "NUDT15" in out[0]["title"]
+    assert "TPMT" not in out[0]["title"]
+
+
+def test_allopurinol_after_the_thiopurine(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, order_msg("RX5", "NW", "AL1", ALLOPURINOL, "20261001090000"))
+    assert events(out)[1:] == [("aza.interaction.allopurinol", "firing", "high")]
+    assert out[1]["medication"]["drug"] == "azathioprine"
+
+
+def test_hys_law_across_two_messages_within_48h(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L2", "20261002200000", result(BILI, "2.6", "mg/dL", "0.1-1.2"), specimen="S2"))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), ("aza.hys_law", "firing", "critical")]
+
+
+def test_a40_merge_moves_history_orders_and_alerts(tmp_path: Path) -> None:
+    """Issue point 4: ADT^A40 (MRG-1 prior id → PID-3 surviving id)."""
+    old = "H0990009^^^GENHOSP^MR"
+    merge = "\r".join([
+        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
+        "EVN|A40|20261002080000",
+        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
+        "MRG|H0990009^^^GENHOSP^MR",
+    ]) + "\r"
+    out = run_check(
+        tmp_path,
+        order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),
+        oru("L1", "20261001080000", alt("60"), mrn=old),
+        merge,
+        oru("L2", "20261008080000", alt("62"), specimen="S2"),
+    )
+    # The order moved (the result alerts), the history moved (second
+    # consecutive mild panel), and the open alert moved (escalated, same id).
+    assert events(out) == [(MISSING, "firing", "info"), (MILD, "firing", "warning"), (MILD, "escalated", "high")]
+    assert out[1]["alert_id"] == out[2]["alert_id"]
+    assert out[2]["patient"]["id"] == "H0990001"
+
+
+def test_pgx_missing_resolves_when_the_results_arrive(tmp_path: Path) -> None:
+    out = run_check(tmp_path, START,
+                    oru("G1", "20260905080000", tpmt("Normal metabolizer"), nudt15("*1/*1"), specimen="G1"))
+    assert events(out) == [(MISSING, "firing", "info"), (MISSING, "resolved", "info")]
+
+
+def test_late_result_after_resolution_is_history_not_a_new_episode(tmp_path: Path) -> None:
+    """Issue point 3: a late abnormal result observed before the panel that
+    resolved the alert does not reopen it; a newer one does."""
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
+                    oru("L3", "20261008080000", alt("40"), specimen="S3"),
+                    oru("L2", "20261004080000", alt("250"), specimen="S2"),
+                    oru("L4", "20261010080000", alt("250"), specimen="S4"))
+    assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "resolved", "critical"),
+                               (STOP, "firing", "critical")]
+    assert out[3]["occurred_at"].startswith("2026-10-10")
