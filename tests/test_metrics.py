@@ -84,7 +84,8 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
     config = make_config(tmp_path, broker.port, prefix)
     async with recording(broker, prefix) as mqtt, running(config) as run:
         port = run.daemon.metrics_port
-        assert port is not None and port != 0
+        assert port is not None
+        assert port != 0
         client = await AsyncMllpClient.connect(run.port)
         codes = [ack_fields(await client.send(m))["code"] for m in sample_messages(*ORDER_AND_LIVER_PANEL)]
         codes.append(ack_fields(await client.send(BAD_NO_MRN))["code"])
@@ -103,7 +104,8 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
             samples, "hl7_alerts_alerts_total", rule="aza.hepatotoxicity.stop", severity="critical", event="firing"
         ) == 1
         commits = value(samples, "hl7_alerts_store_commit_seconds_count")
-        assert commits is not None and commits >= 3  # three messages, each durable before its ACK
+        assert commits is not None
+        assert commits >= 3  # three messages, each durable before its ACK
         assert (value(samples, "hl7_alerts_store_commit_seconds_sum") or 0) > 0
         assert value(samples, "hl7_alerts_outbox_oldest_age_seconds") == 0
         assert value(samples, "hl7_alerts_mllp_open_connections") == 1
