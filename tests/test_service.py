@@ -5,6 +5,7 @@ SIGHUP without dropping connections, and says STOPPING on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,13 +13,24 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, recording
+from conftest import (
+    WAIT,
+    AsyncMllpClient,
+    Broker,
+    ack_fields,
+    free_port,
+    make_config,
+    port_open,
+    recording,
+    running,
+)
 
 from hl7_alerts.sdnotify import Notifier
 
@@ -212,3 +224,38 @@ def test_notifier_is_silent_without_systemd_and_ignores_another_pids_watchdog() 
     assert mine.watchdog_interval == 0.05
     # A socket that is gone is logged, never raised: the daemon keeps serving.
     Notifier("@hl7-alerts-nobody-listens-here").watchdog()
+
+
+async def test_watchdog_pings_come_from_the_event_loop_and_stop_while_it_stalls(
+    tmp_path: Path, broker: Broker, prefix: str, notify: NotifyListener
+) -> None:
+    arrivals: list[float] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        notify.sock.settimeout(0.05)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                if "WATCHDOG=1" in notify.next():
+                    arrivals.append(time.monotonic())
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config, notifier=Notifier(notify.address, watchdog_usec=40_000)):
+        deadline = time.monotonic() + WAIT
+        while len(arrivals) < 3:
+            assert time.monotonic() < deadline, "no watchdog pings"
+            await asyncio.sleep(0.01)
+        # The stall under test (not a wait for a condition): a blocking call
+        # on the loop. No ping may be sent while it lasts.
+        stalled_at = time.monotonic()
+        time.sleep(0.6)  # noqa: ASYNC251
+        resumed_at = time.monotonic()
+        count = len(arrivals)
+        while len(arrivals) < count + 3:
+            assert time.monotonic() < deadline, "pings did not resume after the stall"
+            await asyncio.sleep(0.01)
+    done.set()
+    receiver.join(timeout=WAIT)
+    assert [t for t in arrivals if stalled_at + 0.2 < t < resumed_at] == []
