@@ -259,16 +259,27 @@ class Daemon:
     def reload_from(self, load: Callable[[], Config]) -> ReloadResult:
         """SIGHUP: load a config and `reload` it; a bad one is logged and the
         running config kept. Brackets the work with RELOADING=1 / READY=1."""
-        self.notifier.reloading()
+        # Before READY=1 there is nothing to bracket: systemd is still waiting
+        # for start-up, and a READY=1 here would announce it too early.
+        started = self.ready.is_set() and not self._stopping
+        if started:
+            self.notifier.reloading()
         try:
             new = load()
+            return self.reload(new)
         except ConfigError as exc:
             self.metrics.record_reload(False)
             log.error("config_reload_rejected", error=str(exc))
             return ReloadResult(error=str(exc))
+        except Exception as exc:
+            # Not a config problem (say, a file that is not UTF-8): still keep
+            # the running config rather than let a signal handler fail.
+            self.metrics.record_reload(False)
+            log.exception("config_reload_failed")
+            return ReloadResult(error=f"{type(exc).__name__}: {exc}")
         finally:
-            self.notifier.ready()
-        return self.reload(new)
+            if started:
+                self.notifier.ready()
 
     async def prune_once(self) -> Pruned:
         """One retention run: drop what is older than ``retention.days``."""

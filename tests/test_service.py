@@ -32,6 +32,7 @@ from conftest import (
     running,
 )
 
+from hl7_alerts.config import load_config
 from hl7_alerts.sdnotify import Notifier
 
 CLI = [sys.executable, "-m", "hl7_alerts"]
@@ -259,3 +260,32 @@ async def test_watchdog_pings_come_from_the_event_loop_and_stop_while_it_stalls(
     done.set()
     receiver.join(timeout=WAIT)
     assert [t for t in arrivals if stalled_at + 0.2 < t < resumed_at] == []
+
+
+async def test_reload_keeps_restart_only_keys_and_survives_an_unreadable_file(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as run:
+        daemon = run.daemon
+        changed = make_config(
+            tmp_path / "elsewhere", broker.port, prefix,
+            rules={"hepatotoxicity_x_uln": 5.0}, health={"max_outbox_age_seconds": 60},
+            mqtt={"topic_prefix": "moved"},
+        )
+        result = daemon.reload(changed)
+        assert result.applied == ("health.max_outbox_age_seconds", "rules.hepatotoxicity_x_uln")
+        assert result.needs_restart == ("store.path", "mqtt.topic_prefix")
+        assert daemon.config.rules.hepatotoxicity_x_uln == 5.0
+        assert daemon.config.store.path == config.store.path
+        assert daemon.config.mqtt.topic_prefix == prefix
+
+        not_utf8 = tmp_path / "latin1.yaml"
+        not_utf8.write_bytes(b"rules:\n  hepatotoxicity_x_uln: 2.0  # \xe9\n")
+        failed = daemon.reload_from(lambda: load_config(not_utf8))
+        assert failed.error is not None
+        assert failed.error.startswith("UnicodeDecodeError")
+        assert daemon.config.rules.hepatotoxicity_x_uln == 5.0
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value("hl7_alerts_config_reloads_total", {"result": "applied"}) == 1
+        assert registry.get_sample_value("hl7_alerts_config_reloads_total", {"result": "rejected"}) == 1
