@@ -159,13 +159,14 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     retention: RetentionConfig = RetentionConfig()
 
-    def cross_check(self) -> list[tuple[tuple[str, ...], str]]:
-        """Problems between sections, as (key path, message)."""
-        problems: list[tuple[tuple[str, ...], str]] = []
+    def cross_check(self) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
+        """Problems between sections, as (key, the other key involved, message)."""
+        problems: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
         if self.retention.days < self.rules.history_days:
             problems.append(
                 (
                     ("retention", "days"),
+                    ("rules", "history_days"),
                     f"must be at least rules.history_days ({self.rules.history_days}): "
                     "the rules read that much history",
                 )
@@ -257,8 +258,12 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
         raise ConfigError("\n".join(problems)) from None
     cross = config.cross_check()
     if cross:
+        # The line of the key itself when the file sets it, else of the other one.
         raise ConfigError(
-            "\n".join(f"{source}:{_nearest_line(loc, lines)}: {'.'.join(loc)}: {msg}" for loc, msg in cross)
+            "\n".join(
+                f"{source}:{lines.get(loc) or _nearest_line(other, lines)}: {'.'.join(loc)}: {msg}"
+                for loc, other, msg in cross
+            )
         )
     if base_dir is not None and not config.store.path.is_absolute():
         config = config.model_copy(

@@ -297,11 +297,16 @@ class Daemon:
         the store remembers, so frequent restarts do not postpone it."""
         store = self.store
         assert store is not None
-        last = await store.last_run(RETENTION_TASK)
-        if last is None:
-            # A new store: start the count now rather than prune mid-start-up.
+        try:
+            last = await store.last_run(RETENTION_TASK)
+            if last is None:
+                # A new store: start the count now rather than prune mid-start-up.
+                last = self._clock()
+                await store.mark_run(RETENTION_TASK, last)
+        except StoreError as exc:
+            # Never take the daemon down over housekeeping: count from now.
+            log.error("retention_schedule_unreadable", error=str(exc))
             last = self._clock()
-            await store.mark_run(RETENTION_TASK, last)
         while True:
             due = last + timedelta(hours=self.config.retention.interval_hours)
             delay = max(0.0, (due - self._clock()).total_seconds())

@@ -54,6 +54,8 @@ def test_retention_must_cover_the_rules_history_window() -> None:
     assert str(caught.value) == (
         "site.yaml:4: retention.days: must be at least rules.history_days (500): the rules read that much history"
     )
+    with pytest.raises(ConfigError, match=r"^site.yaml:2: retention.days: must be at least"):
+        parse_config("rules:\n  history_days: 500\n", source="site.yaml")  # the default 400 is too short
     assert parse_config("rules:\n  history_days: 500\nretention:\n  days: 500\n").retention.days == 500
 
 
