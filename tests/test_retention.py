@@ -91,7 +91,9 @@ async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(tmp_path: P
     clock.now = T0 + timedelta(days=401)  # the daemon was down; the daily run is overdue
     async with running(config, clock=clock):
         deadline = time.monotonic() + WAIT
-        while rows(db, "SELECT count(*) FROM observations") != [(0,)]:
+        # The run is recorded once it has finished.
+        while rows(db, "SELECT last_run FROM maintenance") != [(clock.now.isoformat(),)]:
             assert time.monotonic() < deadline, "the overdue retention run never happened"
             await asyncio.sleep(0.02)
-    assert rows(db, "SELECT task, last_run FROM maintenance") == [("retention", clock.now.isoformat())]
+    assert rows(db, "SELECT count(*) FROM observations") == [(0,)]
+    assert rows(db, "SELECT control_id FROM messages") == [("RX0001",)]
