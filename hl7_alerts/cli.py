@@ -15,6 +15,7 @@ from hl7_alerts.config import Config, ConfigError, load_config
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
 from hl7_alerts.mllp import MllpClient
+from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.timeutil import UTC_ZONE
 
 
@@ -46,7 +47,7 @@ def serve(config_path: Path) -> None:
 async def _serve(config: Config, config_path: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    daemon = Daemon(config)
+    daemon = Daemon(config, notifier=Notifier.from_environment())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # SIGHUP re-reads the same file; a bad one is logged and the running config kept.

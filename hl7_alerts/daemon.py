@@ -101,7 +101,8 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
-        self.notifier = notifier if notifier is not None else Notifier.from_environment()
+        # Silent unless given one: the environment is read at the top (cli.serve).
+        self.notifier = notifier if notifier is not None else Notifier(None)
         self.ops: OpsServer | None = None
         self._stopping = False
 
