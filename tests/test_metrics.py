@@ -28,9 +28,11 @@ BAD_NO_MRN = (
 ORDER_AND_LIVER_PANEL = ("01_seed_order_azathioprine.hl7", "02_seed_liver_panel_above_3xuln.hl7")
 
 
-def _get(port: int, path: str) -> tuple[int, str, bytes]:
+def _get(port: int, target: str | urllib.request.Request) -> tuple[int, str, bytes]:
+    if isinstance(target, str):
+        target = urllib.request.Request(f"http://127.0.0.1:{port}{target}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=WAIT) as response:
+        with urllib.request.urlopen(target, timeout=WAIT) as response:
             return response.status, response.headers["Content-Type"], response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read()
@@ -38,6 +40,11 @@ def _get(port: int, path: str) -> tuple[int, str, bytes]:
 
 async def http_get(port: int, path: str) -> tuple[int, str, bytes]:
     return await asyncio.to_thread(_get, port, path)
+
+
+async def http_post(port: int, path: str) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"x", method="POST")
+    return await asyncio.to_thread(_get, port, request)
 
 
 async def scrape(port: int) -> Samples:
@@ -117,6 +124,7 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
         assert (status, health["status"], health["reasons"]) == (200, "ready", [])
         assert health["outbox"] == {"depth": 0, "oldest_age_seconds": None}
         assert (await http_get(port, "/nope"))[0] == 404
+        assert (await http_post(port, "/metrics"))[0] == 405
 
 
 async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str) -> None:
