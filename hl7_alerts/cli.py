@@ -18,6 +18,7 @@ from hl7_alerts.daemon import Daemon
 from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
+from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import SqliteStore
 from hl7_alerts.timeutil import UTC_ZONE
 
@@ -44,15 +45,43 @@ def serve(config_path: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     logs.configure(config.logging.level, config.logging.format)
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, config_path))
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, config_path: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    daemon = Daemon(config, notifier=Notifier.from_environment())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Daemon(config).run(stop)
+    # SIGHUP re-reads the same file; a bad one is logged and the running config kept.
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_from, lambda: load_config(config_path))
+    await daemon.run(stop)
+
+
+@main.group()
+def config() -> None:
+    """Work with config.yaml."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(file: Path) -> None:
+    """Validate FILE: print "ok" and a summary, or the errors (file:line: key) and exit 1."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    metrics = f"{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off"
+    click.echo(f"ok: {file}")
+    click.echo(f"  mllp      {cfg.mllp.host}:{cfg.mllp.port}")
+    click.echo(f"  store     {cfg.store.path}")
+    click.echo(f"  mqtt      {cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}")
+    click.echo(f"  metrics   {metrics}")
+    click.echo(f"  rules     hepatotoxicity at {cfg.rules.hepatotoxicity_x_uln:g}x ULN, "
+               f"{cfg.rules.history_days} days of history")
+    click.echo(f"  retention {cfg.retention.days} days")
 
 
 @main.command()

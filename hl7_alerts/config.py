@@ -149,6 +149,22 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9464
+
+
+class HealthConfig(_Section):
+    max_outbox_age_seconds: float = Field(default=300.0, gt=0)
+    store_probe_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class RetentionConfig(_Section):
+    days: int = Field(default=400, ge=1)
+    interval_hours: float = Field(default=24.0, gt=0)
+
+
 class Config(_Section):
     mllp: MllpConfig = MllpConfig()
     store: StoreConfig = StoreConfig()
@@ -159,6 +175,23 @@ class Config(_Section):
     rules: RulesConfig = RulesConfig()
     alerts: AlertsConfig = AlertsConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
+    retention: RetentionConfig = RetentionConfig()
+
+    def cross_check(self) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
+        """Problems between sections, as (key, the other key involved, message)."""
+        problems: list[tuple[tuple[str, ...], tuple[str, ...], str]] = []
+        if self.retention.days < self.rules.history_days:
+            problems.append(
+                (
+                    ("retention", "days"),
+                    ("rules", "history_days"),
+                    f"must be at least rules.history_days ({self.rules.history_days}): "
+                    "the rules read that much history",
+                )
+            )
+        return problems
 
     # -- what each stage takes ------------------------------------------------
 
@@ -258,6 +291,15 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{source}:{line}: {key}: {message}")
         raise ConfigError("\n".join(problems)) from None
+    cross = config.cross_check()
+    if cross:
+        # The line of the key itself when the file sets it, else of the other one.
+        raise ConfigError(
+            "\n".join(
+                f"{source}:{lines.get(loc) or _nearest_line(other, lines)}: {'.'.join(loc)}: {msg}"
+                for loc, other, msg in cross
+            )
+        )
     if base_dir is not None and not config.store.path.is_absolute():
         config = config.model_copy(
             update={"store": config.store.model_copy(update={"path": base_dir / config.store.path})}

@@ -20,6 +20,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,6 +102,24 @@ class OutboxRow:
     topic: str
     payload: str
     created_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxBacklog:
+    """Undelivered outbox rows: how many, and when the oldest was queued."""
+
+    depth: int
+    oldest_created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pruned:
+    """What one retention run removed."""
+
+    observations: int = 0
+    messages: int = 0
+    raw_cleared: int = 0
+    rejected_messages: int = 0
 
 
 class Transaction(Protocol):
@@ -197,6 +216,22 @@ class Store(Protocol):
     def outbox_signal(self) -> asyncio.Event:
         """Set after every commit that added outbox rows."""
         ...
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        """How many outbox rows are undelivered and when the oldest was queued."""
+        ...
+
+    async def probe_write(self, at: datetime) -> None:
+        """Commit one tiny write; raises `StoreError` when the store cannot take writes."""
+        ...
+
+    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+        """Retention: remove messages and observations older than ``before``."""
+        ...
+
+    async def last_run(self, task: str) -> datetime | None: ...
+
+    async def mark_run(self, task: str, at: datetime) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -304,6 +339,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN evidence_key TEXT NOT NULL DEFAULT '';
     CREATE INDEX observations_code ON observations (patient, code, specimen_id, observed_ts);
     CREATE INDEX observations_analyte ON observations (patient, analyte, observed_ts);
+    """,
+    # 3: operations. Retention deletes messages, and every delete checks the
+    # foreign keys that point at them: without these indexes each check would
+    # scan the whole table. `maintenance` remembers when a periodic task last
+    # ran (so a daemon restarted often still prunes daily); `health_probe` is
+    # the row /healthz writes to prove the store takes writes.
+    """
+    CREATE INDEX observations_message ON observations (message_id);
+    CREATE INDEX observations_observed ON observations (observed_ts);
+    CREATE INDEX orders_message ON orders (message_id);
+    CREATE TABLE maintenance (
+        task TEXT PRIMARY KEY,
+        last_run TEXT NOT NULL
+    );
+    CREATE TABLE health_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at TEXT NOT NULL
+    );
     """,
 )
 
@@ -756,6 +809,9 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        # Called on the writer thread with the seconds from BEGIN to a durable
+        # COMMIT of each batch that wrote; must be cheap and thread-safe.
+        self.commit_observer: Callable[[float], None] | None = None
 
     @classmethod
     async def open(cls, path: Path | str, *, max_batch: int = 512) -> SqliteStore:
@@ -810,6 +866,111 @@ class SqliteStore:
             )
 
         await self.transact(unit)
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        def unit(tx: Transaction) -> OutboxBacklog:
+            assert isinstance(tx, _SqliteTransaction)
+            depth, oldest_id = tx._conn.execute(
+                "SELECT count(*), min(id) FROM outbox WHERE delivered_at IS NULL"
+            ).fetchone()
+            oldest = None
+            if oldest_id is not None:
+                row = tx._conn.execute("SELECT created_at FROM outbox WHERE id = ?", (oldest_id,)).fetchone()
+                oldest = from_iso(row[0])
+            return OutboxBacklog(depth=depth, oldest_created_at=oldest)
+
+        return await self.read(unit)
+
+    async def probe_write(self, at: datetime) -> None:
+        """Write (and commit) one row: proves the store takes writes now."""
+
+        def unit(tx: Transaction) -> None:
+            assert isinstance(tx, _SqliteTransaction)
+            tx._conn.execute(
+                "INSERT INTO health_probe (id, at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (to_iso(at),),
+            )
+
+        await self.transact(unit)
+
+    async def last_run(self, task: str) -> datetime | None:
+        """When the periodic ``task`` last ran (`mark_run`), if ever."""
+
+        def unit(tx: Transaction) -> datetime | None:
+            assert isinstance(tx, _SqliteTransaction)
+            row = tx._conn.execute("SELECT last_run FROM maintenance WHERE task = ?", (task,)).fetchone()
+            return None if row is None else from_iso(row[0])
+
+        return await self.read(unit)
+
+    async def mark_run(self, task: str, at: datetime) -> None:
+        def unit(tx: Transaction) -> None:
+            assert isinstance(tx, _SqliteTransaction)
+            tx._conn.execute(
+                "INSERT INTO maintenance (task, last_run) VALUES (?, ?) "
+                "ON CONFLICT (task) DO UPDATE SET last_run = excluded.last_run",
+                (task, to_iso(at)),
+            )
+
+        await self.transact(unit)
+
+    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+        """Retention: remove what is older than ``before``.
+
+        Observations observed before it; rejected messages and messages
+        received before it. A message that an order or a kept observation
+        still references stays (foreign keys hold) but loses its raw bytes.
+        Orders, alerts, the outbox and every audit table are never touched.
+        Work goes in chunks, each its own transaction, so messages arriving
+        meanwhile are not held up behind one long delete.
+        """
+        cutoff_ts = before.timestamp()
+        cutoff = to_iso(before)
+
+        def run(sql: str, params: tuple[Any, ...]) -> Callable[[Transaction], int]:
+            def unit(tx: Transaction) -> int:
+                assert isinstance(tx, _SqliteTransaction)
+                return tx._conn.execute(sql, params).rowcount
+
+            return unit
+
+        async def repeat(sql: str, params: tuple[Any, ...]) -> int:
+            total = 0
+            while True:
+                n = await self.transact(run(sql, (*params, chunk)))
+                total += n
+                if n < chunk:
+                    return total
+
+        observations = await repeat(
+            "DELETE FROM observations WHERE id IN "
+            "(SELECT id FROM observations WHERE observed_ts < ? ORDER BY observed_ts LIMIT ?)",
+            (cutoff_ts,),
+        )
+        old = "julianday(m.received_at) < julianday(?)"
+        referenced = (
+            "(EXISTS (SELECT 1 FROM observations o WHERE o.message_id = m.id) "
+            "OR EXISTS (SELECT 1 FROM orders r WHERE r.message_id = m.id))"
+        )
+        messages = await repeat(
+            f"DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m WHERE {old} "  # noqa: S608
+            f"AND NOT {referenced} ORDER BY m.id LIMIT ?)",
+            (cutoff,),
+        )
+        raw_cleared = await repeat(
+            f"UPDATE messages SET raw = X'' WHERE id IN (SELECT m.id FROM messages m WHERE {old} "  # noqa: S608
+            f"AND length(m.raw) > 0 AND {referenced} ORDER BY m.id LIMIT ?)",
+            (cutoff,),
+        )
+        rejected = await repeat(
+            "DELETE FROM rejected_messages WHERE id IN (SELECT id FROM rejected_messages "
+            "WHERE julianday(received_at) < julianday(?) ORDER BY id LIMIT ?)",
+            (cutoff,),
+        )
+        return Pruned(
+            observations=observations, messages=messages, raw_cleared=raw_cleared, rejected_messages=rejected
+        )
 
     async def close(self) -> None:
         if self._thread is None:
@@ -872,6 +1033,7 @@ class SqliteStore:
     def _run_batch(self, conn: sqlite3.Connection, tx: _SqliteTransaction, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         tx.enqueued = 0
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -902,6 +1064,9 @@ class SqliteStore:
                 log.exception("store_rollback_failed")
             self._fail_all(batch, exc)
             return
+        observer = self.commit_observer
+        if observer is not None and any(job.write for job in batch):
+            observer(time.perf_counter() - started)
         for job, result, error in outcomes:
             job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
         if tx.enqueued:

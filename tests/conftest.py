@@ -224,6 +224,7 @@ def make_config(tmp_path: Path, broker_port: int, prefix: str, **sections: dict[
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": prefix, "client_id": prefix,
                  "reconnect_max_seconds": 0.5},
         "logging": {"format": "json"},
+        "metrics": {"port": 0},
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)

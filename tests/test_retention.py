@@ -1,0 +1,102 @@
+"""Retention: what a prune removes and what it must keep, driven by real MLLP
+messages under an injected clock (no waiting for a day)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import WAIT, AsyncMllpClient, ack_fields, free_port, make_config, running
+from test_integration import sample_messages
+from test_metrics import BAD_NO_MRN, ORDER_AND_LIVER_PANEL, Clock
+
+from hl7_alerts.store import Pruned
+
+T0 = datetime(2026, 10, 20, 10, 0, tzinfo=UTC)
+
+ADT = (
+    b"MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ADT^A08|ADT001|P|2.5.1\r"
+    b"PID|1||H010001^^^GENHOSP^MR||TESTPATIENT^ALPHA||19700101|F\r"
+    b"PV1|1|I\r"
+)
+
+
+def fresh_panel(patient: str, when: datetime) -> bytes:
+    ts = when.strftime("%Y%m%d%H%M%S")
+    return (
+        f"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|{ts}||ORU^R01^ORU_R01|LATE{patient}|P|2.5.1\r"
+        f"PID|1||{patient}^^^GENHOSP^MR||TESTPATIENT^FRESH||19700101|F\r"
+        f"OBR|1|ORD{patient}|SPC{patient}|24325-3^Hepatic function panel^LN|||{ts}\r"
+        f"OBX|1|NM|1742-6^ALT^LN||30|U/L|7-56|N|||F|||{ts}\r"
+    ).encode()
+
+
+def rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db_path) as db:
+        return db.execute(sql).fetchall()
+
+
+async def send_all(port: int, messages: list[bytes]) -> list[str]:
+    client = await AsyncMllpClient.connect(port)
+    codes = [ack_fields(await client.send(m))["code"] for m in messages]
+    await client.close()
+    return codes
+
+
+async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(tmp_path: Path, prefix: str) -> None:
+    clock = Clock(T0)
+    db = tmp_path / "store.sqlite3"
+    # No broker: the alert stays undelivered in the outbox, which retention must keep.
+    config = make_config(tmp_path, free_port(), prefix, retention={"days": 400})
+    async with running(config, clock=clock) as run:
+        old = [*sample_messages(*ORDER_AND_LIVER_PANEL), BAD_NO_MRN, ADT]
+        assert await send_all(run.port, old) == ["CA", "AA", "AE", "AA"]
+        clock.now = T0 + timedelta(days=300)
+        assert await send_all(run.port, [fresh_panel("F1", clock.now)]) == ["AA"]
+        assert rows(db, "SELECT count(*) FROM observations") == [(6,)]
+
+        clock.now = T0 + timedelta(days=401)
+        pruned = await run.daemon.prune_once()
+        assert pruned == Pruned(observations=5, messages=2, raw_cleared=1, rejected_messages=1)
+        # What is left: the order's message (its raw bytes gone), the fresh panel.
+        assert rows(db, "SELECT control_id, length(raw) > 0 FROM messages ORDER BY id") == [
+            ("RX0001", 0), ("LATEF1", 1)
+        ]
+        assert rows(db, "SELECT count(*) FROM observations") == [(1,)]
+        assert rows(db, "SELECT count(*) FROM rejected_messages") == [(0,)]
+        assert rows(db, "SELECT order_id FROM orders") == [("RX1",)]
+        # The order raised aza.pgx.missing, the panel aza.hepatotoxicity.stop: both kept.
+        assert rows(db, "SELECT rule, state FROM alerts ORDER BY rule") == [
+            ("aza.hepatotoxicity.stop", "open"), ("aza.pgx.missing", "open")
+        ]
+        assert rows(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == [(2,)]
+        assert rows(db, "PRAGMA foreign_key_check") == []
+        assert rows(db, "SELECT task, last_run FROM maintenance") == [("retention", clock.now.isoformat())]
+        registry = run.daemon.metrics.registry
+        assert registry.get_sample_value("hl7_alerts_retention_pruned_rows_total", {"table": "observations"}) == 5
+
+        assert await run.daemon.prune_once() == Pruned()  # a second run finds nothing
+
+
+async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(tmp_path: Path, prefix: str) -> None:
+    clock = Clock(T0)
+    db = tmp_path / "store.sqlite3"
+    config = make_config(tmp_path, free_port(), prefix)
+    async with running(config, clock=clock) as run:
+        assert await send_all(run.port, sample_messages(*ORDER_AND_LIVER_PANEL)) == ["CA", "AA"]
+    # A new store started the count at T0 instead of pruning during start-up.
+    assert rows(db, "SELECT task, last_run FROM maintenance") == [("retention", T0.isoformat())]
+    assert rows(db, "SELECT count(*) FROM observations") == [(5,)]
+
+    clock.now = T0 + timedelta(days=401)  # the daemon was down; the daily run is overdue
+    async with running(config, clock=clock):
+        deadline = time.monotonic() + WAIT
+        # The run is recorded once it has finished.
+        while rows(db, "SELECT last_run FROM maintenance") != [(clock.now.isoformat(),)]:
+            assert time.monotonic() < deadline, "the overdue retention run never happened"
+            await asyncio.sleep(0.02)
+    assert rows(db, "SELECT count(*) FROM observations") == [(0,)]
+    assert rows(db, "SELECT control_id FROM messages") == [("RX0001",)]
