@@ -21,12 +21,14 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from hl7_alerts.ack import AckError, build_ack
+from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.config import Config
 from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
 from hl7_alerts.mllp import MllpServer, ServerLimits
 from hl7_alerts.model import AckCode, Header
-from hl7_alerts.pipeline import process
-from hl7_alerts.publisher import MqttSettings, Publisher
+from hl7_alerts.pipeline import acknowledge_alert, process
+from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
+from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.store import SqliteStore, Store, StoreError
 
 log = structlog.get_logger("hl7_alerts.daemon")
@@ -51,6 +53,7 @@ class Daemon:
         self.store: Store | None = None
         self.server: MllpServer | None = None
         self.publisher: Publisher | None = None
+        self.scheduler: Scheduler | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -86,17 +89,33 @@ class Daemon:
                     password=cfg.mqtt.password,
                     keepalive=cfg.mqtt.keepalive_seconds,
                     reconnect_max=cfg.mqtt.reconnect_max_seconds,
+                    publish_timeout=cfg.mqtt.publish_timeout_seconds,
+                    session_expiry=cfg.mqtt.session_expiry_seconds,
+                    message_expiry=cfg.mqtt.message_expiry_seconds,
+                    max_inflight=cfg.mqtt.max_inflight,
+                    tls=None if cfg.mqtt.tls is None else TlsSettings(
+                        ca_file=cfg.mqtt.tls.ca_file,
+                        cert_file=cfg.mqtt.tls.cert_file,
+                        key_file=cfg.mqtt.tls.key_file,
+                        check_hostname=cfg.mqtt.tls.check_hostname,
+                    ),
                 ),
                 clock=self._clock,
+                on_ack=self.handle_ack,
+            )
+            self.scheduler = Scheduler(
+                store, policy=cfg.alerts.reminder_policy(), settings=self._settings, clock=self._clock
             )
             await self.server.start()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run(), name="publisher")
+                tg.create_task(self.scheduler.run(), name="scheduler")
                 self.ready.set()
                 log.info("daemon_ready", mllp_port=self.port)
                 await stop.wait()
                 log.info("daemon_stopping")
                 await self.server.stop(cfg.mllp.shutdown_grace_seconds)
+                self.scheduler.stop()
                 self.publisher.stop()
         finally:
             await store.close()
@@ -189,6 +208,26 @@ class Daemon:
                     error=AckError(reason=str(store_exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
                 )
             return self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
+
+    async def handle_ack(self, data: bytes) -> None:
+        """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
+        unreadable or unknown ones are logged and ignored."""
+        store = self.store
+        assert store is not None
+        try:
+            request = parse_ack(data)
+        except InvalidAck as exc:
+            log.warning("ack_invalid", reason=str(exc))
+            return
+        settings, at = self._settings, self._clock()
+        try:
+            outcome = await store.transact(
+                lambda tx: acknowledge_alert(tx, request, settings=settings, at=at)
+            )
+        except StoreError as exc:
+            log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
+            return
+        log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
         """AR for a frame over ``mllp.max_message_bytes`` when its MSH is readable."""
