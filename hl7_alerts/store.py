@@ -874,6 +874,25 @@ class SqliteStore:
 
         await self.transact(unit)
 
+    async def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
+        """Alerts, newest first (open ones only unless ``include_closed``)."""
+
+        def unit(tx: Transaction) -> list[AlertRecord]:
+            assert isinstance(tx, _SqliteTransaction)
+            return tx.list_alerts(include_closed=include_closed, limit=limit)
+
+        return await self.read(unit)
+
+    async def alert_detail(self, alert_id: str) -> tuple[AlertRecord, list[AuditRow]] | None:
+        """One alert and its audit trail, oldest line first."""
+
+        def unit(tx: Transaction) -> tuple[AlertRecord, list[AuditRow]] | None:
+            assert isinstance(tx, _SqliteTransaction)
+            record = tx.alert_record(alert_id)
+            return None if record is None else (record, tx.audit_trail(alert_id))
+
+        return await self.read(unit)
+
     async def close(self) -> None:
         if self._thread is None:
             return

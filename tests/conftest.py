@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jsonschema
 import pytest
 
 from hl7_alerts.config import Config, parse_config
@@ -32,6 +33,15 @@ from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 WAIT = 10.0  # seconds: the ceiling for any condition a test waits on
+ALERT_SCHEMA = json.loads((ROOT / "hl7_alerts" / "schema" / "alert.schema.json").read_text())
+jsonschema.Draft202012Validator.check_schema(ALERT_SCHEMA)
+ALERT_VALIDATOR = jsonschema.Draft202012Validator(ALERT_SCHEMA)
+
+
+def assert_valid_alert(body: dict[str, Any]) -> None:
+    """Every alert payload a test sees must follow the published JSON Schema."""
+    errors = sorted(ALERT_VALIDATOR.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
 def free_port() -> int:
@@ -70,6 +80,7 @@ class Broker:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_conf: str = ""  # appended to mosquitto.conf (listeners, TLS, limits)
 
     def start(self) -> None:
         data = self.directory / "data"
@@ -81,7 +92,7 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {data}/\nautosave_interval 1\n"
-            f"max_inflight_messages 20\nmax_queued_messages 100000\n"
+            f"max_inflight_messages 20\nmax_queued_messages 100000\n" + self.extra_conf
         )
         with (self.directory / "mosquitto.log").open("ab") as log:
             self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=log, stderr=log)
@@ -124,15 +135,31 @@ class MqttRecorder:
         self.client = client
         self.prefix = prefix
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.properties: list[Any] = []  # MQTT v5 properties, aligned with `messages`
+        self.invalid: list[str] = []  # alert payloads that do not follow the schema
         self._arrived = asyncio.Condition()
 
     async def _pump(self) -> None:
         async for message in self.client.messages:
             body = message.payload
             assert isinstance(body, bytes | bytearray)
+            try:
+                decoded = json.loads(body)
+            except ValueError:  # junk a test sends on purpose (e.g. to <prefix>/acks)
+                decoded = {"undecodable": body.decode("utf-8", "replace")}
+            if "/alerts/" in str(message.topic):
+                try:
+                    assert_valid_alert(decoded)
+                except AssertionError as exc:
+                    self.invalid.append(str(exc))
             async with self._arrived:
-                self.messages.append((str(message.topic), json.loads(body)))
+                self.messages.append((str(message.topic), decoded))
+                self.properties.append(message.properties)
                 self._arrived.notify_all()
+
+    def user_properties(self, index: int) -> dict[str, str]:
+        props = self.properties[index]
+        return dict(getattr(props, "UserProperty", []) or [])
 
     def alerts(self) -> list[dict[str, Any]]:
         return [body for topic, body in self.messages if "/alerts/" in topic]
@@ -161,6 +188,7 @@ async def recording(broker: Broker, prefix: str) -> AsyncIterator[MqttRecorder]:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+        assert not recorder.invalid, f"alert payloads outside the schema: {recorder.invalid}"
 
 
 class AsyncMllpClient:
