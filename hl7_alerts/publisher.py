@@ -144,6 +144,7 @@ class Publisher:
         self.receive_maximum: int | None = None
         self.window = settings.max_inflight
         self.max_in_flight_seen = 0
+        self._unconfirmed: list[int] = []
 
     def stop(self) -> None:
         self._stopping.set()
@@ -216,9 +217,15 @@ class Publisher:
                 )
         except* (aiomqtt.MqttError, PublishError) as group:
             first = group.exceptions[0]
-            raise PublishError(str(first) or type(first).__name__) from first
+            reason = str(first) or type(first).__name__
+            if self._unconfirmed:
+                # Retried from the outbox on the next connection, in order.
+                failed, at = self._unconfirmed, self._clock()
+                await self._store.record_delivery(failed, "publish_failed", at, reason[:200])
+            raise PublishError(reason) from first
         finally:
             self.connected = False
+            self._unconfirmed = []
 
     async def _read_acks(self, client: aiomqtt.Client) -> None:
         # Runs even without a handler: the message iterator is what notices a
@@ -267,14 +274,11 @@ class Publisher:
                                  alert_event=row.event)
                     continue
                 await self._idle(signal)
-        except (aiomqtt.MqttError, PublishError) as exc:
-            failed = [row.id for row, _ in in_flight]
-            for _, task in in_flight:
-                task.cancel()
-            if failed:
-                await self._store.record_delivery(failed, "publish_failed", self._clock(), str(exc)[:200])
-            raise
         finally:
+            # Whatever ends this connection (a failed publish, or the reader
+            # noticing the connection is gone), what was not confirmed is
+            # audited as failed by `_session`.
+            self._unconfirmed = [row.id for row, _ in in_flight]
             for _, task in in_flight:
                 task.cancel()
 

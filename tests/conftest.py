@@ -25,6 +25,8 @@ from typing import Any
 import aiomqtt
 import jsonschema
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
@@ -177,8 +179,16 @@ class MqttRecorder:
 
 
 @contextlib.asynccontextmanager
-async def recording(broker: Broker, prefix: str) -> AsyncIterator[MqttRecorder]:
-    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+async def recording(broker: Broker, prefix: str, *, session: str | None = None) -> AsyncIterator[MqttRecorder]:
+    """Record ``<prefix>/#``. With ``session``, a persistent MQTT v5 session
+    under that client id: a pager that went away and came back, getting what
+    the broker queued for it meanwhile."""
+    options: dict[str, Any] = {}
+    if session is not None:
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = 600
+        options = {"identifier": session, "clean_start": False, "properties": connect}
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **options) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
         recorder = MqttRecorder(client, prefix)
         pump = asyncio.create_task(recorder._pump())
