@@ -227,6 +227,10 @@ class Daemon:
         except StoreError as exc:
             log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
             return
+        except Exception:
+            # A defect of ours must not take the MQTT session (and alerts) down.
+            log.exception("ack_failed", alert_id=request.alert_id)
+            return
         log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:

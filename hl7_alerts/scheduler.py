@@ -74,6 +74,9 @@ class Scheduler:
                 due = await self.tick()
             except StoreError as exc:
                 log.error("reminder_tick_failed", error=str(exc))
+            except Exception:
+                # A defect of ours: keep the daemon (and the feed's ACKs) up.
+                log.exception("reminder_tick_crashed")
             else:
                 if due is not None:
                     wait = min(wait, max(0.0, (due - self._clock()).total_seconds()))
