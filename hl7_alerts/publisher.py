@@ -264,8 +264,9 @@ class Publisher:
                     await asyncio.wait({in_flight[0][1]})
                     done: list[OutboxRow] = []
                     while in_flight and in_flight[0][1].done():
-                        row, task = in_flight.popleft()
-                        task.result()  # a failed publish ends this connection
+                        row, task = in_flight[0]
+                        task.result()  # a failed publish ends this connection (and stays unconfirmed)
+                        in_flight.popleft()
                         done.append(row)
                     await self._store.mark_delivered([r.id for r in done], self._clock())
                     self.published += len(done)

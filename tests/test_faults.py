@@ -187,3 +187,41 @@ async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_ale
     print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, "
           f"{sum(n - 1 for n in copies.values())} repeats of the same alert_id:version")
     assert "S0001" not in log.read_text()  # no patient identifiers in logs
+
+
+async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
+    tmp_path: Path, own_broker: Broker, prefix: str
+) -> None:
+    """A frozen broker (SIGSTOP) takes publishes and never answers: each times
+    out, the connection ends, and once the broker thaws the rows are re-sent
+    from the outbox on a new connection, in order."""
+    patients = 6
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"publish_timeout_seconds": 0.5})
+    assert own_broker.process is not None
+    async with recording(own_broker, prefix) as mqtt, running(config) as daemon:
+        publisher = daemon.daemon.publisher
+        assert publisher is not None
+        await mqtt.wait_for(lambda ms: any(t == f"{prefix}/status" and b["state"] == "online" for t, b in ms))
+        own_broker.process.send_signal(signal.SIGSTOP)
+        try:
+            client = await AsyncMllpClient.connect(daemon.port)
+            for m in replay(patients):
+                assert ack_fields(await client.send(m, timeout=2.0))["code"] in ("AA", "CA")
+            await client.close()
+
+            def failed() -> int:
+                with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+                    return int(db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0])
+
+            await asyncio.to_thread(wait_until, lambda: failed() > 0, what="a publish audited as failed")
+            assert not publisher.connected
+        finally:
+            own_broker.process.send_signal(signal.SIGCONT)
+        await mqtt.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in mqtt.alerts()}) >= 2 * patients,
+                            timeout=20)
+        received = mqtt.alerts()
+    copies = check_stream(received, patients)
+    assert publisher.connections >= 2
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone() == (0,)
+    print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, failed publishes: {failed()}")
