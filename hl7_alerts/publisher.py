@@ -202,11 +202,12 @@ class Publisher:
                 self.receive_maximum = int(announced) if announced else _DEFAULT_RECEIVE_MAXIMUM
                 self.window = max(1, min(s.max_inflight, self.receive_maximum))
                 log.info("mqtt_connected", host=s.host, port=s.port, window=self.window)
+                if self._on_ack is not None:
+                    await client.subscribe(s.acks_topic, qos=1)
+                # "online" once acks are being listened to.
                 await client.publish(
                     s.status_topic, _status("online", self._clock(), s.client_id), qos=1, retain=True
                 )
-                if self._on_ack is not None:
-                    await client.subscribe(s.acks_topic, qos=1)
                 async with asyncio.TaskGroup() as tg:
                     acks = tg.create_task(self._read_acks(client), name="mqtt-acks")
                     await self._drain(client)

@@ -139,25 +139,36 @@ class MqttRecorder:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.properties: list[Any] = []  # MQTT v5 properties, aligned with `messages`
         self.invalid: list[str] = []  # alert payloads that do not follow the schema
+        self.broker_gone = asyncio.Event()  # set when the connection drops under the recorder
         self._arrived = asyncio.Condition()
 
     async def _pump(self) -> None:
-        async for message in self.client.messages:
-            body = message.payload
-            assert isinstance(body, bytes | bytearray)
+        try:
+            async for message in self.client.messages:
+                await self._record(message)
+        except aiomqtt.MqttError:
+            # The broker went away (a test stopped it). paho has already
+            # acknowledged what sits in aiomqtt's queue: keep it, as a pager would.
+            while len(self.client.messages):
+                await self._record(self.client._queue.get_nowait())
+            self.broker_gone.set()
+
+    async def _record(self, message: aiomqtt.Message) -> None:
+        body = message.payload
+        assert isinstance(body, bytes | bytearray)
+        try:
+            decoded = json.loads(body)
+        except ValueError:  # junk a test sends on purpose (e.g. to <prefix>/acks)
+            decoded = {"undecodable": body.decode("utf-8", "replace")}
+        if "/alerts/" in str(message.topic):
             try:
-                decoded = json.loads(body)
-            except ValueError:  # junk a test sends on purpose (e.g. to <prefix>/acks)
-                decoded = {"undecodable": body.decode("utf-8", "replace")}
-            if "/alerts/" in str(message.topic):
-                try:
-                    assert_valid_alert(decoded)
-                except AssertionError as exc:
-                    self.invalid.append(str(exc))
-            async with self._arrived:
-                self.messages.append((str(message.topic), decoded))
-                self.properties.append(message.properties)
-                self._arrived.notify_all()
+                assert_valid_alert(decoded)
+            except AssertionError as exc:
+                self.invalid.append(str(exc))
+        async with self._arrived:
+            self.messages.append((str(message.topic), decoded))
+            self.properties.append(message.properties)
+            self._arrived.notify_all()
 
     def user_properties(self, index: int) -> dict[str, str]:
         props = self.properties[index]

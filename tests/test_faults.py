@@ -82,21 +82,22 @@ async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
     received: list[dict[str, Any]] = []
     async with running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
-        async with recording(own_broker, prefix, session=pager) as mqtt:
+        async with recording(own_broker, prefix, session=pager) as before:
             for m in thirds[0]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
-            await mqtt.wait_alerts(1)
-            received += mqtt.alerts()
-        own_broker.stop()  # the publisher is most likely mid-window here
+            await before.wait_alerts(1)
+            own_broker.stop()  # the publisher is most likely mid-window here
+            await asyncio.wait_for(before.broker_gone.wait(), WAIT)
+        received += before.alerts()
         for m in thirds[1]:
             assert ack_fields(await client.send(m, timeout=2.0))["code"] in ("AA", "CA")
         own_broker.start()
-        async with recording(own_broker, prefix, session=pager) as mqtt:
+        async with recording(own_broker, prefix, session=pager) as after:
             for m in thirds[2]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
-            await mqtt.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in received + mqtt.alerts()})
-                                >= 2 * patients, timeout=30)
-            received += mqtt.alerts()
+            await after.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in received + after.alerts()})
+                                 >= 2 * patients, timeout=30)
+        received += after.alerts()
         await client.close()
         publisher = daemon.daemon.publisher
         assert publisher is not None
@@ -201,11 +202,15 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
     async with recording(own_broker, prefix) as mqtt, running(config) as daemon:
         publisher = daemon.daemon.publisher
         assert publisher is not None
-        await mqtt.wait_for(lambda ms: any(t == f"{prefix}/status" and b["state"] == "online" for t, b in ms))
+        messages = replay(patients)
+        client = await AsyncMllpClient.connect(daemon.port)
+        for m in messages[:2]:  # one alert through, so the publisher is draining
+            await client.send(m)
+        await mqtt.wait_alerts(1)
+        await asyncio.to_thread(wait_until, lambda: publisher.published >= 1, what="first alert marked delivered")
         own_broker.process.send_signal(signal.SIGSTOP)
         try:
-            client = await AsyncMllpClient.connect(daemon.port)
-            for m in replay(patients):
+            for m in messages[2:]:
                 assert ack_fields(await client.send(m, timeout=2.0))["code"] in ("AA", "CA")
             await client.close()
 
