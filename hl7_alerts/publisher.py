@@ -273,16 +273,22 @@ class Publisher:
                 if in_flight:
                     await asyncio.wait({in_flight[0][1]})
                     done: list[OutboxRow] = []
+                    failure: BaseException | None = None
                     while in_flight and in_flight[0][1].done():
                         row, task = in_flight[0]
-                        task.result()  # a failed publish ends this connection (and stays unconfirmed)
+                        failure = PublishError("publish cancelled") if task.cancelled() else task.exception()
+                        if failure is not None:
+                            break  # it and everything after it stay unconfirmed
                         in_flight.popleft()
                         done.append(row)
-                    await self._store.mark_delivered([r.id for r in done], self._clock())
-                    self.published += len(done)
-                    for row in done:
-                        log.info("alert_published", alert_id=row.alert_id, version=row.version,
-                                 alert_event=row.event)
+                    if done:
+                        await self._store.mark_delivered([r.id for r in done], self._clock())
+                        self.published += len(done)
+                        for row in done:
+                            log.info("alert_published", alert_id=row.alert_id, version=row.version,
+                                     alert_event=row.event)
+                    if failure is not None:
+                        raise failure  # ends this connection; the outbox retries on the next
                     continue
                 await self._idle(signal)
         finally:
@@ -291,6 +297,8 @@ class Publisher:
             # audited as failed by `_session`.
             self._unconfirmed = [row.id for row, _ in in_flight]
             for _, task in in_flight:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the connection's end is reported once, above
                 task.cancel()
 
     async def _idle(self, signal: asyncio.Event) -> None:
