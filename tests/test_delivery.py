@@ -176,3 +176,15 @@ async def test_window_is_capped_by_the_brokers_receive_maximum(
             async for _ in probe.messages:
                 break
         assert (publisher.receive_maximum, publisher.window) == (3, 3)
+
+
+async def test_phi_policy_from_config_reaches_the_payload(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix,
+                         alerts={"phi": {"include_name": True, "include_birth_date": True}})
+    async with recording(broker, prefix) as mqtt, running(config) as daemon:
+        await send_all(daemon.port, sample_messages(*SEED_STORY))
+        (alert,) = await mqtt.wait_alerts(1)
+    assert set(alert["patient"]) == {"id", "id_type", "authority", "name", "birth_date"}
+    assert alert["patient"]["id"] == "H010001"
+    assert "TESTPATIENT" in alert["patient"]["name"]
+    assert alert["patient"]["birth_date"].startswith("1970")
