@@ -209,16 +209,17 @@ class Daemon:
                 )
             return self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
 
-    async def handle_ack(self, data: bytes) -> None:
+    async def handle_ack(self, data: bytes) -> bool:
         """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
-        unreadable or unknown ones are logged and ignored."""
+        unreadable or unknown ones are logged and ignored. False (not
+        handled: let the broker redeliver it) only when the store failed."""
         store = self.store
         assert store is not None
         try:
             request = parse_ack(data)
         except InvalidAck as exc:
             log.warning("ack_invalid", reason=str(exc))
-            return
+            return True
         settings, at = self._settings, self._clock()
         try:
             outcome = await store.transact(
@@ -226,12 +227,14 @@ class Daemon:
             )
         except StoreError as exc:
             log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
-            return
+            return False
         except Exception:
-            # A defect of ours must not take the MQTT session (and alerts) down.
+            # A defect of ours must not take the MQTT session (and alerts) down;
+            # redelivering the same ack would only repeat it.
             log.exception("ack_failed", alert_id=request.alert_id)
-            return
+            return True
         log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
+        return True
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
         """AR for a frame over ``mllp.max_message_bytes`` when its MSH is readable."""

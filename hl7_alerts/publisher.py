@@ -49,7 +49,10 @@ log = structlog.get_logger("hl7_alerts.publisher")
 # MQTT v5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65535.
 _DEFAULT_RECEIVE_MAXIMUM = 65535
 
-AckHandler = Callable[[bytes], Awaitable[None]]
+# Handles one message from <prefix>/acks; True once it is durably dealt with
+# (recorded, or deliberately ignored), False to leave it to the broker's
+# redelivery (the store was unavailable).
+AckHandler = Callable[[bytes], Awaitable[bool]]
 
 
 class PublishError(Exception):
@@ -107,9 +110,18 @@ def _status(state: str, at: datetime, client_id: str) -> bytes:
 
 class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK properties (Receive Maximum),
-    which aiomqtt 2.5 drops."""
+    which aiomqtt 2.5 drops, and acknowledging incoming messages only when
+    told to: a pager's ack is PUBACKed after it is committed, so one the
+    daemon dies holding is redelivered by the broker (persistent session).
+    Both reach into aiomqtt 2.5 internals; the pin below 3 keeps them stable."""
 
     connack: Properties | None = None
+
+    def manual_acks(self) -> None:
+        self._client.manual_ack_set(True)
+
+    def puback(self, message: aiomqtt.Message) -> None:
+        self._client.ack(message.mid, message.qos)
 
     def _on_connect(
         self,
@@ -197,6 +209,7 @@ class Publisher:
         )
         # aiomqtt warns above 10 pending calls; a full window is normal here.
         client.pending_calls_threshold = s.max_inflight + 10
+        client.manual_acks()
         return client
 
     async def _session(self) -> None:
@@ -235,14 +248,17 @@ class Publisher:
             self.connected = False
             self._unconfirmed = []
 
-    async def _read_acks(self, client: aiomqtt.Client) -> None:
+    async def _read_acks(self, client: _Client) -> None:
         # Runs even without a handler: the message iterator is what notices a
         # lost connection at once (a pending publish would wait for its timeout).
         async for message in client.messages:
-            if self._on_ack is None or not message.topic.matches(self._settings.acks_topic):
-                continue
-            body = message.payload
-            await self._on_ack(bytes(body) if isinstance(body, bytes | bytearray) else str(body).encode())
+            handled = True
+            if self._on_ack is not None and message.topic.matches(self._settings.acks_topic):
+                body = message.payload
+                raw = bytes(body) if isinstance(body, bytes | bytearray) else str(body).encode()
+                handled = await self._on_ack(raw)
+            if handled:
+                client.puback(message)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Keep up to ``window`` publishes in flight; mark delivered in order."""

@@ -69,10 +69,11 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
         first, second = await mqtt.wait_alerts(2)
         await mqtt.client.publish(f"{prefix}/acks", ack(first["alert_id"]), qos=1)
         await mqtt.wait_alerts(3)
-        # A repeat, junk, an unknown alert, then a real ack: the last one's
-        # event proves the ones before it were read (acks are handled in order).
-        for body in (ack(first["alert_id"], by="someone.else"), b"{not json", b'{"alert_id": 5}',
-                     ack("0" * 32), ack(second["alert_id"], by="dr.two")):
+        # Repeats (more than the broker keeps in flight towards the daemon:
+        # each is PUBACKed once handled), junk, an unknown alert, then a real
+        # ack: its event proves the ones before it were read, in order.
+        repeats = [ack(first["alert_id"], by="someone.else")] * 25
+        for body in (*repeats, b"{not json", b'{"alert_id": 5}', ack("0" * 32), ack(second["alert_id"], by="dr.two")):
             await mqtt.client.publish(f"{prefix}/acks", body, qos=1)
         alerts = await mqtt.wait_alerts(4)
         assert daemon.daemon.scheduler is not None
@@ -91,7 +92,7 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
         ("event", 1, "firing"), ("publish_attempt", 1, "firing"), ("delivered", 1, "firing"),
         ("acknowledged", 2, "acknowledged"), ("event", 2, "acknowledged"),
         ("publish_attempt", 2, "acknowledged"), ("delivered", 2, "acknowledged"),
-        ("ack_ignored", None, None),
+        *[("ack_ignored", None, None)] * 25,
     ]
 
 
