@@ -740,22 +740,25 @@ def _observation_from_row(r: Sequence[Any]) -> Observation:
     )
 
 
-_RECORD_COLUMNS = (
+# What `_alert_from_row` reads, in its order: the same list as `open_alerts`
+# selects. Keep the two in step (tests/test_audit.py compares them).
+_ALERT_COLUMNS = (
     "alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, severity, version, "
-    "opened_at, evidence_at, acknowledged_by, acknowledged_at, notified_at, reminders_sent, payload"
+    "opened_at, evidence_at"
 )
+_RECORD_COLUMNS = f"acknowledged_by, acknowledged_at, notified_at, reminders_sent, payload, {_ALERT_COLUMNS}"
 
 
 def _record_from_row(r: Sequence[Any]) -> AlertRecord:
     return AlertRecord(
-        alert=_alert_from_row(r),
+        alert=_alert_from_row(r[5:]),
         tracking=Tracking(
-            acknowledged_by=r[11],
-            acknowledged_at=from_iso(r[12]),
-            notified_at=from_iso(r[13]),
-            reminders_sent=r[14],
+            acknowledged_by=r[0],
+            acknowledged_at=from_iso(r[1]),
+            notified_at=from_iso(r[2]),
+            reminders_sent=r[3],
         ),
-        payload=json.loads(r[15]),
+        payload=json.loads(r[4]),
     )
 
 

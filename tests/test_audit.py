@@ -82,3 +82,16 @@ async def test_a_first_schema_store_is_upgraded_in_place(tmp_path: Path) -> None
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (len(MIGRATIONS),)
         assert db.execute("SELECT count(*) FROM audit").fetchone() == (0,)
+
+
+async def test_an_alert_record_reads_the_alert_as_open_alerts_does(tmp_path: Path) -> None:
+    store, alert_id = await _fired(tmp_path)
+
+    def both(tx: Transaction) -> tuple[object, object]:
+        record = tx.alert_record(alert_id)
+        assert record is not None
+        return record.alert, tx.open_alerts(record.alert.patient)[record.alert.rule]
+
+    via_record, via_open = await store.transact(both)
+    await store.close()
+    assert via_record == via_open
