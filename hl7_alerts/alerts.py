@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from hl7_alerts.model import PatientDemographics, PatientKey, Severity
@@ -336,3 +337,149 @@ def _observation(e: Evidence) -> dict[str, Any]:
         "status": str(obs.status),
         "observed_at": to_iso(obs.observed_at),
     }
+
+
+# ---------------------------------------------------------------------------
+# Events without a new finding: acknowledgements and reminders
+#
+# They carry the alert's last content (the stored payload) forward with a new
+# event, version and stamp, so a pager sees the same alert it already has. The
+# clock is a parameter; nothing here reads one.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tracking:
+    """What the lifecycle needs beyond `Alert`: who acknowledged and when, the
+    last time the alert paged someone, and how many reminders went out."""
+
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    notified_at: datetime | None = None
+    reminders_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReminderPolicy:
+    """``alerts.reminder_*`` in config: which alerts are re-sent, after how
+    long without an acknowledgement, and how many times at most."""
+
+    after_seconds: float = 900.0
+    max_reminders: int = 3
+    severities: frozenset[Severity] = frozenset({Severity.CRITICAL, Severity.HIGH})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckRequest:
+    """A pager's acknowledgement as published on ``<prefix>/acks``."""
+
+    alert_id: str
+    by: str
+    at: datetime
+
+
+class InvalidAck(ValueError):
+    """An acknowledgement that cannot be read; the reason names the field."""
+
+
+# Pagers are outside our control: bound what we keep from them.
+_MAX_ACK_BYTES = 4096
+_MAX_BY_CHARS = 200
+
+
+def parse_ack(data: bytes) -> AckRequest:
+    """Read ``{"alert_id", "by", "at"}``; `InvalidAck` says what is wrong.
+
+    ``at`` is ISO 8601 and must carry an offset (a pager's local clock without
+    one cannot be placed in time).
+    """
+    if len(data) > _MAX_ACK_BYTES:
+        raise InvalidAck(f"larger than {_MAX_ACK_BYTES} bytes")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidAck("not UTF-8 JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidAck("not a JSON object")
+    alert_id, by, at = body.get("alert_id"), body.get("by"), body.get("at")
+    if not isinstance(alert_id, str) or not alert_id:
+        raise InvalidAck("alert_id must be a non-empty string")
+    if not isinstance(by, str) or not by.strip() or len(by) > _MAX_BY_CHARS:
+        raise InvalidAck(f"by must be a non-empty string of at most {_MAX_BY_CHARS} characters")
+    if not isinstance(at, str):
+        raise InvalidAck("at must be an ISO 8601 timestamp string")
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidAck("at must be an ISO 8601 timestamp") from None
+    if when.tzinfo is None:
+        raise InvalidAck("at must carry a UTC offset")
+    return AckRequest(alert_id=alert_id, by=by.strip(), at=when)
+
+
+class AckOutcome(enum.StrEnum):
+    ACKNOWLEDGED = "acknowledged"
+    ALREADY = "already_acknowledged"
+    CLOSED = "alert_closed"
+
+
+def acknowledge(alert: Alert, tracking: Tracking, request: AckRequest) -> tuple[Alert | None, AckOutcome]:
+    """The alert after an acknowledgement, or None when it changes nothing.
+
+    Recorded once: a second ack for an acknowledged alert, or an ack for a
+    resolved or withdrawn one, is a no-op (pagers retry; QoS 1 repeats).
+    """
+    if alert.state is not AlertState.OPEN:
+        return None, AckOutcome.CLOSED
+    if tracking.acknowledged_at is not None:
+        return None, AckOutcome.ALREADY
+    return replace(alert, version=alert.version + 1), AckOutcome.ACKNOWLEDGED
+
+
+def reminder_due(alert: Alert, tracking: Tracking, policy: ReminderPolicy) -> datetime | None:
+    """When this alert's next reminder is due, or None if it never will be.
+
+    Only open, unacknowledged alerts of a configured severity that have paged
+    someone, and fewer than ``max_reminders`` times reminded.
+    """
+    if (
+        alert.state is not AlertState.OPEN
+        or tracking.acknowledged_at is not None
+        or alert.severity not in policy.severities
+        or tracking.reminders_sent >= policy.max_reminders
+        or tracking.notified_at is None
+    ):
+        return None
+    return tracking.notified_at + timedelta(seconds=policy.after_seconds)
+
+
+def remind(alert: Alert, tracking: Tracking, policy: ReminderPolicy, *, now: datetime) -> Alert | None:
+    """The alert after a reminder, if one is due at ``now``; else None.
+
+    A reminder re-sends at the same severity (CLINICAL.md decision 5)."""
+    due = reminder_due(alert, tracking, policy)
+    if due is None or now < due:
+        return None
+    return replace(alert, version=alert.version + 1)
+
+
+def carried_payload(
+    last: Mapping[str, Any],
+    alert: Alert,
+    event: AlertEvent,
+    *,
+    acknowledged: AckRequest | None = None,
+    reminder: int | None = None,
+    reminder_max: int | None = None,
+) -> dict[str, Any]:
+    """A new event's payload from the alert's last one: same content, new
+    ``event``, ``version`` and ``severity``; ``acknowledged`` or ``reminder``
+    blocks when they apply. ``published_at`` is the publisher's."""
+    body = {k: v for k, v in last.items() if k not in ("published_at", "acknowledged", "reminder")}
+    body["event"] = str(event)
+    body["version"] = alert.version
+    body["severity"] = str(alert.severity)
+    if acknowledged is not None:
+        body["acknowledged"] = {"by": acknowledged.by, "at": to_iso(acknowledged.at)}
+    if reminder is not None:
+        body["reminder"] = {"number": reminder, "max": reminder_max}
+    return body

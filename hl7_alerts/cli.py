@@ -8,18 +8,22 @@ import json
 import signal
 import sys
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hl7_alerts import logs, offline
+from hl7_alerts.alerts import AckRequest
 from hl7_alerts.config import Config, ConfigError, load_config
-from hl7_alerts.daemon import Daemon
+from hl7_alerts.daemon import Daemon, system_clock
 from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
+from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
-from hl7_alerts.store import SqliteStore
+from hl7_alerts.store import AlertRecord, SqliteStore, StoreError
 from hl7_alerts.timeutil import UTC_ZONE
 
 
@@ -134,7 +138,17 @@ def _config_or_default(path: Path | None) -> Config:
         raise click.ClickException(str(exc)) from None
 
 
-_CONFIG_OPTION = click.option(
+# Commands on the store: the config names it.
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="config.yaml",
+    show_default=True,
+    help="config.yaml naming the store",
+)
+
+_offline_config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -144,7 +158,7 @@ _CONFIG_OPTION = click.option(
 
 
 @main.command()
-@_CONFIG_OPTION
+@_offline_config_option
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
@@ -168,14 +182,7 @@ def orders() -> None:
 
 
 @orders.command("import")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="config.yaml",
-    show_default=True,
-    help="config.yaml naming the store",
-)
+@_config_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def orders_import(config_path: Path, file: Path) -> None:
     """Import orders from a CSV file (columns in the README). Importing the
@@ -203,14 +210,7 @@ async def _import(config: Config, data: str, source: str) -> offline.ImportResul
 
 
 @orders.command("list")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="config.yaml",
-    show_default=True,
-    help="config.yaml naming the store",
-)
+@_config_option
 @click.option("--patient", "patient_id", required=True, help="PID-3 identifier")
 @click.option("--id-type", default=None, help="identifier type (default: patient.id_type)")
 @click.option("--authority", default=None, help="assigning authority (default: any)")
@@ -233,3 +233,125 @@ async def _list(
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------------------
+# hl7-alerts alerts list|show|ack|schema
+
+def _summary(record: AlertRecord) -> dict[str, Any]:
+    a, t = record.alert, record.tracking
+    return {
+        "alert_id": a.alert_id,
+        "state": str(a.state),
+        "severity": str(a.severity),
+        "rule": a.rule,
+        "version": a.version,
+        "patient": a.patient.id,
+        "opened_at": a.opened_at.isoformat(),
+        "acknowledged_by": t.acknowledged_by,
+        "acknowledged_at": t.acknowledged_at.isoformat() if t.acknowledged_at else None,
+        "reminders_sent": t.reminders_sent,
+        "title": record.payload.get("title", ""),
+    }
+
+
+@main.group()
+def alerts() -> None:
+    """Look at alerts in the store and acknowledge them."""
+
+
+@alerts.command("list")
+@_config_option
+@click.option("--all", "include_closed", is_flag=True, help="include resolved and withdrawn alerts")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bool) -> None:
+    """Alerts, newest first: id, state, severity, rule, version, acknowledgement, title."""
+    config = _config_or_default(config_path)
+
+    async def run() -> list[AlertRecord]:
+        store = await SqliteStore.open(config.store.path)
+        try:
+            return await store.list_alerts(include_closed=include_closed, limit=limit)
+        finally:
+            await store.close()
+
+    for record in asyncio.run(run()):
+        row = _summary(record)
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            acked = f"ack:{row['acknowledged_by']}" if row["acknowledged_by"] else "unacked"
+            click.echo(
+                f"{row['alert_id']}\t{row['state']}\t{row['severity']}\t{row['rule']}\tv{row['version']}"
+                f"\t{acked}\t{row['title']}"
+            )
+
+
+@alerts.command("show")
+@_config_option
+@click.argument("alert_id")
+def show_alert(config_path: Path, alert_id: str) -> None:
+    """One alert as JSON: its state, last payload and audit trail."""
+    config = _config_or_default(config_path)
+
+    async def run() -> Any:
+        store = await SqliteStore.open(config.store.path)
+        try:
+            return await store.alert_detail(alert_id)
+        finally:
+            await store.close()
+
+    found = asyncio.run(run())
+    if found is None:
+        raise click.ClickException(f"no alert {alert_id}")
+    record, trail = found
+    out = {
+        **_summary(record),
+        "payload": record.payload,
+        "audit": [
+            {"at": r.at, "kind": r.kind, "version": r.version, "event": r.event, "detail": r.detail}
+            for r in trail
+        ],
+    }
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+@alerts.command("ack")
+@_config_option
+@click.argument("alert_id")
+@click.option("--by", "by", required=True, help="who acknowledges (name or pager id)")
+def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
+    """Acknowledge an alert, as a pager would on <prefix>/acks.
+
+    The `acknowledged` event goes out through the outbox: a running daemon
+    publishes it within mqtt.outbox_recheck, a stopped one when it starts.
+    Exits 1 if the alert is unknown.
+    """
+    config = _config_or_default(config_path)
+    now = system_clock()
+    request = AckRequest(alert_id=alert_id, by=by.strip(), at=now)
+    if not request.by:
+        raise click.BadParameter("must not be empty", param_hint="--by")
+    settings = config.pipeline_settings()
+
+    async def run() -> str:
+        store = await SqliteStore.open(config.store.path)
+        try:
+            return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
+        finally:
+            await store.close()
+
+    try:
+        outcome = asyncio.run(run())
+    except StoreError as exc:
+        raise click.ClickException(f"store unavailable: {exc}") from None
+    click.echo(f"{alert_id}\t{outcome}")
+    if outcome == "unknown_alert":
+        sys.exit(1)
+
+
+@alerts.command("schema")
+def alert_schema() -> None:
+    """Print the JSON Schema of the alert payload (hl7-alerts/alert@1)."""
+    click.echo((resources.files("hl7_alerts") / "schema" / "alert.schema.json").read_text(encoding="utf-8"))

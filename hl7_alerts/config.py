@@ -8,6 +8,8 @@ Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hl7_alerts.alerts import PhiPolicy
+from hl7_alerts.alerts import PhiPolicy, ReminderPolicy
 from hl7_alerts.messages import ParseOptions
 from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings
@@ -47,6 +49,15 @@ class StoreConfig(_Section):
     path: Path = Path("data/hl7-alerts.sqlite3")
 
 
+class MqttTlsConfig(_Section):
+    """TLS to the broker: a CA to verify it, and a client certificate if it asks."""
+
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+
 class MqttConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -56,6 +67,15 @@ class MqttConfig(_Section):
     password: str | None = None
     keepalive_seconds: int = Field(default=30, ge=5)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    # MQTT v5 session: the broker keeps our session (the acks subscription and
+    # what is queued on it) this long across reconnects and restarts.
+    session_expiry_seconds: int = Field(default=3600, ge=0, le=0xFFFFFFFF)
+    # Message expiry on alert publishes: a pager offline longer never sees it.
+    message_expiry_seconds: int | None = Field(default=86400, ge=1, le=0xFFFFFFFF)
+    # Publishes awaiting PUBACK at once; the broker's Receive Maximum caps it further.
+    max_inflight: int = Field(default=20, ge=1, le=65535)
+    publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    tls: MqttTlsConfig | None = None
 
     @field_validator("topic_prefix")
     @classmethod
@@ -140,8 +160,46 @@ class PhiConfig(_Section):
     include_birth_date: bool = False
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``15m``, ``90s``, ``1h``, ``2d`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a duration like 15m, 90s, 1h or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration (use 15m, 90s, 1h, 2d or seconds)")
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
 class AlertsConfig(_Section):
     phi: PhiConfig = PhiConfig()
+    # Unacknowledged alerts of these severities are re-sent as `reminder`.
+    reminder_after: timedelta = timedelta(minutes=15)
+    reminder_max: int = Field(default=3, ge=0)
+    reminder_severities: tuple[Severity, ...] = (Severity.CRITICAL, Severity.HIGH)
+
+    @field_validator("reminder_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+    def reminder_policy(self) -> ReminderPolicy:
+        return ReminderPolicy(
+            after_seconds=self.reminder_after.total_seconds(),
+            max_reminders=self.reminder_max,
+            severities=frozenset(self.reminder_severities),
+        )
 
 
 class LoggingConfig(_Section):
@@ -303,6 +361,16 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
     if base_dir is not None and not config.store.path.is_absolute():
         config = config.model_copy(
             update={"store": config.store.model_copy(update={"path": base_dir / config.store.path})}
+        )
+    if base_dir is not None and config.mqtt.tls is not None:
+        tls = config.mqtt.tls
+        paths = {
+            name: base_dir / value
+            for name in ("ca_file", "cert_file", "key_file")
+            if (value := getattr(tls, name)) is not None and not value.is_absolute()
+        }
+        config = config.model_copy(
+            update={"mqtt": config.mqtt.model_copy(update={"tls": tls.model_copy(update=paths)})}
         )
     return config
 

@@ -29,13 +29,15 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from hl7_alerts.ack import AckError, ack_code_for, build_ack
+from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.config import Config, ConfigError
 from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits
 from hl7_alerts.model import AckCode, Header
-from hl7_alerts.pipeline import process
-from hl7_alerts.publisher import MqttSettings, Publisher
+from hl7_alerts.pipeline import acknowledge_alert, process
+from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
+from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import Pruned, SqliteStore, Store, StoreError
 
@@ -99,6 +101,7 @@ class Daemon:
         self.store: Store | None = None
         self.server: MllpServer | None = None
         self.publisher: Publisher | None = None
+        self.scheduler: Scheduler | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         # Silent unless given one: the environment is read at the top (cli.serve).
@@ -145,8 +148,22 @@ class Daemon:
                     password=cfg.mqtt.password,
                     keepalive=cfg.mqtt.keepalive_seconds,
                     reconnect_max=cfg.mqtt.reconnect_max_seconds,
+                    publish_timeout=cfg.mqtt.publish_timeout_seconds,
+                    session_expiry=cfg.mqtt.session_expiry_seconds,
+                    message_expiry=cfg.mqtt.message_expiry_seconds,
+                    max_inflight=cfg.mqtt.max_inflight,
+                    tls=None if cfg.mqtt.tls is None else TlsSettings(
+                        ca_file=cfg.mqtt.tls.ca_file,
+                        cert_file=cfg.mqtt.tls.cert_file,
+                        key_file=cfg.mqtt.tls.key_file,
+                        check_hostname=cfg.mqtt.tls.check_hostname,
+                    ),
                 ),
                 clock=self._clock,
+                on_ack=self.handle_ack,
+            )
+            self.scheduler = Scheduler(
+                store, policy=cfg.alerts.reminder_policy(), settings=self._settings, clock=self._clock
             )
             await self.server.start()
             await self._start_ops()
@@ -156,6 +173,7 @@ class Daemon:
                 interval = self.notifier.watchdog_interval
                 if interval is not None:
                     background.append(tg.create_task(self._watchdog(interval), name="watchdog"))
+                tg.create_task(self.scheduler.run(), name="scheduler")
                 self.ready.set()
                 log.info("daemon_ready", mllp_port=self.port, metrics_port=self.metrics_port)
                 self.notifier.ready()
@@ -164,6 +182,7 @@ class Daemon:
                 self._stopping = True
                 self.notifier.stopping()
                 await self.server.stop(self.config.mllp.shutdown_grace_seconds)
+                self.scheduler.stop()
                 self.publisher.stop()
                 for task in background:
                     task.cancel()
@@ -411,6 +430,33 @@ class Daemon:
                     error=AckError(reason=str(store_exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
                 )
             return self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
+
+    async def handle_ack(self, data: bytes) -> bool:
+        """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
+        unreadable or unknown ones are logged and ignored. False (not
+        handled: let the broker redeliver it) only when the store failed."""
+        store = self.store
+        assert store is not None
+        try:
+            request = parse_ack(data)
+        except InvalidAck as exc:
+            log.warning("ack_invalid", reason=str(exc))
+            return True
+        settings, at = self._settings, self._clock()
+        try:
+            outcome = await store.transact(
+                lambda tx: acknowledge_alert(tx, request, settings=settings, at=at)
+            )
+        except StoreError as exc:
+            log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
+            return False
+        except Exception:
+            # A defect of ours must not take the MQTT session (and alerts) down;
+            # redelivering the same ack would only repeat it.
+            log.exception("ack_failed", alert_id=request.alert_id)
+            return True
+        log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
+        return True
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
         """AR for a frame over ``mllp.max_message_bytes`` when its MSH is readable."""

@@ -17,7 +17,23 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from hl7_alerts.alerts import AlertChange, PhiPolicy, Source, payload, reconcile, topic
+from hl7_alerts.alerts import (
+    AckOutcome,
+    AckRequest,
+    Alert,
+    AlertChange,
+    AlertEvent,
+    PhiPolicy,
+    ReminderPolicy,
+    Source,
+    acknowledge,
+    carried_payload,
+    payload,
+    reconcile,
+    remind,
+    reminder_due,
+    topic,
+)
 from hl7_alerts.model import (
     AckCode,
     Header,
@@ -35,7 +51,7 @@ from hl7_alerts.model import (
 from hl7_alerts.orders import apply_event
 from hl7_alerts.rules import RuleSettings
 from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
-from hl7_alerts.store import DedupKey, OutboxItem, Transaction
+from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, Transaction
 from hl7_alerts.terminology import Analyte
 
 log = structlog.get_logger("hl7_alerts.pipeline")
@@ -265,4 +281,88 @@ def _source(header: Header) -> Source:
         control_id=header.control_id,
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Units of work for alert events that come without a new finding. They carry
+# the alert's last payload forward (no rules re-run) and go out through the
+# same outbox, so ordering, audit and retries are the same as for findings.
+
+
+def acknowledge_alert(
+    tx: Transaction, request: AckRequest, *, settings: PipelineSettings, at: datetime
+) -> str:
+    """Record a pager's acknowledgement once; return what happened
+    (an `AckOutcome`, or ``unknown_alert``). Repeats change nothing."""
+    record = tx.alert_record(request.alert_id)
+    if record is None:
+        return "unknown_alert"
+    alert, outcome = acknowledge(record.alert, record.tracking, request)
+    if alert is None:
+        tx.audit("ack_ignored", request.alert_id, at, detail=str(outcome))
+        return str(outcome)
+    tx.record_ack(alert.alert_id, request)
+    tx.audit(
+        "acknowledged", alert.alert_id, at, version=alert.version, event=str(AlertEvent.ACKNOWLEDGED),
+        detail=json.dumps({"by": request.by, "at": request.at.isoformat()}, ensure_ascii=False),
+    )
+    body = carried_payload(record.payload, alert, AlertEvent.ACKNOWLEDGED, acknowledged=request)
+    _enqueue_carried(tx, record, alert, AlertEvent.ACKNOWLEDGED, body, settings=settings, at=at)
+    return str(AckOutcome.ACKNOWLEDGED)
+
+
+def send_reminders(
+    tx: Transaction, *, policy: ReminderPolicy, settings: PipelineSettings, now: datetime
+) -> list[str]:
+    """Enqueue a ``reminder`` for every alert whose reminder is due at ``now``;
+    return their alert ids."""
+    due = tx.reminder_candidates(
+        [str(s) for s in policy.severities],
+        policy.max_reminders,
+        now - timedelta(seconds=policy.after_seconds),
+    )
+    sent: list[str] = []
+    for record in due:
+        alert = remind(record.alert, record.tracking, policy, now=now)
+        if alert is None:
+            continue
+        number = record.tracking.reminders_sent + 1
+        tx.record_reminder(alert.alert_id)
+        body = carried_payload(
+            record.payload, alert, AlertEvent.REMINDER, reminder=number, reminder_max=policy.max_reminders
+        )
+        _enqueue_carried(tx, record, alert, AlertEvent.REMINDER, body, settings=settings, at=now)
+        sent.append(alert.alert_id)
+    return sent
+
+
+def next_reminder(tx: Transaction, *, policy: ReminderPolicy) -> datetime | None:
+    """When the earliest pending reminder falls due (None: nothing pending)."""
+    candidates = tx.reminder_candidates([str(s) for s in policy.severities], policy.max_reminders, None)
+    times = [t for r in candidates if (t := reminder_due(r.alert, r.tracking, policy)) is not None]
+    return min(times, default=None)
+
+
+def _enqueue_carried(
+    tx: Transaction,
+    record: AlertRecord,
+    alert: Alert,
+    event: AlertEvent,
+    body: dict[str, object],
+    *,
+    settings: PipelineSettings,
+    at: datetime,
+) -> None:
+    tx.save_alert(alert, body)
+    tx.enqueue(
+        OutboxItem(
+            alert_id=alert.alert_id,
+            version=alert.version,
+            event=str(event),
+            topic=topic(settings.topic_prefix, alert),
+            payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+            patient=record.alert.patient.key,
+        ),
+        at,
     )

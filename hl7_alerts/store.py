@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from hl7_alerts.alerts import Alert, AlertState
+from hl7_alerts.alerts import AckRequest, Alert, AlertEvent, AlertState, Tracking
 from hl7_alerts.model import (
     AckCode,
     Header,
@@ -42,7 +42,7 @@ from hl7_alerts.model import (
     Severity,
 )
 from hl7_alerts.terminology import Analyte
-from hl7_alerts.timeutil import from_iso, to_iso
+from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
 T = TypeVar("T")
 
@@ -122,6 +122,33 @@ class Pruned:
     rejected_messages: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRecord:
+    """An alert as stored: its state, lifecycle tracking and last payload."""
+
+    alert: Alert
+    tracking: Tracking
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRow:
+    """One line of the append-only audit trail (no patient data)."""
+
+    id: int
+    at: str
+    kind: str
+    alert_id: str
+    version: int | None
+    event: str | None
+    outbox_id: int | None
+    detail: str
+
+
+# Events that page someone: they (re)start the reminder clock.
+PAGING_EVENTS = frozenset({AlertEvent.FIRING, AlertEvent.UPDATED, AlertEvent.ESCALATED, AlertEvent.REMINDER})
+
+
 class Transaction(Protocol):
     """What a unit of work may do inside the store's transaction."""
 
@@ -199,6 +226,28 @@ class Transaction(Protocol):
 
     def enqueue(self, item: OutboxItem, created_at: datetime) -> None: ...
 
+    def alert_record(self, alert_id: str) -> AlertRecord | None: ...
+
+    def record_ack(self, alert_id: str, request: AckRequest) -> None: ...
+
+    def record_reminder(self, alert_id: str) -> None: ...
+
+    def reminder_candidates(
+        self, severities: Iterable[str], max_reminders: int, notified_before: datetime | None
+    ) -> list[AlertRecord]: ...
+
+    def audit(
+        self,
+        kind: str,
+        alert_id: str,
+        at: datetime,
+        *,
+        version: int | None = None,
+        event: str | None = None,
+        outbox_id: int | None = None,
+        detail: str = "",
+    ) -> None: ...
+
 
 class Store(Protocol):
     """The store every backend implements."""
@@ -207,11 +256,17 @@ class Store(Protocol):
         """Run ``unit`` in a write transaction; return once it is durable."""
         ...
 
-    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
-        """Undelivered outbox rows, oldest first."""
+    async def pending_outbox(self, limit: int, *, after_id: int = 0) -> list[OutboxRow]:
+        """Undelivered outbox rows with ids above ``after_id``, oldest first."""
         ...
 
-    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None: ...
+    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
+        """Mark rows delivered (PUBACK received) and audit each delivery."""
+        ...
+
+    async def record_delivery(self, ids: Sequence[int], kind: str, at: datetime, detail: str = "") -> None:
+        """Audit a publish attempt or failure of outbox rows."""
+        ...
 
     def outbox_signal(self) -> asyncio.Event:
         """Set after every commit that added outbox rows."""
@@ -358,6 +413,31 @@ MIGRATIONS: tuple[str, ...] = (
         at TEXT NOT NULL
     );
     """,
+    # 4: acknowledgement, reminder clock, and the append-only audit trail
+    """
+    ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+    ALTER TABLE alerts ADD COLUMN acknowledged_at TEXT;
+    ALTER TABLE alerts ADD COLUMN notified_at TEXT;
+    ALTER TABLE alerts ADD COLUMN notified_ts REAL;
+    ALTER TABLE alerts ADD COLUMN reminders_sent INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX alerts_reminders ON alerts (notified_ts)
+        WHERE state = 'open' AND acknowledged_at IS NULL;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        alert_id TEXT NOT NULL,
+        version INTEGER,
+        event TEXT,
+        outbox_id INTEGER,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_alert ON audit (alert_id, id);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -365,6 +445,21 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 class SchemaTooNewError(StoreError):
     """The database was written by a newer hl7-alerts; refuse to touch it."""
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger's body keeps its ';'."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending.strip())
+    return out
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -379,9 +474,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for version in range(current + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(MIGRATIONS[version - 1]):
+                conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         except BaseException:
@@ -656,9 +750,7 @@ class _SqliteTransaction:
 
     def open_alerts(self, patient: PatientKey) -> dict[str, Alert]:
         rows = self._conn.execute(
-            "SELECT alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, "
-            "severity, version, opened_at, evidence_at, rests_on, evidence_key, payload FROM alerts "
-            "WHERE patient = ? AND state = 'open'",
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE patient = ? AND state = 'open'",  # noqa: S608
             (patient.key,),
         ).fetchall()
         return {r[4]: _alert_from_row(r) for r in rows}
@@ -697,7 +789,7 @@ class _SqliteTransaction:
         )
 
     def enqueue(self, item: OutboxItem, created_at: datetime) -> None:
-        self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO outbox (alert_id, version, event, topic, payload, patient, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -711,6 +803,101 @@ class _SqliteTransaction:
             ),
         )
         self.enqueued += 1
+        # Every alert event passes here, whichever unit of work made it: the
+        # audit trail and the reminder clock are kept in one place.
+        self.audit(
+            "event", item.alert_id, created_at, version=item.version, event=item.event,
+            outbox_id=cursor.lastrowid, detail=item.topic,
+        )
+        if item.event == AlertEvent.ESCALATED:
+            # Severity rose: the earlier acknowledgement was for a lesser alert.
+            self._conn.execute(
+                "UPDATE alerts SET acknowledged_by = NULL, acknowledged_at = NULL, reminders_sent = 0 "
+                "WHERE alert_id = ?",
+                (item.alert_id,),
+            )
+        if item.event in PAGING_EVENTS:
+            self._conn.execute(
+                "UPDATE alerts SET notified_at = ?, notified_ts = ? WHERE alert_id = ?",
+                (to_iso(created_at), _ts(created_at), item.alert_id),
+            )
+
+    def alert_record(self, alert_id: str) -> AlertRecord | None:
+        sql = f"SELECT {_RECORD_COLUMNS} FROM alerts WHERE alert_id = ?"  # noqa: S608 (constant columns)
+        row = self._conn.execute(sql, (alert_id,)).fetchone()
+        return None if row is None else _record_from_row(row)
+
+    def record_ack(self, alert_id: str, request: AckRequest) -> None:
+        self._conn.execute(
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_at = ? WHERE alert_id = ?",
+            (request.by, to_iso(request.at), alert_id),
+        )
+
+    def record_reminder(self, alert_id: str) -> None:
+        self._conn.execute(
+            "UPDATE alerts SET reminders_sent = reminders_sent + 1 WHERE alert_id = ?", (alert_id,)
+        )
+
+    def reminder_candidates(
+        self, severities: Iterable[str], max_reminders: int, notified_before: datetime | None
+    ) -> list[AlertRecord]:
+        wanted = sorted(severities)
+        marks = ", ".join("?" for _ in wanted)
+        sql = (
+            f"SELECT {_RECORD_COLUMNS} FROM alerts WHERE state = 'open' "  # noqa: S608 (constants, '?' marks)
+            f"AND acknowledged_at IS NULL AND notified_ts IS NOT NULL AND reminders_sent < ? "
+            f"AND severity IN ({marks})"
+        )
+        args: list[Any] = [max_reminders, *wanted]
+        if notified_before is not None:
+            sql += " AND notified_ts <= ?"
+            args.append(_ts(notified_before))
+        rows = self._conn.execute(sql + " ORDER BY notified_ts, alert_id", args).fetchall()
+        return [_record_from_row(r) for r in rows]
+
+    def audit(
+        self,
+        kind: str,
+        alert_id: str,
+        at: datetime,
+        *,
+        version: int | None = None,
+        event: str | None = None,
+        outbox_id: int | None = None,
+        detail: str = "",
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO audit (at, kind, alert_id, version, event, outbox_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (utc_stamp(at), kind, alert_id, version, event, outbox_id, detail),
+        )
+
+    def _audit_outbox(self, ids: Sequence[int], kind: str, at: datetime, detail: str) -> None:
+        self._conn.executemany(
+            "INSERT INTO audit (at, kind, alert_id, version, event, outbox_id, detail) "
+            "SELECT ?, ?, alert_id, version, event, id, ? FROM outbox WHERE id = ?",
+            [(utc_stamp(at), kind, detail, i) for i in ids],
+        )
+
+    def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
+        where = "" if include_closed else "WHERE state = 'open' "
+        rows = self._conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM alerts {where}ORDER BY opened_at DESC, alert_id LIMIT ?",  # noqa: S608
+            (limit,),
+        ).fetchall()
+        return [_record_from_row(r) for r in rows]
+
+    def audit_trail(self, alert_id: str) -> list[AuditRow]:
+        rows = self._conn.execute(
+            "SELECT id, at, kind, alert_id, version, event, outbox_id, detail FROM audit "
+            "WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
+        ).fetchall()
+        return [
+            AuditRow(id=r[0], at=r[1], kind=r[2], alert_id=r[3], version=r[4], event=r[5], outbox_id=r[6],
+                     detail=r[7])
+            for r in rows
+        ]
 
 
 def _order_from_row(row: Sequence[Any]) -> OrderState:
@@ -751,6 +938,29 @@ def _observation_from_row(r: Sequence[Any]) -> Observation:
         observed_at=observed,
         specimen_id=r[15],
         set_id=r[16],
+    )
+
+
+# What `_alert_from_row` reads, in its order: the same list as `open_alerts`
+# selects. Keep the two in step (tests/test_audit.py compares them).
+# What `_alert_from_row` reads, in its order.
+_ALERT_COLUMNS = (
+    "alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, severity, version, "
+    "opened_at, evidence_at, rests_on, evidence_key, payload"
+)
+_RECORD_COLUMNS = f"acknowledged_by, acknowledged_at, notified_at, reminders_sent, payload, {_ALERT_COLUMNS}"
+
+
+def _record_from_row(r: Sequence[Any]) -> AlertRecord:
+    return AlertRecord(
+        alert=_alert_from_row(r[5:]),
+        tracking=Tracking(
+            acknowledged_by=r[0],
+            acknowledged_at=from_iso(r[1]),
+            notified_at=from_iso(r[2]),
+            reminders_sent=r[3],
+        ),
+        payload=json.loads(r[4]),
     )
 
 
@@ -834,13 +1044,13 @@ class SqliteStore:
         """Run a read-only unit on the writer's connection (no commit needed)."""
         return await self._submit(unit, write=False)
 
-    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
+    async def pending_outbox(self, limit: int, *, after_id: int = 0) -> list[OutboxRow]:
         def unit(tx: Transaction) -> list[OutboxRow]:
             assert isinstance(tx, _SqliteTransaction)
             rows = tx._conn.execute(
                 "SELECT id, alert_id, version, event, topic, payload, created_at FROM outbox "
-                "WHERE delivered_at IS NULL ORDER BY id LIMIT ?",
-                (limit,),
+                "WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
             ).fetchall()
             return [
                 OutboxRow(
@@ -864,6 +1074,7 @@ class SqliteStore:
                 "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
                 [(to_iso(at), i) for i in ids],
             )
+            tx._audit_outbox(ids, "delivered", at, "")
 
         await self.transact(unit)
 
@@ -971,6 +1182,32 @@ class SqliteStore:
         return Pruned(
             observations=observations, messages=messages, raw_cleared=raw_cleared, rejected_messages=rejected
         )
+
+    async def record_delivery(self, ids: Sequence[int], kind: str, at: datetime, detail: str = "") -> None:
+        def unit(tx: Transaction) -> None:
+            assert isinstance(tx, _SqliteTransaction)
+            tx._audit_outbox(ids, kind, at, detail)
+
+        await self.transact(unit)
+
+    async def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
+        """Alerts, newest first (open ones only unless ``include_closed``)."""
+
+        def unit(tx: Transaction) -> list[AlertRecord]:
+            assert isinstance(tx, _SqliteTransaction)
+            return tx.list_alerts(include_closed=include_closed, limit=limit)
+
+        return await self.read(unit)
+
+    async def alert_detail(self, alert_id: str) -> tuple[AlertRecord, list[AuditRow]] | None:
+        """One alert and its audit trail, oldest line first."""
+
+        def unit(tx: Transaction) -> tuple[AlertRecord, list[AuditRow]] | None:
+            assert isinstance(tx, _SqliteTransaction)
+            record = tx.alert_record(alert_id)
+            return None if record is None else (record, tx.audit_trail(alert_id))
+
+        return await self.read(unit)
 
     async def close(self) -> None:
         if self._thread is None:

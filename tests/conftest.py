@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jsonschema
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
@@ -32,6 +35,15 @@ from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 WAIT = 10.0  # seconds: the ceiling for any condition a test waits on
+ALERT_SCHEMA = json.loads((ROOT / "hl7_alerts" / "schema" / "alert.schema.json").read_text())
+jsonschema.Draft202012Validator.check_schema(ALERT_SCHEMA)
+ALERT_VALIDATOR = jsonschema.Draft202012Validator(ALERT_SCHEMA)
+
+
+def assert_valid_alert(body: dict[str, Any]) -> None:
+    """Every alert payload a test sees must follow the published JSON Schema."""
+    errors = sorted(ALERT_VALIDATOR.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
 def free_port() -> int:
@@ -70,6 +82,7 @@ class Broker:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_conf: str = ""  # appended to mosquitto.conf (listeners, TLS, limits)
 
     def start(self) -> None:
         data = self.directory / "data"
@@ -81,7 +94,7 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {data}/\nautosave_interval 1\n"
-            f"max_inflight_messages 20\nmax_queued_messages 100000\n"
+            f"max_inflight_messages 20\nmax_queued_messages 100000\n" + self.extra_conf
         )
         with (self.directory / "mosquitto.log").open("ab") as log:
             self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=log, stderr=log)
@@ -124,15 +137,42 @@ class MqttRecorder:
         self.client = client
         self.prefix = prefix
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.properties: list[Any] = []  # MQTT v5 properties, aligned with `messages`
+        self.invalid: list[str] = []  # alert payloads that do not follow the schema
+        self.broker_gone = asyncio.Event()  # set when the connection drops under the recorder
         self._arrived = asyncio.Condition()
 
     async def _pump(self) -> None:
-        async for message in self.client.messages:
-            body = message.payload
-            assert isinstance(body, bytes | bytearray)
-            async with self._arrived:
-                self.messages.append((str(message.topic), json.loads(body)))
-                self._arrived.notify_all()
+        try:
+            async for message in self.client.messages:
+                await self._record(message)
+        except aiomqtt.MqttError:
+            # The broker went away (a test stopped it). paho has already
+            # acknowledged what sits in aiomqtt's queue: keep it, as a pager would.
+            while len(self.client.messages):
+                await self._record(self.client._queue.get_nowait())
+            self.broker_gone.set()
+
+    async def _record(self, message: aiomqtt.Message) -> None:
+        body = message.payload
+        assert isinstance(body, bytes | bytearray)
+        try:
+            decoded = json.loads(body)
+        except ValueError:  # junk a test sends on purpose (e.g. to <prefix>/acks)
+            decoded = {"undecodable": body.decode("utf-8", "replace")}
+        if "/alerts/" in str(message.topic):
+            try:
+                assert_valid_alert(decoded)
+            except AssertionError as exc:
+                self.invalid.append(str(exc))
+        async with self._arrived:
+            self.messages.append((str(message.topic), decoded))
+            self.properties.append(message.properties)
+            self._arrived.notify_all()
+
+    def user_properties(self, index: int) -> dict[str, str]:
+        props = self.properties[index]
+        return dict(getattr(props, "UserProperty", []) or [])
 
     def alerts(self) -> list[dict[str, Any]]:
         return [body for topic, body in self.messages if "/alerts/" in topic]
@@ -150,8 +190,16 @@ class MqttRecorder:
 
 
 @contextlib.asynccontextmanager
-async def recording(broker: Broker, prefix: str) -> AsyncIterator[MqttRecorder]:
-    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+async def recording(broker: Broker, prefix: str, *, session: str | None = None) -> AsyncIterator[MqttRecorder]:
+    """Record ``<prefix>/#``. With ``session``, a persistent MQTT v5 session
+    under that client id: a pager that went away and came back, getting what
+    the broker queued for it meanwhile."""
+    options: dict[str, Any] = {}
+    if session is not None:
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = 600
+        options = {"identifier": session, "clean_start": False, "properties": connect}
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **options) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
         recorder = MqttRecorder(client, prefix)
         pump = asyncio.create_task(recorder._pump())
@@ -161,6 +209,7 @@ async def recording(broker: Broker, prefix: str) -> AsyncIterator[MqttRecorder]:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+        assert not recorder.invalid, f"alert payloads outside the schema: {recorder.invalid}"
 
 
 class AsyncMllpClient:

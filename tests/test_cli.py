@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SAMPLES, WAIT, Broker, free_port, port_open, wait_until
+from conftest import SAMPLES, WAIT, Broker, free_port, port_open, recording, running, wait_until
+from test_integration import SEED_STORY, sample_messages
 
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
+from hl7_alerts.mllp import MllpClient
 
 CLI = [sys.executable, "-m", "hl7_alerts"]
 
@@ -90,3 +93,66 @@ def test_config_yaml_shows_the_embedded_defaults() -> None:
     shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     assert shipped.rules == Config().rules
     assert shipped.rule_settings() == Config().rule_settings()
+def test_alerts_list_show_ack_on_the_store_then_the_daemon_publishes_the_ack(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        f"mllp:\n  port: 0\nstore:\n  path: store.sqlite3\n"
+        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
+        f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
+    )
+    config = load_config(config_file)
+
+    async def fire() -> dict[str, object]:
+        async with recording(broker, prefix) as mqtt, running(config) as daemon:
+            def send() -> None:
+                with MllpClient("127.0.0.1", daemon.port, timeout=WAIT) as client:
+                    for m in sample_messages(*SEED_STORY):
+                        client.send(m)
+            await asyncio.to_thread(send)
+            (alert,) = await mqtt.wait_alerts(1)
+        return alert
+
+    alert = asyncio.run(fire())
+    alert_id = str(alert["alert_id"])
+    cfg = ["--config", str(config_file)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, "alerts", *args], capture_output=True, text=True, timeout=WAIT, check=False)
+
+    listed = cli("list", *cfg)
+    assert listed.returncode == 0, listed.stderr
+    (line,) = listed.stdout.splitlines()
+    assert line.split("\t")[:6] == [alert_id, "open", "critical", "aza.hepatotoxicity.stop", "v1", "unacked"]
+
+    acked = cli("ack", alert_id, "--by", "dr.console", *cfg)
+    assert (acked.returncode, acked.stdout) == (0, f"{alert_id}\tacknowledged\n")
+    again = cli("ack", alert_id, "--by", "dr.console", *cfg)
+    assert again.stdout == f"{alert_id}\talready_acknowledged\n"
+    unknown = cli("ack", "f" * 32, "--by", "x", *cfg)
+    assert unknown.returncode == 1
+
+    shown = cli("show", alert_id, *cfg)
+    detail = json.loads(shown.stdout)
+    assert (detail["version"], detail["acknowledged_by"]) == (2, "dr.console")
+    assert detail["payload"]["event"] == "acknowledged"
+    assert [(a["kind"], a["event"]) for a in detail["audit"]] == [
+        ("event", "firing"), ("publish_attempt", "firing"), ("delivered", "firing"),
+        ("acknowledged", "acknowledged"), ("event", "acknowledged"), ("ack_ignored", None),
+    ]
+    as_json = json.loads(cli("list", "--all", "--json", *cfg).stdout)
+    assert as_json["acknowledged_by"] == "dr.console"
+    assert cli("show", "nope", *cfg).returncode == 1
+
+    async def publish_pending() -> list[dict[str, object]]:
+        async with recording(broker, prefix) as mqtt, running(config):
+            return await mqtt.wait_alerts(1)  # the outbox row the CLI wrote
+
+    (published,) = asyncio.run(publish_pending())
+    assert (published["alert_id"], published["event"], published["version"]) == (alert_id, "acknowledged", 2)
+
+
+def test_alerts_schema_prints_the_packaged_schema() -> None:
+    result = subprocess.run([*CLI, "alerts", "schema"], capture_output=True, text=True, timeout=WAIT, check=False)
+    assert json.loads(result.stdout)["properties"]["schema"] == {"const": "hl7-alerts/alert@1"}

@@ -1,0 +1,84 @@
+"""Time-driven alert events: reminders for unacknowledged alerts.
+
+The timer's state lives in the store, not in memory: each alert keeps the time
+it last paged someone and how many reminders went out, so a reminder that fell
+due while the daemon was down is sent at the first tick after it starts. A
+tick is one unit of work in the store's transaction (`pipeline.send_reminders`)
+and the reminders go out through the outbox like every other event. The clock
+is injected; `tick()` is what tests drive, `run()` only decides how long to
+wait between ticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+
+from hl7_alerts.alerts import ReminderPolicy
+from hl7_alerts.pipeline import PipelineSettings, next_reminder, send_reminders
+from hl7_alerts.store import Store, StoreError, Transaction
+
+log = structlog.get_logger("hl7_alerts.scheduler")
+
+
+class Scheduler:
+    """Sends due reminders; runs until `stop()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        policy: ReminderPolicy,
+        settings: PipelineSettings,
+        clock: Callable[[], datetime],
+        max_wait: float = 60.0,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._settings = settings
+        self._clock = clock
+        # New alerts are due no sooner than reminder_after from now, so waking
+        # at least that often never makes a reminder late by more than a tick.
+        self._max_wait = max(0.05, min(max_wait, policy.after_seconds))
+        self._stopping = asyncio.Event()
+        self.sent = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def tick(self) -> datetime | None:
+        """Send every reminder due now; return when the next one falls due."""
+        now = self._clock()
+        policy, settings = self._policy, self._settings
+
+        def unit(tx: Transaction) -> tuple[list[str], datetime | None]:
+            sent = send_reminders(tx, policy=policy, settings=settings, now=now)
+            return sent, next_reminder(tx, policy=policy)
+
+        sent, due = await self._store.transact(unit)
+        if sent:
+            self.sent += len(sent)
+            log.info("reminders_sent", count=len(sent))
+        return due
+
+    async def run(self) -> None:
+        if self._policy.max_reminders == 0 or not self._policy.severities:
+            return
+        while not self._stopping.is_set():
+            wait = self._max_wait
+            try:
+                due = await self.tick()
+            except StoreError as exc:
+                log.error("reminder_tick_failed", error=str(exc))
+            except Exception:
+                # A defect of ours: keep the daemon (and the feed's ACKs) up.
+                log.exception("reminder_tick_crashed")
+            else:
+                if due is not None:
+                    wait = min(wait, max(0.0, (due - self._clock()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)

@@ -1,0 +1,191 @@
+"""Delivery and the alert lifecycle end to end: acknowledgements on
+``<prefix>/acks``, reminders from a timer on an injected clock, the audit
+trail, and the MQTT v5 session and properties, against a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from conftest import AsyncMllpClient, Broker, make_config, recording, running
+from test_integration import SEED_STORY, sample_messages
+
+
+class FakeClock:
+    """The daemon's clock, moved by the test (no waiting for real time)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+START = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+def audit(path: Path, alert_id: str | None = None) -> list[tuple[str, int | None, str | None]]:
+    with sqlite3.connect(path) as db:
+        sql = "SELECT kind, version, event FROM audit"
+        rows = db.execute(sql + (" WHERE alert_id = ? ORDER BY id" if alert_id else " ORDER BY id"),
+                          (alert_id,) if alert_id else ()).fetchall()
+    return [tuple(r) for r in rows]
+
+
+async def send_all(port: int, messages: list[bytes]) -> None:
+    client = await AsyncMllpClient.connect(port)
+    for m in messages:
+        await client.send(m)
+    await client.close()
+
+
+def ack(alert_id: str, by: str = "dr.oncall", at: str = "2026-11-24T20:05:00Z") -> bytes:
+    return json.dumps({"alert_id": alert_id, "by": by, "at": at}).encode()
+
+
+def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    return [(a["patient"]["id"], a["event"], a["version"]) for a in alerts]
+
+
+async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
+    tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
+        await send_all(daemon.port, sample_messages(*SEED_STORY, "06_v23_orm_feed.hl7"))
+        first, second = await mqtt.wait_alerts(2)
+        await mqtt.client.publish(f"{prefix}/acks", ack(first["alert_id"]), qos=1)
+        await mqtt.wait_alerts(3)
+        # Repeats (more than the broker keeps in flight towards the daemon:
+        # each is PUBACKed once handled), junk, an unknown alert, then a real
+        # ack: its event proves the ones before it were read, in order.
+        repeats = [ack(first["alert_id"], by="someone.else")] * 25
+        for body in (*repeats, b"{not json", b'{"alert_id": 5}', ack("0" * 32), ack(second["alert_id"], by="dr.two")):
+            await mqtt.client.publish(f"{prefix}/acks", body, qos=1)
+        alerts = await mqtt.wait_alerts(4)
+        assert daemon.daemon.scheduler is not None
+        clock.advance(hours=2)
+        assert await daemon.daemon.scheduler.tick() is None  # acknowledged: no reminder, none pending
+    assert events(alerts) == [("H010001", "firing", 1), ("H030003", "firing", 1),
+                              ("H010001", "acknowledged", 2), ("H030003", "acknowledged", 2)]
+    assert alerts[2]["acknowledged"] == {"by": "dr.oncall", "at": "2026-11-24T20:05:00+00:00"}
+    assert alerts[2]["severity"] == "critical"
+    assert alerts[2]["title"] == alerts[0]["title"]
+    store = tmp_path / "store.sqlite3"
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT acknowledged_by, acknowledged_at FROM alerts WHERE alert_id = ?",
+                          (first["alert_id"],)).fetchone() == ("dr.oncall", "2026-11-24T20:05:00+00:00")
+    assert audit(store, first["alert_id"]) == [
+        ("event", 1, "firing"), ("publish_attempt", 1, "firing"), ("delivered", 1, "firing"),
+        ("acknowledged", 2, "acknowledged"), ("event", 2, "acknowledged"),
+        ("publish_attempt", 2, "acknowledged"), ("delivered", 2, "acknowledged"),
+        *[("ack_ignored", None, None)] * 25,
+    ]
+
+
+async def test_reminders_follow_the_injected_clock_and_stop_at_the_maximum(
+    tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, alerts={"reminder_after": "15m", "reminder_max": 2})
+    async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
+        scheduler = daemon.daemon.scheduler
+        assert scheduler is not None
+        await send_all(daemon.port, sample_messages(*SEED_STORY))
+        (firing,) = await mqtt.wait_alerts(1)
+        clock.advance(minutes=14, seconds=59)
+        assert await scheduler.tick() == START + timedelta(minutes=15)  # not yet; says when
+        clock.advance(seconds=1)
+        assert await scheduler.tick() == START + timedelta(minutes=30)  # sent; the next one is due then
+        await mqtt.wait_alerts(2)
+        clock.advance(minutes=15)
+        assert await scheduler.tick() is None  # the second and last reminder
+        clock.advance(hours=5)
+        assert await scheduler.tick() is None
+        # The acknowledged event proves nothing else was queued before it.
+        await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
+        alerts = await mqtt.wait_alerts(4)
+    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "reminder", 2),
+                              ("H010001", "reminder", 3), ("H010001", "acknowledged", 4)]
+    assert [a.get("reminder") for a in alerts] == [None, {"number": 1, "max": 2}, {"number": 2, "max": 2}, None]
+    assert {a["severity"] for a in alerts} == {"critical"}
+    assert {a["alert_id"] for a in alerts} == {firing["alert_id"]}
+
+
+async def test_a_reminder_due_while_the_daemon_was_down_goes_out_when_it_starts(
+    tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix)  # default reminder_after: 15 minutes
+    async with recording(broker, prefix) as mqtt:
+        async with running(config, clock=clock) as daemon:
+            await send_all(daemon.port, sample_messages(*SEED_STORY))
+            await mqtt.wait_alerts(1)
+        clock.advance(minutes=20)
+        async with running(config, clock=clock):
+            alerts = await mqtt.wait_alerts(2)  # nobody calls tick(): the timer's first pass sends it
+    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "reminder", 2)]
+
+
+async def test_publish_carries_v5_properties_and_the_session_keeps_acks_sent_while_away(
+    tmp_path: Path, own_broker: Broker, prefix: str, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"message_expiry_seconds": 3600})
+    async with recording(own_broker, prefix) as mqtt:
+        async with running(config, clock=clock) as daemon:
+            await send_all(daemon.port, sample_messages(*SEED_STORY))
+            (firing,) = await mqtt.wait_alerts(1)
+            publisher = daemon.daemon.publisher
+            assert publisher is not None
+            assert (publisher.receive_maximum, publisher.window) == (20, 20)  # Mosquitto's max_inflight_messages
+        # The daemon is gone; its session (and the acks subscription) is not.
+        await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
+        async with running(config, clock=clock):
+            alerts = await mqtt.wait_alerts(2)
+        status = [body["state"] for topic, body in mqtt.messages if topic == f"{prefix}/status"]
+    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "acknowledged", 2)]
+    index = next(i for i, (t, _) in enumerate(mqtt.messages) if "/alerts/" in t)
+    assert mqtt.user_properties(index) == {"idempotency-key": f"{firing['alert_id']}:1"}
+    props = mqtt.properties[index]
+    assert 3590 <= props.MessageExpiryInterval <= 3600
+    assert props.ContentType == "application/json"
+    assert status == ["online", "offline", "online", "offline"]
+
+
+async def test_window_is_capped_by_the_brokers_receive_maximum(
+    tmp_path: Path, own_broker: Broker, prefix: str, clock: FakeClock
+) -> None:
+    own_broker.extra_conf = "max_inflight_messages 3\n"
+    own_broker.restart()
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"max_inflight": 50})
+    async with running(config, clock=clock) as daemon:
+        publisher = daemon.daemon.publisher
+        assert publisher is not None
+        async with aiomqtt.Client("127.0.0.1", own_broker.port) as probe:
+            await probe.subscribe(f"{prefix}/status")
+            async for _ in probe.messages:
+                break
+        assert (publisher.receive_maximum, publisher.window) == (3, 3)
+
+
+async def test_phi_policy_from_config_reaches_the_payload(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix,
+                         alerts={"phi": {"include_name": True, "include_birth_date": True}})
+    async with recording(broker, prefix) as mqtt, running(config) as daemon:
+        await send_all(daemon.port, sample_messages(*SEED_STORY))
+        (alert,) = await mqtt.wait_alerts(1)
+    assert set(alert["patient"]) == {"id", "id_type", "authority", "name", "birth_date"}
+    assert alert["patient"]["id"] == "H010001"
+    assert "TESTPATIENT" in alert["patient"]["name"]
+    assert alert["patient"]["birth_date"].startswith("1970")

@@ -1,0 +1,232 @@
+"""Faults the delivery path must survive, with processes the test controls:
+a Mosquitto stopped for part of a replay and restarted, and the daemon killed
+with SIGKILL mid-replay and restarted on the same store. Every alert arrives,
+in order per patient, none missing, none under a second id; repeats of one
+``alert_id:version`` are allowed (QoS 1, retried from the outbox) and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from conftest import (
+    SAMPLES,
+    WAIT,
+    AsyncMllpClient,
+    Broker,
+    ack_fields,
+    free_port,
+    make_config,
+    port_open,
+    recording,
+    running,
+    wait_until,
+)
+
+from hl7_alerts.mllp import frame
+
+CLI = [sys.executable, "-m", "hl7_alerts"]
+ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
+PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
+
+
+def replay(patients: int) -> list[bytes]:
+    """Synthetic patients S0000…: an azathioprine order and two liver panels a
+    week apart, each well above 3×ULN (firing, then updated). Orders and first
+    panels for everyone, then the second panels."""
+    first: list[bytes] = []
+    second: list[bytes] = []
+    for i in range(patients):
+        pid = f"S{i:04d}".encode()
+        first.append(ORDER.replace(b"H010001", pid).replace(b"RX0001", b"RXF%04d" % i))
+        first.append(PANEL.replace(b"H010001", pid).replace(b"LAB0001", b"LABF%04d" % i))
+        later = PANEL.replace(b"20261020", b"20261027").replace(b"||190|", b"||260|")
+        second.append(later.replace(b"H010001", pid).replace(b"LAB0001", b"LABG%04d" % i))
+    return first + second
+
+
+def check_stream(alerts: list[dict[str, Any]], patients: int) -> Counter[str]:
+    """Every alert event once at least, first copies in order per patient, one
+    alert_id per patient. Returns how often each alert_id:version arrived."""
+    copies = Counter(f"{a['alert_id']}:{a['version']}" for a in alerts)
+    by_patient: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    seen: set[str] = set()
+    for a in alerts:
+        key = f"{a['alert_id']}:{a['version']}"
+        if key not in seen:
+            seen.add(key)
+            by_patient[a["patient"]["id"]].append((a["alert_id"], a["version"]))
+    assert len(by_patient) == patients
+    for pid, firsts in by_patient.items():
+        assert len({alert_id for alert_id, _ in firsts}) == 1, f"{pid} alerted under two ids"
+        assert [v for _, v in firsts] == [1, 2], f"{pid}: versions arrived as {firsts}"
+    return copies
+
+
+async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
+    tmp_path: Path, own_broker: Broker, prefix: str
+) -> None:
+    patients = 30
+    messages = replay(patients)
+    thirds = [messages[: len(messages) // 3], messages[len(messages) // 3: 2 * len(messages) // 3],
+              messages[2 * len(messages) // 3:]]
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"max_inflight": 8})
+    pager = f"{prefix}-pager"
+    received: list[dict[str, Any]] = []
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        async with recording(own_broker, prefix, session=pager) as before:
+            for m in thirds[0]:
+                assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
+            await before.wait_alerts(1)
+            own_broker.stop()  # the publisher is most likely mid-window here
+            await asyncio.wait_for(before.broker_gone.wait(), WAIT)
+        received += before.alerts()
+        for m in thirds[1]:
+            assert ack_fields(await client.send(m, timeout=2.0))["code"] in ("AA", "CA")
+        own_broker.start()
+        async with recording(own_broker, prefix, session=pager) as after:
+            for m in thirds[2]:
+                assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
+            await after.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in received + after.alerts()})
+                                 >= 2 * patients, timeout=30)
+        received += after.alerts()
+        await client.close()
+        publisher = daemon.daemon.publisher
+        assert publisher is not None
+        assert publisher.connections >= 2
+    copies = check_stream(received, patients)
+    print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, "
+          f"{sum(n - 1 for n in copies.values())} repeats")
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone() == (0,)
+        failed = db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0]
+        delivered = db.execute("SELECT count(DISTINCT outbox_id) FROM audit WHERE kind = 'delivered'").fetchone()
+    assert delivered == (2 * patients,)
+    print(f"publishes audited as failed: {failed}")
+
+
+def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
+
+
+async def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    await asyncio.to_thread(wait_until, lambda: port_open(port) or process.poll() is not None,
+                            what="daemon listening")
+    assert process.poll() is None, await asyncio.to_thread(log.read_text)
+
+
+async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_alert(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    patients = 40
+    messages = replay(patients)
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mllp:\n  port: {port}\nstore:\n  path: store.sqlite3\n"
+        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
+        f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
+    )
+    log = tmp_path / "daemon.log"
+    acked: list[bytes] = []
+    kill_after = len(messages) // 2
+    async with recording(broker, prefix) as mqtt:
+        first = _serve(config, log)
+        try:
+            await _wait_listening(port, first, log)
+            client = await AsyncMllpClient.connect(port)
+            for m in messages[:kill_after]:
+                assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
+                acked.append(m)
+            # Two more in flight, then the process dies without a goodbye.
+            await client.send_raw(frame(messages[kill_after]) + frame(messages[kill_after + 1]))
+            os.kill(first.pid, signal.SIGKILL)
+            assert await asyncio.to_thread(first.wait, WAIT) == -signal.SIGKILL
+            await client.close()
+        finally:
+            if first.poll() is None:
+                first.kill()
+        # The broker publishes the retained last will: pagers know it is down.
+        await mqtt.wait_for(lambda ms: any(t == f"{prefix}/status" and b["state"] == "offline" for t, b in ms))
+
+        second = _serve(config, log)
+        try:
+            await _wait_listening(port, second, log)
+            client = await AsyncMllpClient.connect(port)
+            # The interface engine resends what was not acknowledged, then goes on.
+            for m in messages[kill_after:]:
+                assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
+                acked.append(m)
+            await client.close()
+            with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+                expected = set(db.execute("SELECT alert_id, version FROM outbox").fetchall())
+            await mqtt.wait_for(
+                lambda _: {(a["alert_id"], a["version"]) for a in mqtt.alerts()} >= expected, timeout=30
+            )
+            received = mqtt.alerts()
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, WAIT) == 0
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        stored = {r[0] for r in db.execute("SELECT control_id FROM messages")}
+        alert_rows = db.execute("SELECT patient_id, count(*) FROM alerts GROUP BY patient_id").fetchall()
+    control_ids = {m.split(b"|")[9].decode() for m in acked}
+    assert control_ids <= stored  # every AA'd message is in the store
+    assert len(control_ids) == len(messages)
+    assert sorted(n for _, n in alert_rows) == [1] * patients  # one alert per patient, never a second id
+    assert len(expected) == 2 * patients
+    copies = check_stream(received, patients)
+    print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, "
+          f"{sum(n - 1 for n in copies.values())} repeats of the same alert_id:version")
+    assert "S0001" not in log.read_text()  # no patient identifiers in logs
+
+
+async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
+    tmp_path: Path, own_broker: Broker, prefix: str
+) -> None:
+    """A frozen broker (SIGSTOP) takes publishes and never answers: each times
+    out, the connection ends, and once the broker thaws the rows are re-sent
+    from the outbox on a new connection, in order."""
+    patients = 6
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"publish_timeout_seconds": 0.5})
+    assert own_broker.process is not None
+    async with recording(own_broker, prefix) as mqtt, running(config) as daemon:
+        publisher = daemon.daemon.publisher
+        assert publisher is not None
+        messages = replay(patients)
+        client = await AsyncMllpClient.connect(daemon.port)
+        for m in messages[:2]:  # one alert through, so the publisher is draining
+            await client.send(m)
+        await mqtt.wait_alerts(1)
+        await asyncio.to_thread(wait_until, lambda: publisher.published >= 1, what="first alert marked delivered")
+        own_broker.process.send_signal(signal.SIGSTOP)
+        try:
+            for m in messages[2:]:
+                assert ack_fields(await client.send(m, timeout=2.0))["code"] in ("AA", "CA")
+            await client.close()
+
+            def failed() -> int:
+                with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+                    return int(db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0])
+
+            await asyncio.to_thread(wait_until, lambda: failed() > 0, what="a publish audited as failed")
+            assert not publisher.connected
+        finally:
+            own_broker.process.send_signal(signal.SIGCONT)
+        await mqtt.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in mqtt.alerts()}) >= 2 * patients,
+                            timeout=20)
+        received = mqtt.alerts()
+    copies = check_stream(received, patients)
+    assert publisher.connections >= 2
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone() == (0,)
+    print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, failed publishes: {failed()}")

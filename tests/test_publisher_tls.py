@@ -1,0 +1,75 @@
+"""The publisher over TLS with a client certificate and a username/password
+from config, against a Mosquitto TLS listener with certificates made here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Broker, free_port, make_config, recording, running
+from test_delivery import events, send_all
+from test_integration import SEED_STORY, sample_messages
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(directory: Path) -> None:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hl7-alerts test CA",
+             cwd=directory)
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext", cwd=directory)
+    for path in directory.iterdir():
+        os.chmod(path, 0o644)  # Mosquitto reads them after dropping root
+    os.chmod(directory, 0o755)
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, int, Path]]:
+    # Mosquitto reads these after dropping root, and pytest's tmp_path sits
+    # under a 0700 folder: use a world-traversable temporary folder instead.
+    certs = Path(tempfile.mkdtemp(prefix="hl7-alerts-tls-"))
+    make_certificates(certs)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(certs / "passwd"), "hl7user", "s3cret"], check=True,
+                   capture_output=True)
+    os.chmod(certs / "passwd", 0o644)
+    tls_port = free_port()
+    broker = Broker(tmp_path / "mosquitto", extra_conf=(
+        f"password_file {certs}/passwd\n"
+        f"listener {tls_port} 127.0.0.1\ncafile {certs}/ca.crt\ncertfile {certs}/server.crt\n"
+        f"keyfile {certs}/server.key\nrequire_certificate true\n"
+    ))
+    try:
+        broker.start()
+        yield broker, tls_port, certs
+    finally:
+        broker.stop()
+        shutil.rmtree(certs)
+
+
+async def test_alerts_go_out_over_tls_with_client_certificate_and_password(
+    tmp_path: Path, tls_broker: tuple[Broker, int, Path], prefix: str
+) -> None:
+    broker, tls_port, certs = tls_broker
+    config = make_config(tmp_path, tls_port, prefix, mqtt={
+        "username": "hl7user", "password": "s3cret",
+        "tls": {"ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "client.crt"),
+                "key_file": str(certs / "client.key")},
+    })
+    async with recording(broker, prefix) as mqtt, running(config) as daemon:  # the recorder uses the plain port
+        await send_all(daemon.port, sample_messages(*SEED_STORY))
+        alerts = await mqtt.wait_alerts(1)
+    assert events(alerts) == [("H010001", "firing", 1)]
+    assert f"as {prefix} (p5, c0, k30, u'hl7user')" in (broker.directory / "mosquitto.log").read_text()
