@@ -13,6 +13,7 @@ from hl7_alerts.alerts import AckRequest, AlertEvent, ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
 from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, next_reminder, process
+from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, PGX_MISSING
 from hl7_alerts.store import MIGRATIONS, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
 
@@ -31,15 +32,18 @@ async def _fired(tmp_path: Path) -> tuple[SqliteStore, str]:
     for raw in messages("01_seed_order_azathioprine.hl7") + messages("02_seed_liver_panel_above_3xuln.hl7"):
         await store.transact(lambda tx, raw=raw: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW,
                                                          settings=settings))
-    (row,) = await store.pending_outbox(10)
-    return store, row.alert_id
+    # The order (no TPMT/NUDT15 on file) raises aza.pgx.missing, then the panel the critical alert.
+    pgx, critical = await store.pending_outbox(10)
+    assert (pgx.topic.rsplit("/", 1)[1], critical.topic.rsplit("/", 1)[1]) == (PGX_MISSING, HEPATOTOXICITY_STOP)
+    return store, critical.alert_id
 
 
 async def test_audit_is_append_only(tmp_path: Path) -> None:
-    store, _ = await _fired(tmp_path)
+    store, critical = await _fired(tmp_path)
     await store.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("SELECT kind, event FROM audit").fetchall() == [("event", "firing")]
+        assert db.execute("SELECT kind, event, alert_id = ? FROM audit ORDER BY id", (critical,)).fetchall() == [
+            ("event", "firing", 0), ("event", "firing", 1)]
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("UPDATE audit SET detail = 'x'")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):

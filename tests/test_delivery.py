@@ -56,8 +56,16 @@ def ack(alert_id: str, by: str = "dr.oncall", at: str = "2026-11-24T20:05:00Z") 
     return json.dumps({"alert_id": alert_id, "by": by, "at": at}).encode()
 
 
-def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    return [(a["patient"]["id"], a["event"], a["version"]) for a in alerts]
+# The seed order and its critical panel, without the later messages that stop
+# the drug and resolve the alert: the critical alert stays open (reminders and
+# acks are about it). The order, with no TPMT/NUDT15 on file, also raises the
+# info-severity aza.pgx.missing first, which gets no reminders.
+OPEN_CRITICAL = SEED_STORY[:2]
+PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
+
+
+def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    return [(a["patient"]["id"], a["rule"], a["event"], a["version"]) for a in alerts]
 
 
 async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
@@ -65,25 +73,27 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
 ) -> None:
     config = make_config(tmp_path, broker.port, prefix)
     async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
-        await send_all(daemon.port, sample_messages(*SEED_STORY, "06_v23_orm_feed.hl7"))
-        first, second = await mqtt.wait_alerts(2)
+        await send_all(daemon.port, sample_messages(*OPEN_CRITICAL, "06_v23_orm_feed.hl7"))
+        fired = await mqtt.wait_alerts(4)
+        first, second = (a for a in fired if a["rule"] == STOP)
         await mqtt.client.publish(f"{prefix}/acks", ack(first["alert_id"]), qos=1)
-        await mqtt.wait_alerts(3)
+        await mqtt.wait_alerts(5)
         # Repeats (more than the broker keeps in flight towards the daemon:
         # each is PUBACKed once handled), junk, an unknown alert, then a real
         # ack: its event proves the ones before it were read, in order.
         repeats = [ack(first["alert_id"], by="someone.else")] * 25
         for body in (*repeats, b"{not json", b'{"alert_id": 5}', ack("0" * 32), ack(second["alert_id"], by="dr.two")):
             await mqtt.client.publish(f"{prefix}/acks", body, qos=1)
-        alerts = await mqtt.wait_alerts(4)
+        alerts = await mqtt.wait_alerts(6)
         assert daemon.daemon.scheduler is not None
         clock.advance(hours=2)
         assert await daemon.daemon.scheduler.tick() is None  # acknowledged: no reminder, none pending
-    assert events(alerts) == [("H010001", "firing", 1), ("H030003", "firing", 1),
-                              ("H010001", "acknowledged", 2), ("H030003", "acknowledged", 2)]
-    assert alerts[2]["acknowledged"] == {"by": "dr.oncall", "at": "2026-11-24T20:05:00+00:00"}
-    assert alerts[2]["severity"] == "critical"
-    assert alerts[2]["title"] == alerts[0]["title"]
+    assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1),
+                              ("H030003", PGX, "firing", 1), ("H030003", STOP, "firing", 1),
+                              ("H010001", STOP, "acknowledged", 2), ("H030003", STOP, "acknowledged", 2)]
+    assert alerts[4]["acknowledged"] == {"by": "dr.oncall", "at": "2026-11-24T20:05:00+00:00"}
+    assert alerts[4]["severity"] == "critical"
+    assert alerts[4]["title"] == alerts[1]["title"]
     store = tmp_path / "store.sqlite3"
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT acknowledged_by, acknowledged_at FROM alerts WHERE alert_id = ?",
@@ -103,25 +113,27 @@ async def test_reminders_follow_the_injected_clock_and_stop_at_the_maximum(
     async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
         scheduler = daemon.daemon.scheduler
         assert scheduler is not None
-        await send_all(daemon.port, sample_messages(*SEED_STORY))
-        (firing,) = await mqtt.wait_alerts(1)
+        await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
+        _, firing = await mqtt.wait_alerts(2)
         clock.advance(minutes=14, seconds=59)
         assert await scheduler.tick() == START + timedelta(minutes=15)  # not yet; says when
         clock.advance(seconds=1)
         assert await scheduler.tick() == START + timedelta(minutes=30)  # sent; the next one is due then
-        await mqtt.wait_alerts(2)
+        await mqtt.wait_alerts(3)
         clock.advance(minutes=15)
         assert await scheduler.tick() is None  # the second and last reminder
         clock.advance(hours=5)
         assert await scheduler.tick() is None
         # The acknowledged event proves nothing else was queued before it.
         await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
-        alerts = await mqtt.wait_alerts(4)
-    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "reminder", 2),
-                              ("H010001", "reminder", 3), ("H010001", "acknowledged", 4)]
-    assert [a.get("reminder") for a in alerts] == [None, {"number": 1, "max": 2}, {"number": 2, "max": 2}, None]
-    assert {a["severity"] for a in alerts} == {"critical"}
-    assert {a["alert_id"] for a in alerts} == {firing["alert_id"]}
+        alerts = await mqtt.wait_alerts(5)
+    assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1),
+                              ("H010001", STOP, "reminder", 2), ("H010001", STOP, "reminder", 3),
+                              ("H010001", STOP, "acknowledged", 4)]
+    reminded = alerts[1:]  # the info-severity pgx.missing gets no reminders
+    assert [a.get("reminder") for a in reminded] == [None, {"number": 1, "max": 2}, {"number": 2, "max": 2}, None]
+    assert {a["severity"] for a in reminded} == {"critical"}
+    assert {a["alert_id"] for a in reminded} == {firing["alert_id"]}
 
 
 async def test_a_reminder_due_while_the_daemon_was_down_goes_out_when_it_starts(
@@ -130,12 +142,13 @@ async def test_a_reminder_due_while_the_daemon_was_down_goes_out_when_it_starts(
     config = make_config(tmp_path, broker.port, prefix)  # default reminder_after: 15 minutes
     async with recording(broker, prefix) as mqtt:
         async with running(config, clock=clock) as daemon:
-            await send_all(daemon.port, sample_messages(*SEED_STORY))
-            await mqtt.wait_alerts(1)
+            await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
+            await mqtt.wait_alerts(2)
         clock.advance(minutes=20)
         async with running(config, clock=clock):
-            alerts = await mqtt.wait_alerts(2)  # nobody calls tick(): the timer's first pass sends it
-    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "reminder", 2)]
+            alerts = await mqtt.wait_alerts(3)  # nobody calls tick(): the timer's first pass sends it
+    assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1),
+                              ("H010001", STOP, "reminder", 2)]
 
 
 async def test_publish_carries_v5_properties_and_the_session_keeps_acks_sent_while_away(
@@ -144,18 +157,19 @@ async def test_publish_carries_v5_properties_and_the_session_keeps_acks_sent_whi
     config = make_config(tmp_path, own_broker.port, prefix, mqtt={"message_expiry_seconds": 3600})
     async with recording(own_broker, prefix) as mqtt:
         async with running(config, clock=clock) as daemon:
-            await send_all(daemon.port, sample_messages(*SEED_STORY))
-            (firing,) = await mqtt.wait_alerts(1)
+            await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
+            _, firing = await mqtt.wait_alerts(2)
             publisher = daemon.daemon.publisher
             assert publisher is not None
             assert (publisher.receive_maximum, publisher.window) == (20, 20)  # Mosquitto's max_inflight_messages
         # The daemon is gone; its session (and the acks subscription) is not.
         await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
         async with running(config, clock=clock):
-            alerts = await mqtt.wait_alerts(2)
+            alerts = await mqtt.wait_alerts(3)
         status = [body["state"] for topic, body in mqtt.messages if topic == f"{prefix}/status"]
-    assert events(alerts) == [("H010001", "firing", 1), ("H010001", "acknowledged", 2)]
-    index = next(i for i, (t, _) in enumerate(mqtt.messages) if "/alerts/" in t)
+    assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1),
+                              ("H010001", STOP, "acknowledged", 2)]
+    index = next(i for i, (t, _) in enumerate(mqtt.messages) if t.endswith(f"/alerts/critical/{STOP}"))
     assert mqtt.user_properties(index) == {"idempotency-key": f"{firing['alert_id']}:1"}
     props = mqtt.properties[index]
     assert 3590 <= props.MessageExpiryInterval <= 3600
@@ -183,8 +197,9 @@ async def test_phi_policy_from_config_reaches_the_payload(tmp_path: Path, broker
     config = make_config(tmp_path, broker.port, prefix,
                          alerts={"phi": {"include_name": True, "include_birth_date": True}})
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
-        await send_all(daemon.port, sample_messages(*SEED_STORY))
-        (alert,) = await mqtt.wait_alerts(1)
+        await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
+        _, alert = await mqtt.wait_alerts(2)
+    assert alert["rule"] == STOP
     assert set(alert["patient"]) == {"id", "id_type", "authority", "name", "birth_date"}
     assert alert["patient"]["id"] == "H010001"
     assert "TESTPATIENT" in alert["patient"]["name"]

@@ -1,7 +1,8 @@
 """Faults the delivery path must survive, with processes the test controls:
 a Mosquitto stopped for part of a replay and restarted, and the daemon killed
-with SIGKILL mid-replay and restarted on the same store. Every alert arrives,
-in order per patient, none missing, none under a second id; repeats of one
+with SIGKILL mid-replay and restarted on the same store. Every alert event
+arrives (each patient's order also raises aza.pgx.missing: no TPMT/NUDT15 on
+file), in order per patient, none missing, none under a second id; repeats of one
 ``alert_id:version`` are allowed (QoS 1, retried from the outbox) and counted."""
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ from hl7_alerts.mllp import frame
 CLI = [sys.executable, "-m", "hl7_alerts"]
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
+PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
+# Each patient's alert events, in order: the order's pgx.missing, then the
+# critical alert firing and then updated by the second panel.
+PER_PATIENT = [(PGX, 1), (STOP, 1), (STOP, 2)]
+EVENTS_PER_PATIENT = len(PER_PATIENT)
 
 
 def replay(patients: int) -> list[bytes]:
-    """Synthetic patients S0000…: an azathioprine order and two liver panels a
-    week apart, each well above 3×ULN (firing, then updated). Orders and first
+    """Synthetic patients S0000…: an azathioprine order (aza.pgx.missing) and
+    two liver panels a week apart, each well above 3×ULN (firing, then updated
+    with the new evidence). Orders and first
     panels for everyone, then the second panels."""
     first: list[bytes] = []
     second: list[bytes] = []
@@ -54,19 +61,21 @@ def replay(patients: int) -> list[bytes]:
 
 def check_stream(alerts: list[dict[str, Any]], patients: int) -> Counter[str]:
     """Every alert event once at least, first copies in order per patient, one
-    alert_id per patient. Returns how often each alert_id:version arrived."""
+    alert_id per patient and rule. Returns how often each alert_id:version arrived."""
     copies = Counter(f"{a['alert_id']}:{a['version']}" for a in alerts)
-    by_patient: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    by_patient: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     seen: set[str] = set()
     for a in alerts:
         key = f"{a['alert_id']}:{a['version']}"
         if key not in seen:
             seen.add(key)
-            by_patient[a["patient"]["id"]].append((a["alert_id"], a["version"]))
+            by_patient[a["patient"]["id"]].append((a["rule"], a["alert_id"], a["version"]))
     assert len(by_patient) == patients
     for pid, firsts in by_patient.items():
-        assert len({alert_id for alert_id, _ in firsts}) == 1, f"{pid} alerted under two ids"
-        assert [v for _, v in firsts] == [1, 2], f"{pid}: versions arrived as {firsts}"
+        ids = {rule: {alert_id for r, alert_id, _ in firsts if r == rule} for rule in (PGX, STOP)}
+        assert all(len(one) == 1 for one in ids.values()), f"{pid} alerted under two ids for a rule: {ids}"
+        assert len(ids[PGX] | ids[STOP]) == 2, f"{pid}: two rules under one id"
+        assert [(r, v) for r, _, v in firsts] == PER_PATIENT, f"{pid}: events arrived as {[(r, v) for r, _, v in firsts]}"
     return copies
 
 
@@ -96,7 +105,7 @@ async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
             for m in thirds[2]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
             await after.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in received + after.alerts()})
-                                 >= 2 * patients, timeout=30)
+                                 >= EVENTS_PER_PATIENT * patients, timeout=30)
         received += after.alerts()
         await client.close()
         publisher = daemon.daemon.publisher
@@ -109,7 +118,7 @@ async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
         assert db.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone() == (0,)
         failed = db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0]
         delivered = db.execute("SELECT count(DISTINCT outbox_id) FROM audit WHERE kind = 'delivered'").fetchone()
-    assert delivered == (2 * patients,)
+    assert delivered == (EVENTS_PER_PATIENT * patients,)
     print(f"publishes audited as failed: {failed}")
 
 
@@ -178,12 +187,13 @@ async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_ale
             assert await asyncio.to_thread(second.wait, WAIT) == 0
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         stored = {r[0] for r in db.execute("SELECT control_id FROM messages")}
-        alert_rows = db.execute("SELECT patient_id, count(*) FROM alerts GROUP BY patient_id").fetchall()
+        alert_rows = db.execute("SELECT patient_id, rule, count(*) FROM alerts GROUP BY patient_id, rule").fetchall()
     control_ids = {m.split(b"|")[9].decode() for m in acked}
     assert control_ids <= stored  # every AA'd message is in the store
     assert len(control_ids) == len(messages)
-    assert sorted(n for _, n in alert_rows) == [1] * patients  # one alert per patient, never a second id
-    assert len(expected) == 2 * patients
+    # One alert per patient and rule (pgx.missing, hepatotoxicity.stop), never a second id.
+    assert sorted((rule, n) for _, rule, n in alert_rows) == sorted([(PGX, 1), (STOP, 1)] * patients)
+    assert len(expected) == EVENTS_PER_PATIENT * patients
     copies = check_stream(received, patients)
     print(f"alerts: {len(copies)} distinct, {sum(copies.values())} received, "
           f"{sum(n - 1 for n in copies.values())} repeats of the same alert_id:version")
@@ -204,7 +214,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
         assert publisher is not None
         messages = replay(patients)
         client = await AsyncMllpClient.connect(daemon.port)
-        for m in messages[:2]:  # one alert through, so the publisher is draining
+        for m in messages[:2]:  # alerts through, so the publisher is draining
             await client.send(m)
         await mqtt.wait_alerts(1)
         await asyncio.to_thread(wait_until, lambda: publisher.published >= 1, what="first alert marked delivered")
@@ -222,8 +232,9 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
             assert not publisher.connected
         finally:
             own_broker.process.send_signal(signal.SIGCONT)
-        await mqtt.wait_for(lambda _: len({(a["alert_id"], a["version"]) for a in mqtt.alerts()}) >= 2 * patients,
-                            timeout=20)
+        await mqtt.wait_for(
+            lambda _: len({(a["alert_id"], a["version"]) for a in mqtt.alerts()}) >= EVENTS_PER_PATIENT * patients,
+            timeout=20)
         received = mqtt.alerts()
     copies = check_stream(received, patients)
     assert publisher.connections >= 2

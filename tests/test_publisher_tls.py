@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Broker, free_port, make_config, recording, running
-from test_delivery import events, send_all
-from test_integration import SEED_STORY, sample_messages
+from test_delivery import OPEN_CRITICAL, PGX, STOP, events, send_all
+from test_integration import sample_messages
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -69,7 +69,7 @@ async def test_alerts_go_out_over_tls_with_client_certificate_and_password(
                 "key_file": str(certs / "client.key")},
     })
     async with recording(broker, prefix) as mqtt, running(config) as daemon:  # the recorder uses the plain port
-        await send_all(daemon.port, sample_messages(*SEED_STORY))
-        alerts = await mqtt.wait_alerts(1)
-    assert events(alerts) == [("H010001", "firing", 1)]
+        await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
+        alerts = await mqtt.wait_alerts(2)
+    assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1)]
     assert f"as {prefix} (p5, c0, k30, u'hl7user')" in (broker.directory / "mosquitto.log").read_text()
