@@ -42,10 +42,21 @@ class AckError:
 
 
 def ack_code_for(header: Header | None, code: AckCode) -> AckCode:
-    """AA/AE/AR become CA/CE/CR when the sender asked for enhanced mode."""
-    if header is not None and header.enhanced_mode:
-        return _ENHANCED.get(code, code)
-    return code
+    """The code family the sender asked for, for the one answer we send.
+
+    Original mode (MSH-15 and MSH-16 empty): AA/AE/AR. Enhanced mode: the
+    answer on the connection is the commit ACK, CA/CE/CR, sent after the
+    commit. When MSH-15 is NE but MSH-16 asks for an application ACK, the
+    sender wants only the application ACK: we have it at once (processing is
+    synchronous), so it is that answer, AA/AE/AR. We always answer, whatever
+    MSH-15/16 say (NE, ER, SU included): interface engines wait for a reply on
+    the connection, and silence makes them time out and resend.
+    """
+    if header is None or not header.enhanced_mode:
+        return code
+    if header.accept_ack_type == "NE" and header.application_ack_type not in ("", "NE"):
+        return code
+    return _ENHANCED.get(code, code)
 
 
 def _escape(text: str, fs: str, enc: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -23,7 +24,7 @@ from structlog.contextvars import bound_contextvars
 from hl7_alerts.ack import AckError, build_ack
 from hl7_alerts.config import Config
 from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
-from hl7_alerts.mllp import MllpServer, ServerLimits
+from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.pipeline import process
 from hl7_alerts.publisher import MqttSettings, Publisher
@@ -36,6 +37,13 @@ Clock = Callable[[], datetime]
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def _tls(config: Config) -> ssl.SSLContext | None:
+    tls = config.mllp.tls
+    if tls.cert is None or tls.key is None:
+        return None
+    return tls_context(tls.cert, tls.key, tls.client_ca)
 
 
 class Daemon:
@@ -72,8 +80,12 @@ class Daemon:
                 limits=ServerLimits(
                     max_frame_bytes=cfg.mllp.max_message_bytes,
                     idle_timeout=cfg.mllp.idle_timeout_seconds,
+                    read_timeout=cfg.mllp.read_timeout_seconds,
                     max_connections=cfg.mllp.max_connections,
+                    allow=cfg.mllp.networks(),
+                    tls_handshake_timeout=cfg.mllp.tls.handshake_timeout_seconds,
                 ),
+                tls=_tls(cfg),
             )
             self.publisher = Publisher(
                 store,
@@ -191,14 +203,15 @@ class Daemon:
             return self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
-        """AR for a frame over ``mllp.max_message_bytes`` when its MSH is readable."""
+        """AR for a frame over ``mllp.max_message_bytes``, echoing its MSH when
+        that is readable."""
         header = salvage_header(head, self._options.timezone, self._options.fallback_charset)
         limit = self.config.mllp.max_message_bytes
-        reason = f"message of {size} bytes exceeds the limit of {limit} bytes"
+        reason = f"message exceeds the limit of {limit} bytes"
         with bound_contextvars(peer=peer, control_id=header.control_id if header else None):
-            log.warning("message_oversize", bytes=size, limit=limit)
-        if header is None:
-            return None
+            log.warning("message_oversize", bytes=size, limit=limit, msh_readable=header is not None)
+        # Even without a readable MSH the sender gets its one answer per frame
+        # (an AR with an empty MSA-2), so it never waits on silence.
         return self._answer(
             header,
             AckCode.AR,
