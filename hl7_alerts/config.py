@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hl7_alerts.alerts import PhiPolicy
 from hl7_alerts.messages import ParseOptions
@@ -34,6 +42,17 @@ class _Section(BaseModel):
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (use CIDR like 10.1.0.0/16)") from None
+    return value
+
+
+NetworkText = Annotated[str, AfterValidator(_network)]
 
 
 class TlsConfig(_Section):
@@ -63,18 +82,8 @@ class MllpConfig(_Section):
     read_timeout_seconds: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=64, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    allow: tuple[str, ...] = ()
+    allow: tuple[NetworkText, ...] = ()
     tls: TlsConfig = TlsConfig()
-
-    @field_validator("allow")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP network (use CIDR like 10.1.0.0/16)") from None
-        return value
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.allow)

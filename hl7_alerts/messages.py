@@ -305,7 +305,7 @@ def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
             ack_code=AckCode.AE,
             error_code=ErrorCode.DATA_TYPE,
             segment="MSH",
-            field=1 if problem.startswith("MSH-1") else 2,
+            field=1 if problem.startswith("MSH-1 field separator") else 2,
         )
     d = Delimiters(field=fs, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
     segments = []

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -171,8 +172,10 @@ class AsyncMllpClient:
         self.framer = Framer()
 
     @classmethod
-    async def connect(cls, port: int) -> AsyncMllpClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, *, tls: ssl.SSLContext | None = None) -> AsyncMllpClient:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None
+        )
         return cls(reader, writer)
 
     async def send_raw(self, data: bytes) -> None:
