@@ -60,6 +60,8 @@ def ack_code_for(header: Header | None, code: AckCode) -> AckCode:
 
 
 def _escape(text: str, fs: str, enc: str) -> str:
+    if text.isalnum():
+        return text  # the common case (codes, IDs): nothing to escape
     esc = enc[2] if len(enc) > 2 else "\\"
     out = text.replace(esc, f"{esc}E{esc}")
     names = {fs: "F", enc[0]: "S", enc[1]: "R"}
@@ -139,7 +141,7 @@ def _err_segment(
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
-        if not piece.isdigit():
+        if not (piece.isascii() and piece.isdigit()):
             break
         parts.append(int(piece))
     return tuple(parts) or (2, 5)

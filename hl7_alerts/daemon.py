@@ -123,7 +123,24 @@ class Daemon:
         return build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
 
     async def handle_frame(self, data: bytes, peer: str) -> bytes:
-        """One MLLP frame in, its ACK out; the ACK is sent only after commit."""
+        """One MLLP frame in, its ACK out; the ACK is sent only after commit.
+
+        Always answers: a defect of ours anywhere on the way (even in building
+        the ACK) becomes an AR without an echoed header, never a dropped
+        connection, so the sender keeps the message and resends it."""
+        try:
+            return await self._handle_frame(data, peer)
+        except Exception:
+            with bound_contextvars(peer=peer):
+                log.exception("frame_handling_failed")
+            return self._answer(
+                None,
+                AckCode.AR,
+                text="internal error, resend later",
+                error=AckError(reason="internal error", error_code=ErrorCode.INTERNAL_ERROR),
+            )
+
+    async def _handle_frame(self, data: bytes, peer: str) -> bytes:
         received_at = self._clock()
         store = self.store
         assert store is not None

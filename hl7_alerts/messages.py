@@ -408,7 +408,7 @@ def parse_message(data: bytes, options: ParseOptions) -> Message:
 # "Unsupported message type" means an empty or malformed MSH-9: well-formed
 # types we do not evaluate (ADT, MDM, ...) are stored and answered AA.
 _MESSAGE_CODE = re.compile(r"[A-Z0-9]{3}")
-_VERSION = re.compile(r"\d+\.\d+(\.\d+)*")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)*")
 
 
 def check_header(header: Header, options: ParseOptions) -> None:
