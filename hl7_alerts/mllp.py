@@ -155,17 +155,19 @@ class Framer:
     def _scan_frame(self) -> Event | None:
         buf = self._buf
         end = buf.find(END_BLOCK, self._scanned)
-        restart = buf.find(START_BLOCK, self._scanned)
-        if restart != -1 and (end == -1 or restart < end):
-            # A start block inside an unfinished frame: the sender gave up on
-            # it. Drop what we had and resynchronise on the new start.
-            dropped = bytes(buf[1:restart])
-            del buf[:restart]
-            self._scanned = 1
-            if self._discarding:
-                self._discarding = False
+        limit = end if end != -1 else len(buf)
+        final = end != -1 or self._eof  # no more bytes can arrive before `limit`
+        pos = self._scanned
+        while (vt := buf.find(START_BLOCK, pos, limit)) != -1:
+            verdict = _starts_message(buf, vt + 1, limit, final=final)
+            if verdict is None:
+                # Too few bytes after this start block to tell whether a new
+                # message begins there: wait for them (at most 5 bytes).
+                self._scanned = vt
                 return None
-            return Junk(dropped, truncated=True)
+            if verdict:
+                return self._restart(vt)
+            pos = vt + 1  # a stray VT inside the message: content, not framing
         if end == -1:
             self._scanned = len(buf)
             if self._discarding:
@@ -198,10 +200,45 @@ class Framer:
             return Oversize(payload[: self._head_bytes], len(payload))
         return Frame(payload)
 
+    def _restart(self, vt: int) -> Event | None:
+        """A start block followed by a message header inside an unfinished
+        frame: the sender gave up on that frame. Drop what we had (an Oversize
+        if it had crossed the limit) and resynchronise on the new start."""
+        buf = self._buf
+        dropped = bytes(buf[1:vt])
+        del buf[:vt]
+        self._scanned = 1
+        if self._discarding:
+            self._discarding = False
+            return None
+        if len(dropped) > self.max_frame_bytes:
+            return Oversize(dropped[: self._head_bytes], len(dropped))
+        return Junk(dropped, truncated=True)
+
     def _reset_outside(self) -> None:
         self._buf.clear()
         self._in_frame = False
         self._scanned = 0
+
+
+_BOM = b"\xef\xbb\xbf"
+_MESSAGE_STARTS = tuple(
+    prefix + name for prefix in (b"", _BOM) for name in (b"MSH", b"FHS", b"BHS")
+)
+_LOOKAHEAD = max(len(s) for s in _MESSAGE_STARTS)
+
+
+def _starts_message(buf: bytearray, start: int, limit: int, *, final: bool) -> bool | None:
+    """Whether the bytes at ``start`` (before ``limit``) begin a message
+    header; None when too few have arrived to tell. A VT counts as a new start
+    block only then: a sender that abandons a frame starts the next one with
+    MSH, while a stray VT inside a report is just a bad byte."""
+    window = bytes(buf[start : min(limit, start + _LOOKAHEAD)])
+    if window.startswith(_MESSAGE_STARTS):
+        return True
+    if final or len(window) >= _LOOKAHEAD:
+        return False
+    return None if any(s.startswith(window) for s in _MESSAGE_STARTS) else False
 
 
 # ---------------------------------------------------------------------------

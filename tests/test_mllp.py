@@ -148,3 +148,34 @@ def test_random_bytes_never_raise_and_stay_bounded(data: bytes, cuts: list[int],
     drain(framer)
     assert framer.buffered == 0
     assert not framer.in_frame
+
+
+_TOKENS = [b"\x0b", b"\x1c", b"\r", b"\n", b"MSH", b"MS", b"BHS", b"\xef\xbb\xbf", b"|", b"x", b"y" * 9]
+
+
+def frames_and_heads(events: list[Event]) -> list[tuple[str, bytes]]:
+    return [(type(e).__name__, e.data if isinstance(e, Frame) else e.head)
+            for e in events if isinstance(e, Frame | Oversize)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.lists(st.sampled_from(_TOKENS), max_size=120).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=40),
+    limit=st.integers(min_value=16, max_value=64),
+)
+def test_framing_does_not_depend_on_read_boundaries(data: bytes, cuts: list[int], limit: int) -> None:
+    """Streams dense in VT, FS, CR and message starts: split anywhere, the
+    same frames and over-size heads come out as when fed whole."""
+    whole = feed_at(data, [], limit)
+    split = feed_at(data, [c for c in cuts if c <= len(data)], limit)
+    assert frames_and_heads(split) == frames_and_heads(whole)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 10_000], ids=lambda c: f"chunk{c}")
+def test_stray_vt_inside_a_message_is_content_not_a_restart(chunk: int) -> None:
+    # A VT that does not begin a message header (here before CR LF at the end
+    # of a report) stays in the frame; one that begins MSH restarts.
+    stray = MSG1 + b"\x0b\r\n"
+    events = feed_in_chunks(frame(stray) + b"\x0b\xef\xbb\xbfMSH|abandoned" + frame(MSG2), chunk)
+    assert [e for e in events if isinstance(e, Frame)] == [Frame(stray), Frame(MSG2)]
