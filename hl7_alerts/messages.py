@@ -288,6 +288,13 @@ def _delimiter_problem(fs: str, enc: str) -> str:
 def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
     """Split a message into segments with the delimiters MSH declares."""
     lines = split_segments(text.lstrip("\ufeff"))
+    if lines and lines[0].startswith(("FHS", "BHS")):
+        raise MessageError(
+            "a batch (FHS/BHS) in one frame is not accepted: send its messages one per frame",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.SEGMENT_SEQUENCE,
+            segment=lines[0][:3],
+        )
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise MessageError(
             "message does not start with an MSH segment",
@@ -669,13 +676,17 @@ _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 
 def split_file(data: bytes) -> list[bytes]:
     """Messages in a file: one or many, CR/LF/CRLF segment ends, optional BOM,
-    batch envelopes (FHS/BHS/BTS/FTS) dropped. Each message comes back with
+    batch envelopes (FHS/BHS/BTS/FTS) dropped, MLLP framing bytes of a
+    captured stream dropped. Each message comes back with
     CR segment ends, ready to frame."""
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
+    # Captures of MLLP traffic carry VT/FS around each message: not content.
+    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"\r")
     lines = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
     messages: list[list[bytes]] = []
-    for line in lines:
+    # Concatenated files keep their own BOMs.
+    for line in (raw.removeprefix(_BOM) for raw in lines):
         if not line.strip() or line.startswith(_BATCH_SEGMENTS):
             continue
         if line.startswith(b"MSH") or not messages:

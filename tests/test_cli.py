@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SAMPLES, WAIT, Broker, free_port, port_open, wait_until
+from conftest import SAMPLES, WAIT, Broker, free_port, make_config, port_open, running, wait_until
 
 from hl7_alerts.config import ConfigError, parse_config
 
@@ -83,3 +84,36 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
                             timeout=WAIT, check=False, env={**os.environ})
     assert result.returncode == 1
     assert f"{config}:2: hl7.timezone" in result.stderr
+
+
+BATCH = (
+    b"FHS|^~\\&|LAB|GENHOSP|||20261020||batchfile.hl7\n"
+    b"BHS|^~\\&|LAB|GENHOSP|||20261020||||B1\n"
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|BATCH-1|P|2.5\nPID|1||H81^^^GENHOSP^MR\n"
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|BATCH-2|P|2.5\nPID|1||H82^^^GENHOSP^MR\n"
+    b"BTS|2\nFTS|1\n"
+)
+MULTI = (
+    b"\xef\xbb\xbfMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|MULTI-1|P|2.5\r\nPID|1||H83^^^GENHOSP^MR\r\n\r\n"
+    b"\x0bMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|MULTI-2|P|2.5\rPID|1||H84^^^GENHOSP^MR\r\x1c\r"
+    b"\xef\xbb\xbfMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ORU^R01|MULTI-3|P|2.5\nPID|1||1^^^SSA^SS\n"
+)
+
+
+async def test_send_batch_and_multi_message_files(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    """`send` takes batch files (FHS/BHS/BTS/FTS) and files of many messages
+    (any line ends, BOMs, captured MLLP framing): one frame and one line per
+    message, exit 1 when one is not accepted."""
+    (tmp_path / "batch.hl7").write_bytes(BATCH)
+    (tmp_path / "multi.hl7").write_bytes(MULTI)
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        sent = await asyncio.create_subprocess_exec(
+            *CLI, "send", "--port", str(daemon.port), str(tmp_path / "batch.hl7"), str(tmp_path / "multi.hl7"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(WAIT * 3):
+            out, err = await sent.communicate()
+    lines = [line.split("\t")[:2] for line in out.decode().splitlines()]
+    assert lines == [["BATCH-1", "AA"], ["BATCH-2", "AA"], ["MULTI-1", "AA"], ["MULTI-2", "AA"], ["MULTI-3", "AE"]], err
+    assert sent.returncode == 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hl7_alerts.messages import MessageError, read_segments, salvage_header
-from hl7_alerts.mllp import MllpClient
+from hl7_alerts.mllp import NEED_DATA, Frame, Framer, MllpClient, Oversize, frame
 from hl7_alerts.timeutil import UTC_ZONE
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -43,6 +43,16 @@ class Result:
 def as_frame(data: bytes) -> bytes:
     """A file's bytes as one message: CR segment ends, nothing else changed."""
     return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def frames_in(message: bytes) -> int:
+    """How many frames the listener sees when ``message`` is sent framed."""
+    framer = Framer()
+    framer.feed(frame(message))
+    count = 0
+    while (event := framer.next_event()) is not NEED_DATA:
+        count += isinstance(event, Frame | Oversize)
+    return max(count, 1)
 
 
 def corpus_files(root: Path) -> Iterator[Path]:
@@ -83,7 +93,11 @@ def check(files: Iterable[Path], host: str, port: int, timeout: float = 30.0) ->
             try:
                 if client is None:
                     client = MllpClient(host, port, timeout=timeout)
+                # A file with FS bytes in it is more than one frame on the
+                # wire: read every answer it earns, judge the last.
                 answer = client.send(message)
+                for _ in range(frames_in(message) - 1):
+                    answer = client.receive()
             except OSError as exc:
                 if client is not None:
                     client.close()
