@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
-from conftest import SAMPLES, AsyncMllpClient, Broker, ack_fields, make_config, running
+from conftest import SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
-from hl7_alerts import logs
 from hl7_alerts.messages import split_file
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, Oversize, frame
 
@@ -28,6 +28,7 @@ FRAMES = 100_000
 CONNECTIONS = 8
 SEED = 20261125
 TIME_LIMIT = 150.0  # seconds, a ceiling for slow shared CI machines; typically far less
+CLI = [sys.executable, "-m", "hl7_alerts"]
 CODES = {"AA", "AE", "AR", "CA", "CE", "CR"}
 SPICE = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\r\n", b"\x0b", b"\x1c", b"\x00", b"\xff", b"\xc3", b"MSH|", b"PID|"]
 
@@ -111,16 +112,6 @@ async def lane(port: int, stream: bytes, expected: int) -> int:
 
 
 @pytest.fixture
-def quiet_logs() -> Iterator[None]:
-    """Errors only: 100,000 rejections would otherwise be 100,000 warnings."""
-    logs.configure("error", "json")
-    try:
-        yield
-    finally:
-        structlog.reset_defaults()
-
-
-@pytest.fixture
 def store_dir(tmp_path: Path) -> Iterator[Path]:
     """The store on tmpfs when there is one: this test is about the listener,
     and fsync on a shared CI disk would measure the disk instead."""
@@ -135,9 +126,8 @@ def store_dir(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.mark.usefixtures("quiet_logs")
 async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
-    store_dir: Path, broker: Broker, prefix: str
+    tmp_path: Path, store_dir: Path, broker: Broker, prefix: str
 ) -> None:
     rng = random.Random(SEED)
     pool = seeds()
@@ -146,17 +136,41 @@ async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
         seed = personalise(rng.choice(pool), n)
         streams[n % CONNECTIONS] += frame(mutate(rng, seed, pool))
     expected = [expected_answers(bytes(s)) for s in streams]
-    config = make_config(store_dir, broker.port, prefix)
-    started = time.monotonic()
-    async with running(config) as daemon:
+    # A real `hl7-alerts serve` (its own process, so the sender does not
+    # share its core), logging errors only: 100,000 rejections would
+    # otherwise be 100,000 warnings.
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mllp:\n  port: {port}\nstore:\n  path: {store_dir / 'store.sqlite3'}\n"
+        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
+        "logging:\n  level: error\n  format: json\n"
+    )
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        daemon = await asyncio.create_subprocess_exec(*CLI, "serve", "--config", str(config), stdout=log, stderr=log)
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
+        )
+        started = time.monotonic()
         async with asyncio.timeout(TIME_LIMIT):
-            answered = await asyncio.gather(*(lane(daemon.port, bytes(s), e) for s, e in zip(streams, expected, strict=True)))
+            answered = await asyncio.gather(*(lane(port, bytes(s), e) for s, e in zip(streams, expected, strict=True)))
         elapsed = time.monotonic() - started
         assert answered == expected
         assert sum(expected) >= FRAMES * 0.95  # stray VT/FS bytes merge or split a few frames
-        assert not daemon.task.done()
-        client = await AsyncMllpClient.connect(daemon.port)
-        ack = ack_fields(await client.send(split_file((SAMPLES / "05_no_thiopurine_high_enzymes.hl7").read_bytes())[0].replace(b"|LAB0003|", b"|AFTERFUZZ|")))
+        assert daemon.returncode is None, log_path.read_text()[-2000:]
+        client = await AsyncMllpClient.connect(port)
+        valid = split_file((SAMPLES / "05_no_thiopurine_high_enzymes.hl7").read_bytes())[0]
+        ack = ack_fields(await client.send(valid.replace(b"|LAB0003|", b"|AFTERFUZZ|")))
         await client.close()
-    assert (ack["code"], ack["control_id"]) == ("AA", "AFTERFUZZ")
+        assert (ack["code"], ack["control_id"]) == ("AA", "AFTERFUZZ")
+        daemon.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            assert await daemon.wait() == 0
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    assert "Traceback" not in log_path.read_text()
     print(f"fuzz: {sum(expected)} frames answered in {elapsed:.1f}s")
