@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hl7_alerts.messages import ErrorCode, MessageError
+from hl7_alerts.messages import ErrorCode, MessageError, codec_for
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.timeutil import format_dtm
 
@@ -114,13 +114,19 @@ def build_ack(
             esc(version),
         ]
     )
+    # Answer in the charset the message declared (MSH-18), and say so, so a
+    # sender on 8859/1 can read back its own application and facility names.
+    codec = codec_for(header.charset.split(comp)[0]) if header and header.charset else None
+    if codec is not None:
+        assert header is not None
+        msh += fs * 6 + esc(header.charset.split(comp)[0].strip())
     msa_fields = ["MSA", str(code), esc(header.control_id) if header else ""]
     if text:
         msa_fields.append(esc(text[:80]))
     segments = [msh, fs.join(msa_fields)]
     if error is not None:
         segments.append(_err_segment(error, code, fs=fs, enc=enc, version=version, esc=esc))
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    return ("\r".join(segments) + "\r").encode(codec or "utf-8", errors="replace")
 
 
 def _err_segment(

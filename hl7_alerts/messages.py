@@ -116,6 +116,12 @@ _CHARSETS = {
 }
 
 
+def codec_for(charset: str) -> str | None:
+    """The Python codec for an MSH-18 value (its first component), or None
+    when we do not know the name."""
+    return _CHARSETS.get(charset.strip().upper())
+
+
 def decode(data: bytes, fallback: str = "cp1252") -> str:
     """Bytes of one message to text.
 
