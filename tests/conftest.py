@@ -206,7 +206,7 @@ class AsyncMllpClient:
 
 def ack_fields(ack: bytes) -> dict[str, str]:
     """MSA-1, MSA-2, MSA-3 and the whole ERR segment (if any) of an ACK."""
-    segments = ack.decode().strip("\r").split("\r")
+    segments = ack.decode("utf-8", errors="replace").strip("\r").split("\r")
     fs = segments[0][3]
     out = {"MSH": segments[0]}
     for seg in segments:
