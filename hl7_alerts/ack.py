@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hl7_alerts.messages import ErrorCode, MessageError
+from hl7_alerts.messages import ErrorCode, MessageError, codec_for
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.timeutil import format_dtm
 
@@ -42,13 +42,26 @@ class AckError:
 
 
 def ack_code_for(header: Header | None, code: AckCode) -> AckCode:
-    """AA/AE/AR become CA/CE/CR when the sender asked for enhanced mode."""
-    if header is not None and header.enhanced_mode:
-        return _ENHANCED.get(code, code)
-    return code
+    """The code family the sender asked for, for the one answer we send.
+
+    Original mode (MSH-15 and MSH-16 empty): AA/AE/AR. Enhanced mode: the
+    answer on the connection is the commit ACK, CA/CE/CR, sent after the
+    commit. When MSH-15 is NE but MSH-16 asks for an application ACK, the
+    sender wants only the application ACK: we have it at once (processing is
+    synchronous), so it is that answer, AA/AE/AR. We always answer, whatever
+    MSH-15/16 say (NE, ER, SU included): interface engines wait for a reply on
+    the connection, and silence makes them time out and resend.
+    """
+    if header is None or not header.enhanced_mode:
+        return code
+    if header.accept_ack_type == "NE" and header.application_ack_type not in ("", "NE"):
+        return code
+    return _ENHANCED.get(code, code)
 
 
 def _escape(text: str, fs: str, enc: str) -> str:
+    if text.isalnum():
+        return text  # the common case (codes, IDs): nothing to escape
     esc = enc[2] if len(enc) > 2 else "\\"
     out = text.replace(esc, f"{esc}E{esc}")
     names = {fs: "F", enc[0]: "S", enc[1]: "R"}
@@ -101,13 +114,19 @@ def build_ack(
             esc(version),
         ]
     )
+    # Answer in the charset the message declared (MSH-18), and say so, so a
+    # sender on 8859/1 can read back its own application and facility names.
+    codec = codec_for(header.charset.split(comp)[0]) if header and header.charset else None
+    if codec is not None:
+        assert header is not None
+        msh += fs * 6 + esc(header.charset.split(comp)[0].strip())
     msa_fields = ["MSA", str(code), esc(header.control_id) if header else ""]
     if text:
         msa_fields.append(esc(text[:80]))
     segments = [msh, fs.join(msa_fields)]
     if error is not None:
         segments.append(_err_segment(error, code, fs=fs, enc=enc, version=version, esc=esc))
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    return ("\r".join(segments) + "\r").encode(codec or "utf-8", errors="replace")
 
 
 def _err_segment(
@@ -128,7 +147,7 @@ def _err_segment(
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
-        if not piece.isdigit():
+        if not (piece.isascii() and piece.isdigit()):
             break
         parts.append(int(piece))
     return tuple(parts) or (2, 5)

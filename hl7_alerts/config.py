@@ -8,17 +8,28 @@ Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import ssl
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hl7_alerts.alerts import PhiPolicy, ReminderPolicy
 from hl7_alerts.messages import ParseOptions
+from hl7_alerts.mllp import tls_context
 from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
@@ -36,13 +47,49 @@ class _Section(BaseModel):
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (use CIDR like 10.1.0.0/16)") from None
+    return value
+
+
+NetworkText = Annotated[str, AfterValidator(_network)]
+
+
+class TlsConfig(_Section):
+    """MLLP over TLS: ``cert`` and ``key`` (PEM) turn it on; ``client_ca``
+    also requires every client to present a certificate signed by it."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            missing = "mllp.tls.key" if self.key is None else "mllp.tls.cert"
+            raise ValueError(f"{missing} is required: mllp.tls.cert and mllp.tls.key go together")
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError("mllp.tls.client_ca needs mllp.tls.cert and mllp.tls.key (TLS) to be set")
+        return self
+
+
 class MllpConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 2575
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=64, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    allow: tuple[NetworkText, ...] = ()
+    tls: TlsConfig = TlsConfig()
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.allow)
 
 
 class StoreConfig(_Section):
@@ -372,7 +419,36 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
         config = config.model_copy(
             update={"mqtt": config.mqtt.model_copy(update={"tls": tls.model_copy(update=paths)})}
         )
-    return config
+    return _check_tls(config, source, base_dir, lines)
+
+
+def _check_tls(
+    config: Config, source: str, base_dir: Path | None, lines: dict[tuple[str, ...], int]
+) -> Config:
+    """Resolve the TLS files against the config's folder and load them once,
+    so a wrong path or a key that does not match is a config error."""
+    tls = config.mllp.tls
+    if tls.cert is None or tls.key is None:
+        return config
+    resolved = {
+        name: (base_dir / path if base_dir is not None and not path.is_absolute() else path)
+        for name, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca))
+        if path is not None
+    }
+    for name, path in resolved.items():
+        if not path.is_file():
+            line = _nearest_line(("mllp", "tls", name), lines)
+            raise ConfigError(f"{source}:{line}: mllp.tls.{name}: no such file: {path}")
+    try:
+        tls_context(resolved["cert"], resolved["key"], resolved.get("client_ca"))
+    except (ssl.SSLError, OSError) as exc:
+        line = _nearest_line(("mllp", "tls", "cert"), lines)
+        raise ConfigError(
+            f"{source}:{line}: mllp.tls: cannot load mllp.tls.cert / mllp.tls.key / mllp.tls.client_ca: {exc}"
+        ) from None
+    return config.model_copy(
+        update={"mllp": config.mllp.model_copy(update={"tls": tls.model_copy(update=resolved)})}
+    )
 
 
 def _nearest_line(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.config import Config, ConfigError
 from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
-from hl7_alerts.mllp import MllpServer, ServerLimits
+from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.pipeline import acknowledge_alert, process
 from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
@@ -50,10 +51,21 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-# Keys a reload cannot apply: the listener, store, broker session, metrics
-# socket and logging are set up once. Per section, None means every key.
+# Keys a reload cannot apply: the listener (its socket, limits, TLS context and
+# allowlist), store, broker session, metrics socket, logging and the reminder
+# scheduler's policy are set up once. Per section, None means every key.
 RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
-    "mllp": ("host", "port", "max_message_bytes", "idle_timeout_seconds", "max_connections"),
+    "mllp": (
+        "host",
+        "port",
+        "max_message_bytes",
+        "idle_timeout_seconds",
+        "read_timeout_seconds",
+        "max_connections",
+        "allow",
+        "tls",
+    ),
+    "alerts": ("reminder_after", "reminder_max", "reminder_severities"),
     "store": None,
     "mqtt": None,
     "metrics": None,
@@ -84,6 +96,13 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def _changed_keys(old: Config, new: Config) -> list[str]:
     a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _tls(config: Config) -> ssl.SSLContext | None:
+    tls = config.mllp.tls
+    if tls.cert is None or tls.key is None:
+        return None
+    return tls_context(tls.cert, tls.key, tls.client_ca)
 
 
 class Daemon:
@@ -134,8 +153,12 @@ class Daemon:
                 limits=ServerLimits(
                     max_frame_bytes=cfg.mllp.max_message_bytes,
                     idle_timeout=cfg.mllp.idle_timeout_seconds,
+                    read_timeout=cfg.mllp.read_timeout_seconds,
                     max_connections=cfg.mllp.max_connections,
+                    allow=cfg.mllp.networks(),
+                    tls_handshake_timeout=cfg.mllp.tls.handshake_timeout_seconds,
                 ),
+                tls=_tls(cfg),
             )
             self.publisher = Publisher(
                 store,
@@ -350,7 +373,24 @@ class Daemon:
         return build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
 
     async def handle_frame(self, data: bytes, peer: str) -> bytes:
-        """One MLLP frame in, its ACK out; the ACK is sent only after commit."""
+        """One MLLP frame in, its ACK out; the ACK is sent only after commit.
+
+        Always answers: a defect of ours anywhere on the way (even in building
+        the ACK) becomes an AR without an echoed header, never a dropped
+        connection, so the sender keeps the message and resends it."""
+        try:
+            return await self._handle_frame(data, peer)
+        except Exception:
+            with bound_contextvars(peer=peer):
+                log.exception("frame_handling_failed")
+            return self._answer(
+                None,
+                AckCode.AR,
+                text="internal error, resend later",
+                error=AckError(reason="internal error", error_code=ErrorCode.INTERNAL_ERROR),
+            )
+
+    async def _handle_frame(self, data: bytes, peer: str) -> bytes:
         received_at = self._clock()
         store = self.store
         assert store is not None
@@ -459,15 +499,15 @@ class Daemon:
         return True
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
-        """AR for a frame over ``mllp.max_message_bytes`` when its MSH is readable."""
+        """AR for a frame over ``mllp.max_message_bytes``, echoing its MSH when
+        that is readable."""
         header = salvage_header(head, self._options.timezone, self._options.fallback_charset)
         limit = self.config.mllp.max_message_bytes
-        reason = f"message of {size} bytes exceeds the limit of {limit} bytes"
+        reason = f"message exceeds the limit of {limit} bytes"
         with bound_contextvars(peer=peer, control_id=header.control_id if header else None):
-            log.warning("message_oversize", bytes=size, limit=limit)
-        if header is None:
-            self.metrics.message_answered("", "none")
-            return None
+            log.warning("message_oversize", bytes=size, limit=limit, msh_readable=header is not None)
+        # Even without a readable MSH the sender gets its one answer per frame
+        # (an AR with an empty MSA-2), so it never waits on silence.
         return self._answer(
             header,
             AckCode.AR,

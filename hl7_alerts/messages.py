@@ -117,6 +117,12 @@ _CHARSETS = {
 }
 
 
+def codec_for(charset: str) -> str | None:
+    """The Python codec for an MSH-18 value (its first component), or None
+    when we do not know the name."""
+    return _CHARSETS.get(charset.strip().upper())
+
+
 def decode(data: bytes, fallback: str = "cp1252") -> str:
     """Bytes of one message to text.
 
@@ -268,9 +274,34 @@ def split_segments(text: str) -> list[str]:
     return [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
 
 
+def _delimiter_problem(fs: str, enc: str) -> str:
+    """Why MSH-1/MSH-2 cannot be used, or "" when they can. HAPI and hl7apy
+    refuse the same messages (fewer than four encoding characters, a repeated
+    one, letters or digits as delimiters)."""
+    if fs.isalnum() or fs.isspace():
+        return f"MSH-1 field separator {fs!r} cannot be a letter, digit or space"
+    if len(enc) < 4:
+        return (
+            f"MSH-2 has {len(enc)} encoding characters; four are required "
+            "(component, repetition, escape, subcomponent)"
+        )
+    if any(c.isalnum() or c.isspace() for c in enc):
+        return f"MSH-2 encoding characters {enc!r} include a letter, digit or space"
+    if len(set(fs + enc)) != 5:
+        return f"MSH-1/MSH-2 delimiters {fs + enc!r} repeat a character; all five must differ"
+    return ""
+
+
 def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
     """Split a message into segments with the delimiters MSH declares."""
     lines = split_segments(text.lstrip("\ufeff"))
+    if lines and lines[0].startswith(("FHS", "BHS")):
+        raise MessageError(
+            "a batch (FHS/BHS) in one frame is not accepted: send its messages one per frame",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.SEGMENT_SEQUENCE,
+            segment=lines[0][:3],
+        )
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise MessageError(
             "message does not start with an MSH segment",
@@ -279,15 +310,16 @@ def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
             segment="MSH",
         )
     msh = lines[0]
-    enc = msh[4:8]
     fs = msh[3]
-    if fs.isalnum() or len(set(fs + enc)) != 5 or any(c.isalnum() for c in enc):
+    enc = msh[4:].split(fs, 1)[0][:4]
+    problem = _delimiter_problem(fs, enc)
+    if problem:
         raise MessageError(
-            "MSH-1/MSH-2 do not declare five distinct delimiters",
+            problem,
             ack_code=AckCode.AE,
             error_code=ErrorCode.DATA_TYPE,
             segment="MSH",
-            field=2,
+            field=1 if problem.startswith("MSH-1 field separator") else 2,
         )
     d = Delimiters(field=fs, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
     segments = []
@@ -327,10 +359,32 @@ def read_header(segments: list[Segment], tz: tzinfo) -> Header:
 def salvage_header(data: bytes, tz: tzinfo, fallback: str = "cp1252") -> Header | None:
     """Best-effort MSH of a message we could not otherwise read, so that even a
     NAK for it can swap sender and receiver and echo MSH-10."""
+    text = decode(data, fallback)
     try:
-        _, segments = read_segments(decode(data, fallback))
+        _, segments = read_segments(text)
         return read_header(segments, tz)
-    except (MessageError, IndexError, ValueError):
+    except MessageError:
+        return _header_with_default_delimiters(text, tz)
+    except (IndexError, ValueError):
+        return None
+
+
+def _header_with_default_delimiters(text: str, tz: tzinfo) -> Header | None:
+    """MSH read with the field separator it declares and the standard
+    encoding characters, for a message whose MSH-2 is unusable: the NAK can
+    still swap sender and receiver and echo MSH-10."""
+    lines = split_segments(text.lstrip("\ufeff"))
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 4:
+        return None
+    fs = lines[0][3]
+    if fs.isalnum() or fs.isspace() or fs in "^~\\&":
+        return None
+    d = Delimiters(field=fs)
+    fields = lines[0].split(fs)
+    fields[1] = d.encoding_characters
+    try:
+        return read_header([Segment("MSH", fields, d)], tz)
+    except (IndexError, ValueError):
         return None
 
 
@@ -368,13 +422,30 @@ def parse_message(data: bytes, options: ParseOptions) -> Message:
     return OtherMessage(header=header)
 
 
+# "Unsupported message type" means an empty or malformed MSH-9: well-formed
+# types we do not evaluate (ADT, MDM, ...) are stored and answered AA.
+_MESSAGE_CODE = re.compile(r"[A-Z0-9]{3}")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)*")
+
+
 def check_header(header: Header, options: ParseOptions) -> None:
-    """AR for what this receiver does not take: version, processing ID, no type."""
-    if not header.message_type:
+    """AR for what this receiver does not take: an empty or malformed MSH-9,
+    a version or processing ID outside the configured ones."""
+    if not header.message_type or not _MESSAGE_CODE.fullmatch(header.message_type):
         raise MessageError(
-            "MSH-9 message type is empty",
+            f"MSH-9 message type {header.message_type!r} is not a valid HL7 message type"
+            if header.message_type
+            else "MSH-9 message type is empty",
             ack_code=AckCode.AR,
             error_code=ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+            segment="MSH",
+            field=9,
+        )
+    if header.trigger_event and not _MESSAGE_CODE.fullmatch(header.trigger_event):
+        raise MessageError(
+            f"MSH-9 trigger event {header.trigger_event!r} is not a valid HL7 event code",
+            ack_code=AckCode.AR,
+            error_code=ErrorCode.UNSUPPORTED_EVENT,
             segment="MSH",
             field=9,
         )
@@ -382,9 +453,19 @@ def check_header(header: Header, options: ParseOptions) -> None:
         raise _content_error(
             "MSH-10 message control ID is empty", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 10
         )
+    if not _VERSION.fullmatch(header.version):
+        raise MessageError(
+            f"MSH-12 version ID {header.version!r} is not an HL7 version (like 2.5 or 2.5.1)"
+            if header.version
+            else "MSH-12 version ID is empty",
+            ack_code=AckCode.AR,
+            error_code=ErrorCode.UNSUPPORTED_VERSION,
+            segment="MSH",
+            field=12,
+        )
     if not version_accepted(header.version, options.accepted_versions):
         raise MessageError(
-            f"HL7 version {header.version or '(empty)'} is not supported",
+            f"HL7 version {header.version} is not supported",
             ack_code=AckCode.AR,
             error_code=ErrorCode.UNSUPPORTED_VERSION,
             segment="MSH",
@@ -632,13 +713,17 @@ _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 
 def split_file(data: bytes) -> list[bytes]:
     """Messages in a file: one or many, CR/LF/CRLF segment ends, optional BOM,
-    batch envelopes (FHS/BHS/BTS/FTS) dropped. Each message comes back with
+    batch envelopes (FHS/BHS/BTS/FTS) dropped, MLLP framing bytes of a
+    captured stream dropped. Each message comes back with
     CR segment ends, ready to frame."""
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
+    # Captures of MLLP traffic carry VT/FS around each message: not content.
+    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"\r")
     lines = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
     messages: list[list[bytes]] = []
-    for line in lines:
+    # Concatenated files keep their own BOMs.
+    for line in (raw.removeprefix(_BOM) for raw in lines):
         if not line.strip() or line.startswith(_BATCH_SEGMENTS):
             continue
         if line.startswith(b"MSH") or not messages:

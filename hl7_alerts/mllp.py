@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -60,8 +63,11 @@ class Junk:
 
 @dataclass(frozen=True, slots=True)
 class Oversize:
-    """A frame longer than the limit. ``head`` holds its first bytes so the
-    caller can still read MSH and send an AR; the rest is discarded."""
+    """A frame longer than the limit, reported as soon as the limit is
+    crossed. ``head`` holds its first bytes (up to 4 KiB, never more than the
+    limit) so the caller can still read MSH and send an AR; the rest of the
+    frame, up to its end block, is discarded. ``size`` is how many bytes of
+    the frame had arrived when it was reported (more than the limit)."""
 
     head: bytes
     size: int
@@ -91,6 +97,18 @@ class Framer:
     def buffered(self) -> int:
         """Bytes held for an unfinished frame."""
         return len(self._buf)
+
+    @property
+    def in_frame(self) -> bool:
+        """True between a start block and its end block: a frame has begun
+        and not finished (the server's read timeout runs while this holds)."""
+        return self._in_frame
+
+    @property
+    def _head_bytes(self) -> int:
+        # Never more than the limit, so the head does not depend on how the
+        # bytes were split into reads.
+        return min(_HEAD_BYTES, self.max_frame_bytes)
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; ``b""`` marks the end of the stream."""
@@ -137,17 +155,19 @@ class Framer:
     def _scan_frame(self) -> Event | None:
         buf = self._buf
         end = buf.find(END_BLOCK, self._scanned)
-        restart = buf.find(START_BLOCK, self._scanned)
-        if restart != -1 and (end == -1 or restart < end):
-            # A start block inside an unfinished frame: the sender gave up on
-            # it. Drop what we had and resynchronise on the new start.
-            dropped = bytes(buf[1:restart])
-            del buf[:restart]
-            self._scanned = 1
-            if self._discarding:
-                self._discarding = False
+        limit = end if end != -1 else len(buf)
+        final = end != -1 or self._eof  # no more bytes can arrive before `limit`
+        pos = self._scanned
+        while (vt := buf.find(START_BLOCK, pos, limit)) != -1:
+            verdict = _starts_message(buf, vt + 1, limit, final=final)
+            if verdict is None:
+                # Too few bytes after this start block to tell whether a new
+                # message begins there: wait for them (at most 5 bytes).
+                self._scanned = vt
                 return None
-            return Junk(dropped, truncated=True)
+            if verdict:
+                return self._restart(vt)
+            pos = vt + 1  # a stray VT inside the message: content, not framing
         if end == -1:
             self._scanned = len(buf)
             if self._discarding:
@@ -156,7 +176,7 @@ class Framer:
                 self._scanned = 1
                 return None
             if len(buf) - 1 > self.max_frame_bytes:
-                head = bytes(buf[1 : 1 + _HEAD_BYTES])
+                head = bytes(buf[1 : 1 + self._head_bytes])
                 self._discarding = True
                 self._discarded = len(buf) - 1
                 del buf[1:]
@@ -177,13 +197,48 @@ class Framer:
             self._discarding = False
             return None
         if len(payload) > self.max_frame_bytes:
-            return Oversize(payload[:_HEAD_BYTES], len(payload))
+            return Oversize(payload[: self._head_bytes], len(payload))
         return Frame(payload)
+
+    def _restart(self, vt: int) -> Event | None:
+        """A start block followed by a message header inside an unfinished
+        frame: the sender gave up on that frame. Drop what we had (an Oversize
+        if it had crossed the limit) and resynchronise on the new start."""
+        buf = self._buf
+        dropped = bytes(buf[1:vt])
+        del buf[:vt]
+        self._scanned = 1
+        if self._discarding:
+            self._discarding = False
+            return None
+        if len(dropped) > self.max_frame_bytes:
+            return Oversize(dropped[: self._head_bytes], len(dropped))
+        return Junk(dropped, truncated=True)
 
     def _reset_outside(self) -> None:
         self._buf.clear()
         self._in_frame = False
         self._scanned = 0
+
+
+_BOM = b"\xef\xbb\xbf"
+_MESSAGE_STARTS = tuple(
+    prefix + name for prefix in (b"", _BOM) for name in (b"MSH", b"FHS", b"BHS")
+)
+_LOOKAHEAD = max(len(s) for s in _MESSAGE_STARTS)
+
+
+def _starts_message(buf: bytearray, start: int, limit: int, *, final: bool) -> bool | None:
+    """Whether the bytes at ``start`` (before ``limit``) begin a message
+    header; None when too few have arrived to tell. A VT counts as a new start
+    block only then: a sender that abandons a frame starts the next one with
+    MSH, while a stray VT inside a report is just a bad byte."""
+    window = bytes(buf[start : min(limit, start + _LOOKAHEAD)])
+    if window.startswith(_MESSAGE_STARTS):
+        return True
+    if final or len(window) >= _LOOKAHEAD:
+        return False
+    return None if any(s.startswith(window) for s in _MESSAGE_STARTS) else False
 
 
 # ---------------------------------------------------------------------------
@@ -193,20 +248,65 @@ FrameHandler = Callable[[bytes, str], Awaitable[bytes]]
 """Takes a frame's bytes and the peer's address; returns the ACK to send."""
 
 OversizeHandler = Callable[[bytes, int, str], Awaitable[bytes | None]]
-"""Takes an oversize frame's head, its size and the peer; returns an AR or None."""
+"""Takes an oversize frame's head, its size and the peer; returns the AR to
+send, or None to close the connection without an answer."""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerLimits:
+    """What one listener allows. ``read_timeout`` bounds how long a started
+    frame may take to complete; ``idle_timeout`` how long a connection may sit
+    between frames. ``allow`` lists the peer networks that may connect (empty:
+    everyone)."""
+
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     idle_timeout: float = 300.0
+    read_timeout: float = 60.0
     max_connections: int = 64
+    allow: tuple[Network, ...] = ()
+    tls_handshake_timeout: float = 10.0
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The listener's TLS context. With ``client_ca`` every client must show a
+    certificate signed by it (mutual TLS). Raises `ssl.SSLError`/`OSError` for
+    files that cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_allowed(host: str, allow: tuple[Network, ...]) -> bool:
+    """Whether ``host`` (an IP address as text) is inside one of ``allow``;
+    an empty ``allow`` admits everyone. IPv4-mapped IPv6 addresses count as
+    their IPv4 address."""
+    if not allow:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in allow)
 
 
 class MllpServer:
     """Accepts MLLP connections and answers each frame, in order, on its own
-    connection. ``stop()`` stops accepting, lets every connection finish the
-    message it is working on (and write its ACK), then closes them."""
+    connection.
+
+    Every frame gets exactly one answer: the handler's ACK, or for an over-size
+    frame the ``on_oversize`` AR, after which the framer resynchronises on the
+    next start block and the connection goes on. ``stop()`` stops accepting,
+    lets every connection finish the message it is working on (and write its
+    ACK) without starting another, waits at most ``grace`` seconds, then
+    closes what is left."""
 
     def __init__(
         self,
@@ -216,12 +316,14 @@ class MllpServer:
         host: str,
         port: int,
         limits: ServerLimits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._handler = handler
         self._on_oversize = on_oversize
         self._host = host
         self._port = port
         self._limits = limits or ServerLimits()
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -240,7 +342,7 @@ class MllpServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self._host, self._port)
-        self._log.info("mllp_listening", host=self._host, port=self.port)
+        self._log.info("mllp_listening", host=self._host, port=self.port, tls=self._tls is not None)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; finish in-flight messages within ``grace`` seconds."""
@@ -253,6 +355,7 @@ class MllpServer:
             for task in still:
                 task.cancel()
             if still:
+                self._log.warning("mllp_grace_expired", connections=len(still))
                 await asyncio.wait(still)
         if self._server is not None:
             await self._server.wait_closed()
@@ -261,24 +364,40 @@ class MllpServer:
         task = asyncio.current_task()
         assert task is not None
         peer_info = writer.get_extra_info("peername")
+        host = str(peer_info[0]) if isinstance(peer_info, tuple) else str(peer_info)
         peer = f"{peer_info[0]}:{peer_info[1]}" if isinstance(peer_info, tuple) else str(peer_info)
         log = self._log.bind(peer=peer)
-        if self._stopping.is_set() or len(self._connections) >= self._limits.max_connections:
-            log.warning(
-                "mllp_connection_refused", reason="stopping" if self._stopping.is_set() else "max_connections"
-            )
+        refusal = ""
+        if self._stopping.is_set():
+            refusal = "stopping"
+        elif not peer_allowed(host, self._limits.allow):
+            refusal = "peer_not_allowed"
+        elif len(self._connections) >= self._limits.max_connections:
+            refusal = "max_connections"
+        if refusal:
+            log.warning("mllp_connection_refused", reason=refusal)
             writer.close()
             return
         self._connections.add(task)
-        log.info("mllp_connected")
         try:
+            if self._tls is not None:
+                # TLS starts only after the allowlist said yes: a refused peer
+                # never gets a handshake.
+                try:
+                    await writer.start_tls(
+                        self._tls, ssl_handshake_timeout=self._limits.tls_handshake_timeout
+                    )
+                except (ssl.SSLError, OSError, TimeoutError) as exc:
+                    log.warning("mllp_tls_refused", error=type(exc).__name__, reason=str(exc)[:200])
+                    return
+            log.info("mllp_connected", tls=self._tls is not None)
             await self._serve(reader, writer, peer, log)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.info("mllp_connection_lost", error=type(exc).__name__)
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.CancelledError):
                 await writer.wait_closed()
             log.info("mllp_disconnected")
 
@@ -289,40 +408,61 @@ class MllpServer:
         peer: str,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        framer = Framer(max_frame_bytes=self._limits.max_frame_bytes)
+        limits = self._limits
+        framer = Framer(max_frame_bytes=limits.max_frame_bytes)
+        loop = asyncio.get_running_loop()
         stop_wait = asyncio.ensure_future(self._stopping.wait())
+        frame_deadline: float | None = None  # when the frame under way must be complete
         try:
             while True:
                 event = framer.next_event()
                 if isinstance(event, Frame):
-                    # Shielded: a cancelled connection still writes the ACK
-                    # for a message that was already committed.
+                    # Shielded: cancelling the connection at shutdown must not
+                    # abandon a unit of work half way through the store.
                     ack = await asyncio.shield(self._handler(event.data, peer))
                     writer.write(frame(ack))
                     await writer.drain()
+                    if self._stopping.is_set():
+                        return  # finished the in-flight message; start no other
                     continue
                 if isinstance(event, Junk):
-                    log.warning("mllp_junk_dropped", bytes=len(event.data), truncated=event.truncated)
+                    _log_junk(log, event)
                     continue
                 if isinstance(event, Oversize):
-                    log.warning("mllp_frame_oversize", bytes=event.size, limit=self._limits.max_frame_bytes)
+                    log.warning("mllp_frame_oversize", bytes=event.size, limit=limits.max_frame_bytes)
                     nak = await self._on_oversize(event.head, event.size, peer)
-                    if nak is not None:
-                        writer.write(frame(nak))
-                        await writer.drain()
-                    return
+                    if nak is None:
+                        log.warning("mllp_closed_after_oversize")
+                        return
+                    # Answer now, then drop the rest of the frame as it comes
+                    # (the framer discards up to its end block) and go on.
+                    writer.write(frame(nak))
+                    await writer.drain()
+                    continue
                 if self._stopping.is_set():
                     return
+                if framer.in_frame:
+                    if frame_deadline is None:
+                        frame_deadline = loop.time() + limits.read_timeout
+                    timeout = min(limits.idle_timeout, max(0.0, frame_deadline - loop.time()))
+                else:
+                    frame_deadline = None
+                    timeout = limits.idle_timeout
                 read = asyncio.ensure_future(reader.read(65536))
                 done, _ = await asyncio.wait(
-                    {read, stop_wait}, timeout=self._limits.idle_timeout, return_when=asyncio.FIRST_COMPLETED
+                    {read, stop_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if read not in done:
                     read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
                         await read
                     if not done:
-                        log.info("mllp_idle_timeout", seconds=self._limits.idle_timeout)
+                        if framer.in_frame:
+                            log.warning(
+                                "mllp_read_timeout", seconds=limits.read_timeout, buffered=framer.buffered
+                            )
+                        else:
+                            log.info("mllp_idle_timeout", seconds=limits.idle_timeout)
                     return
                 data = read.result()
                 framer.feed(data)
@@ -330,10 +470,18 @@ class MllpServer:
                     # Drain what the end of stream completes, then stop.
                     while (tail := framer.next_event()) is not NEED_DATA:
                         if isinstance(tail, Junk):
-                            log.warning("mllp_junk_dropped", bytes=len(tail.data), truncated=tail.truncated)
+                            _log_junk(log, tail)
                     return
         finally:
             stop_wait.cancel()
+
+
+def _log_junk(log: structlog.typing.FilteringBoundLogger, event: Junk) -> None:
+    if event.truncated or event.data.strip():
+        log.warning("mllp_junk_dropped", bytes=len(event.data), truncated=event.truncated)
+    else:
+        # CR/LF after an end block: common, harmless, not worth a warning.
+        log.debug("mllp_whitespace_dropped", bytes=len(event.data))
 
 
 class MllpClient:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -220,8 +221,10 @@ class AsyncMllpClient:
         self.framer = Framer()
 
     @classmethod
-    async def connect(cls, port: int) -> AsyncMllpClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, *, tls: ssl.SSLContext | None = None) -> AsyncMllpClient:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None
+        )
         return cls(reader, writer)
 
     async def send_raw(self, data: bytes) -> None:
@@ -252,7 +255,7 @@ class AsyncMllpClient:
 
 def ack_fields(ack: bytes) -> dict[str, str]:
     """MSA-1, MSA-2, MSA-3 and the whole ERR segment (if any) of an ACK."""
-    segments = ack.decode().strip("\r").split("\r")
+    segments = ack.decode("utf-8", errors="replace").strip("\r").split("\r")
     fs = segments[0][3]
     out = {"MSH": segments[0]}
     for seg in segments:

@@ -53,3 +53,14 @@ def test_nak_without_any_header_still_answers() -> None:
     ack = build_ack(None, AckCode.AE, text="no MSH", now=NOW, control_id="x").decode()
     assert ack.startswith("MSH|^~\\&|HL7ALERTS||||")
     assert "\rMSA|AE||no MSH\r" in ack
+
+
+def test_ack_is_in_the_declared_charset_and_says_so() -> None:
+    h = header("MSH|^~\\&|LABÖ|GENHOSP|R|G|20261020||ORU^R01|M5|P|2.5|||||DE|8859/1")
+    ack = build_ack(h, AckCode.AA, now=NOW, control_id="x")
+    msh = ack.split(b"\r")[0]
+    assert msh.startswith("MSH|^~\\&|R|G|LABÖ|".encode("iso8859-1"))
+    assert msh.endswith(b"|2.5||||||8859/1")
+    plain = build_ack(header("MSH|^~\\&|LABÖ|G|R|G|20261020||ORU^R01|M6|P|2.5"), AckCode.AA, now=NOW, control_id="x")
+    assert "|LABÖ|".encode() in plain  # no MSH-18: UTF-8, and no MSH-18 in the answer
+    assert plain.split(b"\r")[0].endswith(b"|P|2.5")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SAMPLES, WAIT, Broker, free_port, port_open, recording, running, wait_until
+from conftest import SAMPLES, WAIT, Broker, free_port, make_config, port_open, recording, running, wait_until
 from test_integration import SEED_STORY, sample_messages
 
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
@@ -93,6 +93,8 @@ def test_config_yaml_shows_the_embedded_defaults() -> None:
     shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     assert shipped.rules == Config().rules
     assert shipped.rule_settings() == Config().rule_settings()
+
+
 def test_alerts_list_show_ack_on_the_store_then_the_daemon_publishes_the_ack(
     tmp_path: Path, broker: Broker, prefix: str
 ) -> None:
@@ -160,3 +162,36 @@ def test_alerts_list_show_ack_on_the_store_then_the_daemon_publishes_the_ack(
 def test_alerts_schema_prints_the_packaged_schema() -> None:
     result = subprocess.run([*CLI, "alerts", "schema"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert json.loads(result.stdout)["properties"]["schema"] == {"const": "hl7-alerts/alert@1"}
+
+
+BATCH = (
+    b"FHS|^~\\&|LAB|GENHOSP|||20261020||batchfile.hl7\n"
+    b"BHS|^~\\&|LAB|GENHOSP|||20261020||||B1\n"
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|BATCH-1|P|2.5\nPID|1||H81^^^GENHOSP^MR\n"
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|BATCH-2|P|2.5\nPID|1||H82^^^GENHOSP^MR\n"
+    b"BTS|2\nFTS|1\n"
+)
+MULTI = (
+    b"\xef\xbb\xbfMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|MULTI-1|P|2.5\r\nPID|1||H83^^^GENHOSP^MR\r\n\r\n"
+    b"\x0bMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ADT^A08|MULTI-2|P|2.5\rPID|1||H84^^^GENHOSP^MR\r\x1c\r"
+    b"\xef\xbb\xbfMSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||ORU^R01|MULTI-3|P|2.5\nPID|1||1^^^SSA^SS\n"
+)
+
+
+async def test_send_batch_and_multi_message_files(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    """`send` takes batch files (FHS/BHS/BTS/FTS) and files of many messages
+    (any line ends, BOMs, captured MLLP framing): one frame and one line per
+    message, exit 1 when one is not accepted."""
+    (tmp_path / "batch.hl7").write_bytes(BATCH)
+    (tmp_path / "multi.hl7").write_bytes(MULTI)
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        sent = await asyncio.create_subprocess_exec(
+            *CLI, "send", "--port", str(daemon.port), str(tmp_path / "batch.hl7"), str(tmp_path / "multi.hl7"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(WAIT * 3):
+            out, err = await sent.communicate()
+    lines = [line.split("\t")[:2] for line in out.decode().splitlines()]
+    assert lines == [["BATCH-1", "AA"], ["BATCH-2", "AA"], ["MULTI-1", "AA"], ["MULTI-2", "AA"], ["MULTI-3", "AE"]], err
+    assert sent.returncode == 1

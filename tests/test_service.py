@@ -278,11 +278,15 @@ async def test_reload_keeps_restart_only_keys_and_survives_an_unreadable_file(
         changed = make_config(
             tmp_path / "elsewhere", broker.port, prefix,
             rules={"hepatotoxicity_x_uln": 5.0}, health={"max_outbox_age_seconds": 60},
-            mqtt={"topic_prefix": "moved"},
+            mqtt={"topic_prefix": "moved"}, mllp={"allow": ["10.0.0.0/8"], "read_timeout_seconds": 5},
+            alerts={"reminder_max": 9},
         )
         result = daemon.reload(changed)
         assert result.applied == ("health.max_outbox_age_seconds", "rules.hepatotoxicity_x_uln")
-        assert result.needs_restart == ("store.path", "mqtt.topic_prefix")
+        assert result.needs_restart == (
+            "mllp.read_timeout_seconds", "mllp.allow", "alerts.reminder_max", "store.path", "mqtt.topic_prefix"
+        )
+        assert daemon.config.mllp.allow == ()
         assert daemon.config.rules.hepatotoxicity_x_uln == 5.0
         assert daemon.config.store.path == config.store.path
         assert daemon.config.mqtt.topic_prefix == prefix

@@ -1,0 +1,176 @@
+"""100,000 mutated frames at a running listener, then a valid message.
+
+Mutations are seeded (the seed is in the test id, so a failure replays): bit
+flips, delimiter and control bytes (VT, FS, CR, LF) dropped in, spans
+deleted, duplicated or truncated, messages spliced. Whatever arrives, every
+frame the framer sees gets exactly one well-formed answer, in order, the
+daemon never dies, and afterwards a valid message is answered AA."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
+
+from hl7_alerts.messages import split_file
+from hl7_alerts.mllp import NEED_DATA, Frame, Framer, Oversize, frame
+
+FRAMES = 100_000
+CONNECTIONS = 8
+SEED = 20261125
+TIME_LIMIT = 150.0  # seconds, a ceiling for slow shared CI machines; typically far less
+CLI = [sys.executable, "-m", "hl7_alerts"]
+CODES = {"AA", "AE", "AR", "CA", "CE", "CR"}
+SPICE = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\r\n", b"\x0b", b"\x1c", b"\x00", b"\xff", b"\xc3", b"MSH|", b"PID|"]
+
+
+def seeds() -> list[bytes]:
+    messages = [m for path in sorted(SAMPLES.glob("*.hl7")) for m in split_file(path.read_bytes())]
+    messages.append(b"MSH|^~\\&|A|B|C|D|20261020||ADT^A08|ADT1|P|2.3|||NE|AL|||8859/1\rPID|1||H5^^^X^MR||M\xfcller\r")
+    messages.append(b"\xef\xbb\xbfMSH#$%*@#A#B#C#D#20261020##ADT$A01#ADT2#P#2.5\rPID#1##H6$$$X$MR\r")
+    return messages
+
+
+def personalise(message: bytes, n: int) -> bytes:
+    """A control ID and a patient of its own for frame ``n``, as on a real
+    feed: the fuzz is for the listener, not for one patient with 100,000
+    results under one reused control ID."""
+    bom = b"\xef\xbb\xbf" if message.startswith(b"\xef\xbb\xbf") else b""
+    msh, sep, rest = message.removeprefix(bom).partition(b"\r")
+    fs = msh[3:4]
+    fields = msh.split(fs)
+    fields[9] = b"FZ%d" % n
+    return (bom + fs.join(fields) + sep + rest).replace(b"H0", b"F%d-" % n)
+
+
+def mutate(rng: random.Random, message: bytes, pool: list[bytes]) -> bytes:
+    data = bytearray(message)
+    for _ in range(rng.randint(1, 4)):
+        if not data:
+            data += rng.choice(pool)
+        kind = rng.randrange(7)
+        at = rng.randrange(len(data))
+        if kind == 0:
+            data[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[at:at] = rng.choice(SPICE)
+        elif kind == 2:
+            del data[at : at + rng.randint(1, 40)]
+        elif kind == 3:
+            span = data[at : at + rng.randint(1, 60)]
+            data[at:at] = span * rng.randint(1, 3)
+        elif kind == 4:
+            del data[at:]
+        elif kind == 5:
+            other = rng.choice(pool)
+            cut = rng.randrange(len(other))
+            data[at:] = other[cut:]
+        else:
+            data[at : at + 1] = bytes([rng.randrange(256)])
+    return bytes(data)
+
+
+def expected_answers(stream: bytes) -> int:
+    """How many frames (over-size ones included) the listener will see."""
+    framer = Framer()
+    framer.feed(stream)
+    count = 0
+    while (event := framer.next_event()) is not NEED_DATA:
+        count += isinstance(event, Frame | Oversize)
+    return count
+
+
+async def lane(port: int, stream: bytes, expected: int) -> int:
+    client = await AsyncMllpClient.connect(port)
+
+    async def write() -> None:
+        for i in range(0, len(stream), 256 * 1024):
+            await client.send_raw(stream[i : i + 256 * 1024])
+
+    writer = asyncio.create_task(write())
+    answered = 0
+    try:
+        while answered < expected:
+            ack = await client.receive(timeout=30)
+            assert ack.startswith(b"MSH"), ack[:40]
+            assert ack_fields(ack)["code"] in CODES, ack
+            answered += 1
+        await writer
+    finally:
+        writer.cancel()
+        await client.close()
+    return answered
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Iterator[Path]:
+    """The store on tmpfs when there is one: this test is about the listener,
+    and fsync on a shared CI disk would measure the disk instead."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="hl7-alerts-fuzz-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
+    tmp_path: Path, store_dir: Path, broker: Broker, prefix: str
+) -> None:
+    rng = random.Random(SEED)
+    pool = seeds()
+    streams = [bytearray() for _ in range(CONNECTIONS)]
+    for n in range(FRAMES):
+        seed = personalise(rng.choice(pool), n)
+        streams[n % CONNECTIONS] += frame(mutate(rng, seed, pool))
+    expected = [expected_answers(bytes(s)) for s in streams]
+    # A real `hl7-alerts serve` (its own process, so the sender does not
+    # share its core), logging errors only: 100,000 rejections would
+    # otherwise be 100,000 warnings.
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mllp:\n  port: {port}\nstore:\n  path: {store_dir / 'store.sqlite3'}\n"
+        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
+        "logging:\n  level: error\n  format: json\n"
+    )
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        daemon = await asyncio.create_subprocess_exec(*CLI, "serve", "--config", str(config), stdout=log, stderr=log)
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
+        )
+        started = time.monotonic()
+        async with asyncio.timeout(TIME_LIMIT):
+            answered = await asyncio.gather(*(lane(port, bytes(s), e) for s, e in zip(streams, expected, strict=True)))
+        elapsed = time.monotonic() - started
+        assert answered == expected
+        assert sum(expected) >= FRAMES * 0.95  # stray VT/FS bytes merge or split a few frames
+        assert daemon.returncode is None, log_path.read_text()[-2000:]
+        client = await AsyncMllpClient.connect(port)
+        valid = split_file((SAMPLES / "05_no_thiopurine_high_enzymes.hl7").read_bytes())[0]
+        ack = ack_fields(await client.send(valid.replace(b"|LAB0003|", b"|AFTERFUZZ|")))
+        await client.close()
+        assert (ack["code"], ack["control_id"]) == ("AA", "AFTERFUZZ")
+        daemon.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            assert await daemon.wait() == 0
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    assert "Traceback" not in log_path.read_text()
+    print(f"fuzz: {sum(expected)} frames answered in {elapsed:.1f}s")

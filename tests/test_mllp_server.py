@@ -1,0 +1,353 @@
+"""The listener as an interface engine meets it: limits, timeouts, the
+allowlist, TLS and mutual TLS, charsets, the ACK codes, all over real sockets
+against the daemon on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import sqlite3
+import ssl
+from pathlib import Path
+
+import pytest
+from certs import Authority
+from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, make_config, running
+
+from hl7_alerts.config import ConfigError, parse_config
+from hl7_alerts.mllp import frame, peer_allowed
+from hl7_alerts.store import StoreError
+
+ORU = (
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020093000||ORU^R01|{id}|P|2.5.1{msh_tail}\r"
+    b"PID|1||H9^^^GENHOSP^MR||TESTPATIENT^{name}\r"
+    b"OBR|1|O1|S1|24325-3^Hepatic function panel^LN|||20261020080000\r"
+    b"OBX|1|NM|1742-6^ALT^LN||30|U/L|7-56|N|||F\r"
+)
+
+
+def oru(control_id: str, *, msh_tail: bytes = b"", name: bytes = b"ECHO") -> bytes:
+    return ORU.replace(b"{id}", control_id.encode()).replace(b"{msh_tail}", msh_tail).replace(b"{name}", name)
+
+
+async def closed_by_server(client: AsyncMllpClient, timeout: float = WAIT) -> bool:
+    """True once the server has closed the connection (EOF or reset)."""
+    try:
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(ConnectionError):
+                while await client.reader.read(65536):
+                    pass
+    finally:
+        await client.close()
+    return True
+
+
+# -- limits -----------------------------------------------------------------
+
+
+async def test_oversize_frame_gets_ar_then_the_connection_goes_on(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix, mllp={"max_message_bytes": 2048})
+    big = oru("BIG1") + b"NTE|1||" + b"x" * 100_000 + b"\r"
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        nak = ack_fields(await client.send(big))
+        assert (nak["code"], nak["control_id"]) == ("AR", "BIG1")
+        assert "exceeds the limit of 2048 bytes" in nak["text"]
+        assert nak["MSH"].startswith("MSH|^~\\&|HL7ALERTS|ICU|LAB|GENHOSP|")
+        # No readable MSH: still one answer, with nothing to echo.
+        nameless = ack_fields(await client.send(b"x" * 5000))
+        assert (nameless["code"], nameless["control_id"]) == ("AR", "")
+        # The framer dropped the rest of both frames; the next one is answered.
+        ok = ack_fields(await client.send(oru("SMALL1")))
+        assert (ok["code"], ok["control_id"]) == ("AA", "SMALL1")
+        await client.close()
+
+
+async def test_idle_connection_is_closed(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix, mllp={"idle_timeout_seconds": 0.3})
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        assert ack_fields(await client.send(oru("IDLE1")))["code"] == "AA"
+        assert await closed_by_server(client, timeout=5)
+
+
+async def test_frame_that_never_completes_hits_the_read_timeout(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(
+        tmp_path, broker.port, prefix, mllp={"idle_timeout_seconds": 60, "read_timeout_seconds": 0.3}
+    )
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.send_raw(b"\x0b" + oru("SLOW1")[:40])
+        assert await closed_by_server(client, timeout=5)
+        assert loop.time() - started < 5  # the read timeout, not the 60 s idle timeout
+        # A sender that trickles bytes does not extend it either.
+        client = await AsyncMllpClient.connect(daemon.port)
+        started = loop.time()
+        await client.send_raw(b"\x0bMSH|")
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while True:
+                    await client.send_raw(b"x")
+                    await asyncio.sleep(0.05)  # the slow sender's pace, not a wait for a condition
+
+        trickler = asyncio.create_task(trickle())
+        assert await closed_by_server(client, timeout=5)
+        trickler.cancel()
+        assert loop.time() - started < 5
+
+
+async def test_connections_beyond_the_maximum_are_refused(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix, mllp={"max_connections": 2})
+    async with running(config) as daemon:
+        first, second = [await AsyncMllpClient.connect(daemon.port) for _ in range(2)]
+        for n, client in enumerate((first, second)):
+            assert ack_fields(await client.send(oru(f"MAX{n}")))["code"] == "AA"
+        third = await AsyncMllpClient.connect(daemon.port)
+        assert await closed_by_server(third)
+        await first.close()
+        # A freed slot is usable again.
+        fourth = await AsyncMllpClient.connect(daemon.port)
+        for attempt in range(50):
+            try:
+                assert ack_fields(await fourth.send(oru("MAX3")))["code"] == "AA"
+                break
+            except ConnectionError:
+                # The server had not yet noticed the first close: reconnect.
+                fourth = await AsyncMllpClient.connect(daemon.port)
+                await asyncio.sleep(0.02 * attempt)
+        await second.close()
+        await fourth.close()
+
+
+# -- allowlist and TLS --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "allow", "allowed"),
+    [
+        pytest.param("127.0.0.1", (), True, id="empty-allows-all"),
+        pytest.param("10.1.2.3", ("10.1.0.0/16",), True, id="inside"),
+        pytest.param("10.2.0.1", ("10.1.0.0/16",), False, id="outside"),
+        pytest.param("::ffff:10.1.0.9", ("10.1.0.0/16",), True, id="v4-mapped"),
+        pytest.param("fe80::1%eth0", ("fe80::/10",), True, id="v6-scoped"),
+        pytest.param("not-an-ip", ("0.0.0.0/0",), False, id="garbage"),
+    ],
+)
+def test_peer_allowed(host: str, allow: tuple[str, ...], allowed: bool) -> None:
+    assert peer_allowed(host, tuple(ipaddress.ip_network(a) for a in allow)) is allowed
+
+
+async def test_peer_outside_the_allowlist_is_disconnected(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix, mllp={"allow": ["10.0.0.0/8", "192.168.0.0/16"]})
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        await client.send_raw(frame(oru("DENIED1")))
+        assert await closed_by_server(client)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    allowed = make_config(tmp_path / "ok", broker.port, prefix, mllp={"allow": ["127.0.0.0/8"]})
+    async with running(allowed) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        assert ack_fields(await client.send(oru("ALLOWED1")))["code"] == "AA"
+        await client.close()
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+async def tls_refused(port: int, context: ssl.SSLContext) -> bool:
+    """True when the server refuses the TLS session, during the handshake or
+    (TLS 1.3 checks the client certificate after it) on the first exchange."""
+    try:
+        client = await AsyncMllpClient.connect(port, tls=context)
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+    try:
+        await client.send(oru("TLSX"), timeout=5)
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+    finally:
+        with contextlib.suppress(ssl.SSLError, ConnectionError, OSError):
+            await client.close()
+    return False
+
+
+async def test_mutual_tls(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    ca = Authority(tmp_path)
+    server = ca.issue("server", server=True)
+    good = ca.issue("good-client", server=False)
+    rogue_ca = Authority(tmp_path, "rogue CA")
+    rogue = rogue_ca.issue("rogue-client", server=False)
+    config = make_config(
+        tmp_path, broker.port, prefix,
+        mllp={"tls": {"cert": str(server.cert), "key": str(server.key), "client_ca": str(ca.ca_path)}},
+    )
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port, tls=client_context(ca.ca_path, good.cert, good.key))
+        ack = ack_fields(await client.send(oru("TLS1")))
+        assert (ack["code"], ack["control_id"]) == ("AA", "TLS1")
+        await client.close()
+        assert await tls_refused(daemon.port, client_context(ca.ca_path))  # no client certificate
+        assert await tls_refused(daemon.port, client_context(ca.ca_path, rogue.cert, rogue.key))
+        # Plain MLLP to a TLS listener gets nothing and is closed.
+        plain = await AsyncMllpClient.connect(daemon.port)
+        await plain.send_raw(frame(oru("PLAIN1")))
+        assert await closed_by_server(plain)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        assert db.execute("SELECT control_id FROM messages").fetchall() == [("TLS1",)]
+
+
+async def test_tls_without_client_certificates(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    ca = Authority(tmp_path)
+    server = ca.issue("server", server=True)
+    config = make_config(tmp_path, broker.port, prefix, mllp={"tls": {"cert": str(server.cert), "key": str(server.key)}})
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port, tls=client_context(ca.ca_path))
+        assert ack_fields(await client.send(oru("TLS2")))["code"] == "AA"
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("mllp", "expected"),
+    [
+        pytest.param({"tls": {"cert": "a.crt"}}, "mllp.tls.key is required", id="cert-without-key"),
+        pytest.param({"tls": {"key": "a.key"}}, "mllp.tls.cert is required", id="key-without-cert"),
+        pytest.param({"tls": {"client_ca": "ca.crt"}}, "mllp.tls.client_ca needs", id="ca-without-tls"),
+        pytest.param({"tls": {"cert": "missing.crt", "key": "missing.key"}}, "mllp.tls.cert: no such file", id="missing-file"),
+        pytest.param({"allow": ["10.0.0.0/8", "ten"]}, "mllp.allow.1:", id="bad-network"),
+        pytest.param({"read_timeout_seconds": 0}, "mllp.read_timeout_seconds:", id="read-timeout"),
+        pytest.param({"tls": {"certificate": "x"}}, "mllp.tls.certificate: unknown key", id="typo"),
+    ],
+)
+def test_listener_config_errors_name_the_key(tmp_path: Path, mllp: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(json.dumps({"mllp": mllp}), source="site.yaml", base_dir=tmp_path)
+    assert expected in str(info.value)
+
+
+def test_unloadable_certificate_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a.crt").write_text("not a certificate")
+    (tmp_path / "a.key").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"site.yaml:3: mllp.tls: cannot load"):
+        parse_config("mllp:\n  tls:\n    cert: a.crt\n    key: a.key\n", source="site.yaml", base_dir=tmp_path)
+
+
+# -- framing, charsets and ACK codes over the wire ------------------------------
+
+
+async def test_framing_tolerance_over_the_wire(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    lf = oru("LF1").replace(b"\r", b"\n")
+    crlf = oru("CRLF1").replace(b"\r", b"\r\n")
+    stream = (
+        b"junk before any frame\r\n"
+        + b"\x0b" + lf + b"\x1c"  # no CR after FS
+        + frame(crlf)
+        + b"\x0bMSH|^~\\&|half a frame, abandoned"  # a start block inside an unfinished frame
+        + frame(oru("AFTER1"))
+    )
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        for i in range(0, len(stream), 7):  # split across many reads
+            await client.send_raw(stream[i : i + 7])
+        acks = [ack_fields(await client.receive()) for _ in range(3)]
+        await client.close()
+    assert [(a["code"], a["control_id"]) for a in acks] == [("AA", "LF1"), ("AA", "CRLF1"), ("AA", "AFTER1")]
+
+
+async def test_non_ascii_bytes_never_cost_a_message(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    messages = {
+        "CS1": oru("CS1", name=b"M\xfcller"),  # cp1252 byte, no MSH-18: the fallback decodes it
+        "CS2": oru("CS2", msh_tail=b"||||||8859/1", name=b"M\xfcller"),
+        "CS3": oru("CS3", msh_tail=b"||||||UNICODE UTF-8", name="Müller".encode()),
+        "CS4": oru("CS4", msh_tail=b"||||||UNICODE UTF-8", name=b"M\xfc\xffller"),  # lies: fallback
+        "CS5": b"\xef\xbb\xbf" + oru("CS5", name="Müller".encode()),  # UTF-8 BOM
+        "CS6": oru("CS6", msh_tail=b"||||||ASCII", name=b"M\x81\x8dller"),  # undefined in cp1252 too
+    }
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        acks = {cid: ack_fields(await client.send(raw)) for cid, raw in messages.items()}
+        await client.close()
+    assert {cid: (a["code"], a["control_id"]) for cid, a in acks.items()} == {cid: ("AA", cid) for cid in messages}
+
+
+@pytest.mark.parametrize(
+    ("msh_tail", "code"),
+    [
+        pytest.param(b"", "AA", id="original-mode"),
+        pytest.param(b"|||AL|NE", "CA", id="AL-NE-commit"),
+        pytest.param(b"|||AL|AL", "CA", id="AL-AL-commit"),
+        pytest.param(b"|||ER|AL", "CA", id="ER-still-answered"),
+        pytest.param(b"|||SU|NE", "CA", id="SU-still-answered"),
+        pytest.param(b"|||NE|AL", "AA", id="NE-AL-application-ack"),
+        pytest.param(b"|||NE|NE", "CA", id="NE-NE-still-answered"),
+    ],
+)
+async def test_msh15_msh16_choose_the_answer_and_we_always_answer(
+    tmp_path: Path, broker: Broker, prefix: str, msh_tail: bytes, code: str
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        ack = ack_fields(await client.send(oru("MODE1", msh_tail=msh_tail)))
+        await client.close()
+    assert (ack["code"], ack["control_id"]) == (code, "MODE1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "err"),
+    [
+        pytest.param(oru("E1").replace(b"ORU^R01", b"OR!^R01"), "AR", "ERR||MSH^1^9|200^", id="malformed-msh9"),
+        pytest.param(oru("E2").replace(b"ORU^R01", b""), "AR", "ERR||MSH^1^9|200^", id="empty-msh9"),
+        pytest.param(oru("E3").replace(b"|2.5.1", b"|2."), "AR", "ERR|MSH^1^12^203&", id="malformed-version"),
+        pytest.param(oru("E4").replace(b"|2.5.1", b"|3.0"), "AR", "ERR||MSH^1^12|203^", id="unsupported-version"),
+        pytest.param(oru("E5").replace(b"|P|", b"|X|"), "AR", "ERR||MSH^1^11|202^", id="processing-id"),
+        pytest.param(oru("E6").replace(b"|NM|", b"|NM|").replace(b"|N|||F", b"|N|||Q"), "AE", "ERR||OBX^1^11|103^", id="bad-obx11"),
+        pytest.param(oru("E7").replace(b"^~\\&", b"^&&^"), "AE", "ERR||MSH^1^2|102^", id="repeated-delimiter"),
+        pytest.param(oru("E8").replace(b"^~\\&", b"~\\&"), "AE", "ERR||MSH^1^2|102^", id="three-encoding-chars"),
+    ],
+)
+async def test_nak_codes_with_err_and_echo(
+    tmp_path: Path, broker: Broker, prefix: str, raw: bytes, code: str, err: str
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    control_id = raw.split(b"|")[9].decode()
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        ack = ack_fields(await client.send(raw))
+        await client.close()
+    assert (ack["code"], ack["control_id"]) == (code, control_id)
+    assert ack["ERR"].startswith(err), ack["ERR"]
+    assert ack["MSH"].startswith("MSH|^~\\&|HL7ALERTS|ICU|LAB|GENHOSP|")
+
+
+class FailingStore:
+    """Stands in for the store the handler writes to: every unit of work
+    fails the way a full or vanished disk does."""
+
+    async def transact(self, unit: object) -> None:
+        raise StoreError("disk I/O error")
+
+
+async def test_store_failure_is_ar_so_the_sender_resends(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        daemon.daemon.store = FailingStore()  # type: ignore[assignment]
+        client = await AsyncMllpClient.connect(daemon.port)
+        ack = ack_fields(await client.send(oru("ST1")))
+        nak = ack_fields(await client.send(oru("ST2").replace(b"|P|", b"|X|")))  # a reject that cannot be kept
+        await client.close()
+    assert (ack["code"], ack["control_id"]) == ("AR", "ST1")
+    assert ack["ERR"].startswith("ERR|||207^Application internal error^HL70357|E||||disk I/O error")
+    assert (nak["code"], nak["control_id"]) == ("AR", "ST2")
+    assert "store unavailable" in nak["text"]
