@@ -24,6 +24,7 @@ from hl7_alerts.model import (
     OrderMessage,
     PatientContext,
     PatientDemographics,
+    PatientKey,
     ResultMessage,
 )
 from hl7_alerts.orders import apply_event
@@ -105,9 +106,9 @@ def _evaluate(
     tx: Transaction, message: ResultMessage, *, received_at: datetime, settings: PipelineSettings
 ) -> list[AlertChange]:
     patient = message.patient
-    orders = tx.patient_orders(patient)
-    if not any(o.ingredient in settings.rules.thiopurines for o in orders):
+    if not has_thiopurine_order(tx, message.patient, settings):
         return []  # every rule needs a thiopurine order, current or past
+    orders = tx.patient_orders(patient)
     earliest = min(o.observed_at for o in message.observations) if message.observations else received_at
     ctx = PatientContext(
         patient=patient,
@@ -128,6 +129,13 @@ def _evaluate(
     for change in changes:
         enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
     return changes
+
+
+def has_thiopurine_order(tx: Transaction, patient: PatientKey, settings: PipelineSettings) -> bool:
+    """Whether the patient has, or had, a thiopurine order: from the store's
+    in-memory index, so most results (patients on no thiopurine) cost only
+    their write. Their results stay on file for rules an order triggers later."""
+    return not tx.ordered_ingredients(patient).isdisjoint(settings.rules.thiopurines)
 
 
 def enqueue_change(
