@@ -60,6 +60,13 @@ def port_open(port: int) -> bool:
     return False
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far: unlike messages/s,
+    CPU per message barely moves when other work shares the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
     out = {}
@@ -133,13 +140,19 @@ class Server:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env}
             )
-        wait_until(lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None, 30, self.name)
+        wait_until(
+            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None, 30, self.name
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited at start-up; see {log_path}")
 
     def memory(self) -> dict[str, int]:
         assert self.proc is not None
         return proc_memory(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return proc_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -152,11 +165,32 @@ class Server:
         self.proc = None
 
 
-def load(port: int, *, count: int, start: int = 0, rate: float | None = None, connections: int,
-         orders: bool = False, run_id: str) -> dict[str, Any]:
+def load(
+    port: int,
+    *,
+    count: int,
+    start: int = 0,
+    rate: float | None = None,
+    connections: int,
+    orders: bool = False,
+    run_id: str,
+) -> dict[str, Any]:
     """Run the load client in its own process; return its JSON report."""
-    argv = [sys.executable, "-m", "bench.load", "--port", str(port), "--connections", str(connections),
-            "--start", str(start), "--count", str(count), "--run-id", run_id]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--port",
+        str(port),
+        "--connections",
+        str(connections),
+        "--start",
+        str(start),
+        "--count",
+        str(count),
+        "--run-id",
+        run_id,
+    ]
     if rate:
         argv += ["--rate", str(rate)]
     if orders:
@@ -183,23 +217,33 @@ def daemon_server(work: Path, broker_port: int, log_level: str) -> Server:
     return Server("hl7-alerts", [sys.executable, "-m", "hl7_alerts", "serve", "--config", str(config)], port)
 
 
-def measure(server: Server, work: Path, args: argparse.Namespace, alerts: AlertCounter | None) -> dict[str, Any]:
+def measure(
+    server: Server, work: Path, args: argparse.Namespace, alerts: AlertCounter | None
+) -> dict[str, Any]:
     run_id = f"{server.name[:3].upper()}{int(time.time()) % 100000}"
     server.start(work / f"{server.name}.log")
     try:
         result: dict[str, Any] = {"server": server.name}
         load(server.port, count=0, orders=True, connections=args.connections, run_id=run_id)
+        cpu_start = server.cpu_seconds()
         t_start = time.monotonic()
         sat = load(server.port, count=args.messages, connections=args.connections, run_id=run_id)
         t_end = time.monotonic()
+        sat["server_cpu_us_per_message"] = round((server.cpu_seconds() - cpu_start) / args.messages * 1e6, 1)
         result["saturation"] = sat
         if alerts is not None:
             during = alerts.between(t_start, t_end)
             result["alerts_during_saturation"] = during
             result["alerts_per_second"] = round(during / (t_end - t_start), 1)
         paced_count = int(args.rate * args.paced_seconds)
-        result["paced"] = load(server.port, count=paced_count, start=args.messages, rate=args.rate,
-                               connections=args.connections, run_id=run_id)
+        result["paced"] = load(
+            server.port,
+            count=paced_count,
+            start=args.messages,
+            rate=args.rate,
+            connections=args.connections,
+            run_id=run_id,
+        )
         if alerts is not None:
             # Let the outbox drain: wait until no alert has arrived for a second.
             deadline = time.monotonic() + 60
@@ -227,10 +271,19 @@ def measure_long(server: Server, work: Path, args: argparse.Namespace) -> dict[s
             report = load(server.port, count=chunk, start=sent, connections=args.connections, run_id=run_id)
             sent += chunk
             mem = server.memory()
-            points.append({"messages": sent, "rss_kib": mem["VmRSS"], "peak_kib": mem["VmHWM"],
-                           "messages_per_second": report["messages_per_second"]})
-            print(f"  {sent:>9,} messages  RSS {mem['VmRSS'] / 1024:7.1f} MiB  "
-                  f"{report['messages_per_second']:8.0f} msg/s", flush=True)
+            points.append(
+                {
+                    "messages": sent,
+                    "rss_kib": mem["VmRSS"],
+                    "peak_kib": mem["VmHWM"],
+                    "messages_per_second": report["messages_per_second"],
+                }
+            )
+            print(
+                f"  {sent:>9,} messages  RSS {mem['VmRSS'] / 1024:7.1f} MiB  "
+                f"{report['messages_per_second']:8.0f} msg/s",
+                flush=True,
+            )
         first = points[0]["rss_kib"]
         last = points[-1]["rss_kib"]
         return {"points": points, "rss_growth_percent": round(100 * (last - first) / first, 1)}
@@ -240,14 +293,15 @@ def measure_long(server: Server, work: Path, args: argparse.Namespace) -> dict[s
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = [
-        f"{'server':<12} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7}   "
+        f"{'server':<12} {'msg/s':>8} {'CPU µs/msg':>10} {'p50 ms':>7} {'p99 ms':>7}   "
         f"{'@' + format(args.rate, 'g') + '/s p50':>10} {'p99':>6}  {'alerts/s':>8} {'peak RSS':>9}"
     ]
     for r in results:
         sat, paced = r["saturation"], r["paced"]
         alerts = r.get("alerts_per_second")
         rows.append(
-            f"{r['server']:<12} {sat['messages_per_second']:>8.0f} {sat['latency_ms']['p50']:>7.2f} "
+            f"{r['server']:<12} {sat['messages_per_second']:>8.0f} {sat['server_cpu_us_per_message']:>10.0f} "
+            f"{sat['latency_ms']['p50']:>7.2f} "
             f"{sat['latency_ms']['p99']:>7.2f}   {paced['latency_ms']['p50']:>10.2f} "
             f"{paced['latency_ms']['p99']:>6.2f}  {'-' if alerts is None else format(alerts, '.1f'):>8} "
             f"{r['memory_kib']['VmHWM'] / 1024:>7.1f}Mi"
@@ -277,8 +331,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "argv": sys.argv if argv is None else ["bench.run", *argv],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average": os.getloadavg(),
+        },
         "results": [],
     }
     wanted = args.servers.split(",")
@@ -288,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         broker_dir.mkdir()
         with mosquitto(broker_dir) as broker_port:
             if args.long:
-                print(f"long run: daemon, RSS every 100,000 messages up to {args.long_messages:,}", flush=True)
+                print(
+                    f"long run: daemon, RSS every 100,000 messages up to {args.long_messages:,}", flush=True
+                )
                 report["long"] = measure_long(daemon_server(work, broker_port, args.log_level), work, args)
             else:
                 if "hl7-alerts" in wanted:
@@ -300,27 +360,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         alerts.close()
                 if "python-hl7" in wanted:
                     port = free_port()
-                    server = Server("python-hl7", [sys.executable, "-m", "bench.servers", "hl7", "--port",
-                                                   str(port)], port)
+                    server = Server(
+                        "python-hl7",
+                        [sys.executable, "-m", "bench.servers", "hl7", "--port", str(port)],
+                        port,
+                    )
                     report["results"].append(measure(server, work, args, None))
                 if "bare" in wanted:
                     port = free_port()
-                    server = Server("bare", [sys.executable, "-m", "bench.servers", "bare", "--port", str(port)],
-                                    port)
+                    server = Server(
+                        "bare", [sys.executable, "-m", "bench.servers", "bare", "--port", str(port)], port
+                    )
                     report["results"].append(measure(server, work, args, None))
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     by_name = {r["server"]: r["saturation"]["messages_per_second"] for r in report["results"]}
     if "hl7-alerts" in by_name:
         ours = by_name["hl7-alerts"]
         report["ratios"] = {
-            f"hl7-alerts/{name}": round(ours / rate, 2) for name, rate in by_name.items() if name != "hl7-alerts"
+            f"hl7-alerts/{name}": round(ours / rate, 2)
+            for name, rate in by_name.items()
+            if name != "hl7-alerts"
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if report["results"]:
-        print(f"{args.messages:,} messages at saturation over {args.connections} connections; "
-              f"paced run {args.paced_seconds:g} s at {args.rate:g} msg/s "
-              f"(latency from the scheduled send time)")
+        print(
+            f"{args.messages:,} messages at saturation over {args.connections} connections; "
+            f"paced run {args.paced_seconds:g} s at {args.rate:g} msg/s "
+            f"(latency from the scheduled send time)"
+        )
         print(table(report["results"], args))
         for name, ratio in report.get("ratios", {}).items():
             print(f"{name}: {ratio}x")
