@@ -22,6 +22,7 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,13 @@ def port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
         return True
     return False
+
+
+def outbox_delivered(store: Path) -> float:
+    """Outbox rows the daemon has committed, or infinity while any is undelivered."""
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as db:
+        total, pending = db.execute("SELECT count(*), count(*) - count(delivered_at) FROM outbox").fetchone()
+    return float("inf") if pending else float(total)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -245,12 +253,10 @@ def measure(
             run_id=run_id,
         )
         if alerts is not None:
-            # Let the outbox drain: wait until no alert has arrived for a second.
-            deadline = time.monotonic() + 60
-            last = -1
-            while time.monotonic() < deadline and alerts.count() != last:
-                last = alerts.count()
-                time.sleep(1.0)
+            # Every alert the daemon committed is an outbox row: wait until the
+            # publisher has delivered them all and the subscriber has them.
+            store = work / "store.sqlite3"
+            wait_until(lambda: outbox_delivered(store) <= alerts.count(), 120, "the outbox to drain")
             result["alerts_total"] = alerts.count()
         result["memory_kib"] = server.memory()
         return result
