@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -62,10 +61,6 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
-        # The store's writer thread comes back from each COMMIT's fsync needing
-        # the GIL; with the default 5 ms switch interval it waits behind the
-        # event loop's parsing, and every ACK behind it waits too (bench/).
-        sys.setswitchinterval(0.0005)
         store = await SqliteStore.open(cfg.store.path)
         self.store = store
         try:
