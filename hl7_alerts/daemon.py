@@ -433,7 +433,9 @@ class Daemon:
                         error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
                     )
                 self.metrics.alert_changes(outcome.changes)
-                log.info(
+                # Debug, not info: one JSON line per message was a tenth of the
+                # daemon's CPU at load (bench/). Rejections and warnings stay.
+                log.debug(
                     "message_processed",
                     ack=str(outcome.ack_code),
                     duplicate=outcome.duplicate,

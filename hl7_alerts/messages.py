@@ -203,12 +203,50 @@ class Segment:
 
     def get(self, n: int, component: int = 1, subcomponent: int = 1) -> str:
         """Field n, component, subcomponent of the first repetition, unescaped."""
+        # The hot path of the reader (dozens of calls per message): one call,
+        # C-level partitions, no intermediate lists for the first component.
+        fields = self.fields
+        index = n - 1 if self.name == "MSH" else n
+        if index < 2 and (index < 1 or self.name == "MSH"):
+            raw = self.raw(n)
+            if not raw or self.name == "MSH":
+                return raw
+            return component_of(raw.split(self.delims.repetition, 1)[0], self.delims, component, subcomponent)
+        if index >= len(fields):
+            return ""
+        d = self.delims
+        value = fields[index].partition(d.repetition)[0]
+        if not value:
+            return ""
+        if component == 1:
+            value = value.partition(d.component)[0]
+        else:
+            parts = value.split(d.component)
+            if component > len(parts):
+                return ""
+            value = parts[component - 1]
+        if subcomponent == 1:
+            value = value.partition(d.subcomponent)[0]
+        else:
+            subs = value.split(d.subcomponent)
+            if subcomponent > len(subs):
+                return ""
+            value = subs[subcomponent - 1]
+        return unescape(value, d) if d.escape in value else value
+
+    def components(self, n: int) -> list[str]:
+        """Every component of field n's first repetition (first subcomponent,
+        unescaped): ``components(n)[k - 1] == get(n, k)`` wherever ``get``
+        has a value. One split for fields the mapping reads several parts of."""
+        if n < 3 and self.name == "MSH":
+            return [self.get(n)]
         raw = self.raw(n)
         if not raw:
-            return ""
-        if self.name == "MSH" and n in (1, 2):
-            return raw
-        return component_of(raw.split(self.delims.repetition, 1)[0], self.delims, component, subcomponent)
+            return []
+        d = self.delims
+        parts = [c.partition(d.subcomponent)[0] for c in raw.partition(d.repetition)[0].split(d.component)]
+        esc = d.escape
+        return [unescape(c, d) if esc in c else c for c in parts]
 
     def text(self, n: int) -> str:
         """Field n, first repetition, all components joined back as text."""
@@ -545,19 +583,27 @@ def _person_name(family: str, given: str) -> str:
 def read_observations(
     segments: list[Segment], header: Header, options: ParseOptions
 ) -> Iterator[Observation]:
-    obr: Segment | None = None
+    panel = _Panel(None, None, "")
     obx_count = 0
     for seg in segments:
         if seg.name == "OBR":
-            obr = seg
+            specimen = seg.get(3).strip() or seg.get(2).strip()
+            panel = _Panel(seg, parse_dtm(seg.get(7), options.timezone), specimen)
         elif seg.name == "OBX":
             obx_count += 1
-            yield _observation(seg, obr, header, options, obx_count)
+            yield _observation(seg, panel, header, options, obx_count)
 
 
-def _observation(
-    obx: Segment, obr: Segment | None, header: Header, options: ParseOptions, seq: int
-) -> Observation:
+@dataclass(frozen=True, slots=True)
+class _Panel:
+    """What every OBX under one OBR takes from it, read once per OBR."""
+
+    obr: Segment | None
+    observed_at: datetime | None  # OBR-7
+    specimen_id: str  # OBR-3, else OBR-2
+
+
+def _observation(obx: Segment, panel: _Panel, header: Header, options: ParseOptions, seq: int) -> Observation:
     d = obx.delims
     value_type = obx.get(2).strip().upper()
     status_text = obx.get(11).strip().upper()
@@ -571,17 +617,14 @@ def _observation(
             11,
             seq,
         ) from None
-    observed_at = (
-        parse_dtm(obx.get(14), options.timezone)
-        or (parse_dtm(obr.get(7), options.timezone) if obr is not None else None)
-        or header.message_time
-    )
+    observed_at = parse_dtm(obx.get(14), options.timezone) or panel.observed_at or header.message_time
     if observed_at is None:
         raise _content_error(
             "no observation time in OBX-14, OBR-7 or MSH-7", ErrorCode.REQUIRED_FIELD_MISSING, "OBX", 14, seq
         )
-    code, system = obx.get(3, 1).strip(), obx.get(3, 3).strip()
-    alt_code, alt_system = obx.get(3, 4).strip(), obx.get(3, 6).strip()
+    identifier = [c.strip() for c in obx.components(3)] + [""] * 6
+    code, text, system = identifier[0], identifier[1], identifier[2]
+    alt_code, alt_system = identifier[3], identifier[5]
     raw_value = obx.raw(5).split(d.repetition, 1)[0] if obx.raw(5) else ""
     if value_type == "SN":
         value_text = unescape(raw_value, d)
@@ -597,15 +640,13 @@ def _observation(
         )
     ref_text = obx.text(7)
     rng = parse_range(ref_text)
-    unit = obx.get(6, 1).strip() or obx.get(6, 2).strip()
-    specimen = ""
-    if obr is not None:
-        specimen = obr.get(3).strip() or obr.get(2).strip()
+    units = obx.components(6)
+    unit = (units[0].strip() if units else "") or (units[1].strip() if len(units) > 1 else "")
     return Observation(
         analyte=options.terminology.analyte(((code, system), (alt_code, alt_system))),
         code=code,
         code_system=system,
-        text=obx.get(3, 2).strip(),
+        text=text,
         value_type=value_type,
         value_text=value_text,
         value=value,
@@ -617,7 +658,7 @@ def _observation(
         flag=obx.get(8).strip().upper(),
         status=status,
         observed_at=observed_at,
-        specimen_id=specimen,
+        specimen_id=panel.specimen_id,
         set_id=obx.get(1).strip(),
     )
 

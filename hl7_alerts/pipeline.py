@@ -172,9 +172,9 @@ def _evaluate(
     tx: Transaction, message: ResultMessage, *, received_at: datetime, settings: PipelineSettings
 ) -> list[AlertChange]:
     patient = message.patient
-    orders = tx.patient_orders(patient)
-    if not any(o.ingredient in settings.rules.thiopurines for o in orders):
+    if not has_thiopurine_order(tx, message.patient, settings):
         return []  # every rule needs a thiopurine order, current or past
+    orders = tx.patient_orders(patient)
     earliest = min(o.observed_at for o in message.observations) if message.observations else received_at
     ctx = _context(tx, patient, orders, message.demographics, earliest=earliest, settings=settings)
     assessment = assess(ctx, message.observations, settings.rules)
@@ -250,6 +250,13 @@ def _resolved_at(ctx: PatientContext) -> dict[str, datetime]:
         if not a.open and (a.rule not in out or a.evidence_at > out[a.rule]):
             out[a.rule] = a.evidence_at
     return out
+
+
+def has_thiopurine_order(tx: Transaction, patient: PatientKey, settings: PipelineSettings) -> bool:
+    """Whether the patient has, or had, a thiopurine order: from the store's
+    in-memory index, so most results (patients on no thiopurine) cost only
+    their write. Their results stay on file for rules an order triggers later."""
+    return not tx.ordered_ingredients(patient).isdisjoint(settings.rules.thiopurines)
 
 
 def enqueue_change(

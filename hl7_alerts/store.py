@@ -186,6 +186,13 @@ class Transaction(Protocol):
 
     def patient_orders(self, patient: PatientKey) -> tuple[OrderState, ...]: ...
 
+    def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
+        """Every ingredient the patient has (or had) an order for, as this
+        transaction sees it, answered from memory: the fast path that lets a
+        result for a patient without a thiopurine order cost only its write."""
+        ...
+
+
     def patient_history(
         self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
     ) -> tuple[Observation, ...]:
@@ -492,12 +499,67 @@ def _ts(value: datetime) -> float:
     return value.timestamp()
 
 
+_ORDER_WRITTEN = "hl7_alerts_order_written"
+
+# Every write to `orders`, whoever makes it (an upsert, a merge moving orders
+# between patients), reports (patient, ingredient) to the in-memory index.
+# TEMP triggers live on the writer's connection only: no schema change.
+_ORDER_TRIGGERS = (
+    f"CREATE TEMP TRIGGER IF NOT EXISTS orders_index_insert AFTER INSERT ON main.orders "
+    f"WHEN NEW.ingredient IS NOT NULL BEGIN SELECT {_ORDER_WRITTEN}(NEW.patient, NEW.ingredient); END",
+    f"CREATE TEMP TRIGGER IF NOT EXISTS orders_index_update AFTER UPDATE ON main.orders "
+    f"WHEN NEW.ingredient IS NOT NULL BEGIN SELECT {_ORDER_WRITTEN}(NEW.patient, NEW.ingredient); END",
+)
+
+
 class _SqliteTransaction:
-    """`Transaction` over one SQLite connection (writer thread only)."""
+    """`Transaction` over one SQLite connection (writer thread only).
+
+    Keeps the ingredients ordered per patient in memory (`ordered_ingredients`):
+    loaded at open, fed by triggers on `orders`, and folded into the committed
+    index only once the COMMIT that covers the write has returned. A unit
+    rolled back to its savepoint, or a batch whose COMMIT fails, leaves no
+    trace in it. It only grows, like the rules' "current or past order" test.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.enqueued = 0
+        self._ordered: dict[str, set[str]] = {}
+        self._unit_orders: list[tuple[str, str]] = []
+        self._batch_orders: list[tuple[str, str]] = []
+        for patient, ingredient in conn.execute(
+            "SELECT DISTINCT patient, ingredient FROM orders WHERE ingredient IS NOT NULL"
+        ):
+            self._ordered.setdefault(patient, set()).add(ingredient)
+        conn.create_function(_ORDER_WRITTEN, 2, self._order_written)
+        for trigger in _ORDER_TRIGGERS:
+            conn.execute(trigger)
+
+    def _order_written(self, patient: str, ingredient: str) -> None:
+        self._unit_orders.append((patient, ingredient))
+
+    def unit_released(self) -> None:
+        self._batch_orders += self._unit_orders
+        self._unit_orders.clear()
+
+    def unit_rolled_back(self) -> None:
+        self._unit_orders.clear()
+
+    def batch_committed(self) -> None:
+        for patient, ingredient in self._batch_orders:
+            self._ordered.setdefault(patient, set()).add(ingredient)
+        self._batch_orders.clear()
+
+    def batch_rolled_back(self) -> None:
+        self._unit_orders.clear()
+        self._batch_orders.clear()
+
+    def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
+        key = patient.key
+        committed = self._ordered.get(key, ())
+        pending = [i for p, i in (*self._batch_orders, *self._unit_orders) if p == key]
+        return frozenset(committed).union(pending) if pending else frozenset(committed)
 
     def find_messages(self, key: DedupKey) -> list[PriorAck]:
         rows = self._conn.execute(
@@ -1008,6 +1070,15 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
 
 
+def _resolve_all(
+    outcomes: list[tuple[_Job, Any, BaseException | None]], outbox_event: asyncio.Event | None
+) -> None:
+    for job, result, error in outcomes:
+        _resolve(job.future, result, error)
+    if outbox_event is not None:
+        outbox_event.set()
+
+
 class SqliteStore:
     """`Store` on one SQLite file, one writer thread, grouped commits."""
 
@@ -1240,6 +1311,7 @@ class SqliteStore:
         try:
             self._conn = self._connect()
             _migrate(self._conn)
+            tx = _SqliteTransaction(self._conn)
         except BaseException as exc:
             loop.call_soon_threadsafe(
                 _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
@@ -1248,7 +1320,6 @@ class SqliteStore:
             return
         loop.call_soon_threadsafe(_resolve, ready, None, None)
         conn = self._conn
-        tx = _SqliteTransaction(conn)
         stopping = False
         while not stopping:
             first = self._jobs.get()
@@ -1271,6 +1342,7 @@ class SqliteStore:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         tx.enqueued = 0
         started = time.perf_counter()
+        tx.batch_rolled_back()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -1287,14 +1359,17 @@ class SqliteStore:
             except Exception as exc:
                 conn.execute("ROLLBACK TO unit")
                 conn.execute("RELEASE unit")
+                tx.unit_rolled_back()
                 failure = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
                 outcomes.append((job, None, failure))
             else:
                 conn.execute("RELEASE unit")
+                tx.unit_released()
                 outcomes.append((job, result, None))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            tx.batch_rolled_back()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -1304,10 +1379,11 @@ class SqliteStore:
         observer = self.commit_observer
         if observer is not None and any(job.write for job in batch):
             observer(time.perf_counter() - started)
-        for job, result, error in outcomes:
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-        if tx.enqueued:
-            batch[0].loop.call_soon_threadsafe(self._outbox_event.set)
+        tx.batch_committed()
+        # One wake-up of the event loop per batch, not one per unit: each
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        outbox_event = self._outbox_event if tx.enqueued else None
+        batch[0].loop.call_soon_threadsafe(_resolve_all, outcomes, outbox_event)
 
     @staticmethod
     def _fail_all(batch: Iterable[_Job], exc: BaseException) -> None:

@@ -13,6 +13,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 class Analyte(enum.StrEnum):
@@ -134,6 +135,7 @@ _RANGE_UPPER = re.compile(rf"^\s*(?:<=?|≤)\s*({_NUMBER})")
 _RANGE_LOWER = re.compile(rf"^\s*(?:>=?|≥)\s*({_NUMBER})")
 
 
+@lru_cache(maxsize=1024)  # a feed sends the same few ranges over and over; Range is immutable
 def parse_range(text: str) -> Range:
     """OBX-7 in the forms CLINICAL.md lists: ``7-56``, ``7 - 56``, ``<40``,
     ``0-40 U/L``, ``>3.5``. Anything else is no range."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 
 _DTM = re.compile(
     r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
@@ -27,6 +28,13 @@ def parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     text = text.strip()
     if not text:
         return None
+    return _parse_dtm(text, tz)
+
+
+# A message repeats its timestamps (every OBX-14 of a panel, OBR-7, MSH-7):
+# the values are immutable, so a small cache saves the regex and the datetime.
+@lru_cache(maxsize=512)
+def _parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     match = _DTM.match(text)
     if match is None:
         return None

@@ -112,3 +112,73 @@ async def test_reused_control_id_with_other_content_is_processed_not_dropped(tmp
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT count(*) FROM messages").fetchone() == (2,)
         assert sorted(r[0] for r in db.execute("SELECT value FROM observations WHERE analyte = 'ALT'")) == [310, 311]
+
+
+async def test_ordered_ingredients_follow_commits_not_rolled_back_units(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+    raw = messages("01_seed_order_azathioprine.hl7")[0]
+    order = parse_message(raw, OPTIONS)
+    patient = order.patient  # type: ignore[union-attr]
+
+    def ordered(tx: Transaction) -> frozenset[str]:
+        return tx.ordered_ingredients(patient)
+
+    def order_then_fail(tx: Transaction) -> None:
+        process(tx, order, raw, received_at=NOW, settings=settings)
+        assert tx.ordered_ingredients(patient) == {"azathioprine"}  # seen inside its own unit
+        raise RuntimeError("defect after writing")
+
+    # A unit rolled back to its savepoint, in the same grouped commit as a reader.
+    results = await asyncio.gather(store.transact(order_then_fail), store.transact(ordered), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] == frozenset()
+    assert await store.transact(ordered) == frozenset()
+
+    await store.transact(lambda tx: process(tx, order, raw, received_at=NOW, settings=settings))
+    assert await store.transact(ordered) == {"azathioprine"}
+    await store.close()
+
+    reopened = await SqliteStore.open(tmp_path / "s.db")  # loaded from the orders table
+    assert await reopened.transact(ordered) == {"azathioprine"}
+    await reopened.close()
+
+
+async def test_orders_moved_by_plain_sql_reach_the_index(tmp_path: Path) -> None:
+    """Any writer of `orders` (an ADT^A40 merge moving them, say) keeps the
+    index true: triggers feed it, not the callers."""
+    store = await SqliteStore.open(tmp_path / "s.db")
+    raw = messages("01_seed_order_azathioprine.hl7")[0]
+    order = parse_message(raw, OPTIONS)
+    survivor = order.patient.__class__(id="H999", id_type="MR", authority="GENHOSP")  # type: ignore[union-attr]
+    await store.transact(lambda tx: process(tx, order, raw, received_at=NOW, settings=PipelineSettings()))
+
+    def merge(tx: Transaction) -> frozenset[str]:
+        tx._conn.execute(  # type: ignore[attr-defined]
+            "UPDATE orders SET patient = ? WHERE patient = ?", (survivor.key, order.patient.key)  # type: ignore[union-attr]
+        )
+        return tx.ordered_ingredients(survivor)
+
+    assert await store.transact(merge) == {"azathioprine"}
+    assert await store.transact(lambda tx: tx.ordered_ingredients(survivor)) == {"azathioprine"}
+    await store.close()
+
+
+async def test_results_before_the_order_are_kept_and_the_next_one_alerts(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+    panel = messages("02_seed_liver_panel_above_3xuln.hl7")[0]
+    later_panel = panel.replace(b"|LAB0001|", b"|LAB0001B|").replace(b"SPC100", b"SPC101")
+    order = messages("01_seed_order_azathioprine.hl7")[0]
+
+    def unit(raw: bytes):
+        return lambda tx: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+
+    before = await store.transact(unit(panel))
+    await store.transact(unit(order))
+    after = await store.transact(unit(later_panel))
+    await store.close()
+    assert before.changes == ()  # no thiopurine order yet: stored, not evaluated
+    assert len(after.changes) == 1
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT count(*) FROM observations").fetchone() == (10,)
