@@ -41,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hl7_alerts.store import OutboxRow, Store
+from hl7_alerts.store import OutboxRow, Store, StoreError
 from hl7_alerts.timeutil import utc_stamp
 
 log = structlog.get_logger("hl7_alerts.publisher")
@@ -173,6 +173,15 @@ class Publisher:
                 log.warning("mqtt_disconnected", error=str(exc), retry_in=round(delay, 2))
                 await self._wait_stopping(delay)
                 delay = min(delay * 2, self._settings.reconnect_max)
+            except StoreError as exc:
+                # The store failed under the outbox (locked, disk full): the
+                # rows stay where they are. Back off and start a fresh session
+                # rather than end this task, which would take the listener
+                # (and every ACK) down with it.
+                self.connected = False
+                log.error("outbox_read_failed", error=str(exc), retry_in=round(delay, 2))
+                await self._wait_stopping(delay)
+                delay = min(delay * 2, self._settings.reconnect_max)
 
     async def _wait_stopping(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -244,6 +253,9 @@ class Publisher:
                 failed, at = self._unconfirmed, self._clock()
                 await self._store.record_delivery(failed, "publish_failed", at, reason[:200])
             raise PublishError(reason) from first
+        except* StoreError as store_group:
+            cause = store_group.exceptions[0]
+            raise StoreError(str(cause)) from cause
         finally:
             self.connected = False
             self._unconfirmed = []
