@@ -16,6 +16,7 @@ returned: that is what makes ACK-after-commit true.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -480,6 +481,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
     for version in range(current + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
+        # Another process (the CLI, a second daemon) may have migrated while
+        # we waited for the write lock: look again under it.
+        if (conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0) >= version:
+            conn.execute("ROLLBACK")
+            continue
         try:
             for statement in _statements(MIGRATIONS[version - 1]):
                 conn.execute(statement)
@@ -528,13 +534,27 @@ class _SqliteTransaction:
         self._ordered: dict[str, set[str]] = {}
         self._unit_orders: list[tuple[str, str]] = []
         self._batch_orders: list[tuple[str, str]] = []
-        for patient, ingredient in conn.execute(
-            "SELECT DISTINCT patient, ingredient FROM orders WHERE ingredient IS NOT NULL"
-        ):
-            self._ordered.setdefault(patient, set()).add(ingredient)
+        self._data_version = -1
+        self.refresh_if_changed()
         conn.create_function(_ORDER_WRITTEN, 2, self._order_written)
         for trigger in _ORDER_TRIGGERS:
             conn.execute(trigger)
+
+    def refresh_if_changed(self) -> None:
+        """Reload the index when another connection has committed since the
+        last look (`hl7-alerts orders import` while the daemon runs, say):
+        SQLite's data_version moves only for other connections' commits, so
+        this costs one pragma per batch and a reload only when it matters."""
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        ordered: dict[str, set[str]] = {}
+        for patient, ingredient in self._conn.execute(
+            "SELECT DISTINCT patient, ingredient FROM orders WHERE ingredient IS NOT NULL"
+        ):
+            ordered.setdefault(patient, set()).add(ingredient)
+        self._ordered = ordered
 
     def _order_written(self, patient: str, ingredient: str) -> None:
         self._unit_orders.append((patient, ingredient))
@@ -1335,7 +1355,17 @@ class SqliteStore:
                     stopping = True
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
-            self._run_batch(conn, tx, batch)
+            try:
+                self._run_batch(conn, tx, batch)
+            except Exception as exc:
+                # Never let the writer thread die: every later message would
+                # wait forever for a commit and its sender for an ACK.
+                log.exception("store_batch_crashed")
+                tx.batch_rolled_back()
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                self._fail_all(batch, exc)
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, tx: _SqliteTransaction, batch: list[_Job]) -> None:
@@ -1345,7 +1375,11 @@ class SqliteStore:
         tx.batch_rolled_back()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            tx.refresh_if_changed()
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             self._fail_all(batch, exc)
             return
         for job in batch:
@@ -1357,10 +1391,22 @@ class SqliteStore:
             try:
                 result = job.unit(tx)
             except Exception as exc:
-                conn.execute("ROLLBACK TO unit")
-                conn.execute("RELEASE unit")
                 tx.unit_rolled_back()
                 failure = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+                try:
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                except sqlite3.Error as rollback_exc:
+                    # SQLite already rolled the whole transaction back (disk
+                    # full, I/O error): nothing of this batch will commit, so
+                    # every unit in it fails and is answered AR.
+                    log.error("store_savepoint_lost", error=str(rollback_exc))
+                    tx.batch_rolled_back()
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    self._fail_all(batch, rollback_exc)
+                    return
                 outcomes.append((job, None, failure))
             else:
                 conn.execute("RELEASE unit")

@@ -12,7 +12,7 @@ import pytest
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
 from hl7_alerts.model import AckCode
 from hl7_alerts.pipeline import PipelineSettings, process
-from hl7_alerts.store import SchemaTooNewError, SqliteStore, Transaction
+from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
 from hl7_alerts.terminology import Terminology
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -182,3 +182,42 @@ async def test_results_before_the_order_are_kept_and_the_next_one_alerts(tmp_pat
     assert len(after.changes) == 1
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT count(*) FROM observations").fetchone() == (10,)
+
+
+async def test_orders_committed_by_another_process_reach_the_running_index(tmp_path: Path) -> None:
+    """`hl7-alerts orders import` writes through its own connection while the
+    daemon runs: the daemon's next result for that patient is evaluated."""
+    daemon_store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+    order = messages("01_seed_order_azathioprine.hl7")[0]
+    panel = messages("02_seed_liver_panel_above_3xuln.hl7")[0]
+    assert await daemon_store.transact(lambda tx: tx.ordered_ingredients(parse_message(order, OPTIONS).patient)) == set()
+    cli_store = await SqliteStore.open(tmp_path / "s.db")
+    await cli_store.transact(lambda tx: process(tx, parse_message(order, OPTIONS), order, received_at=NOW, settings=settings))
+    await cli_store.close()
+    outcome = await daemon_store.transact(
+        lambda tx: process(tx, parse_message(panel, OPTIONS), panel, received_at=NOW, settings=settings)
+    )
+    await daemon_store.close()
+    assert [c.alert.rule for c in outcome.changes] == ["aza.hepatotoxicity.stop"]
+
+
+async def test_a_transaction_sqlite_rolled_back_itself_fails_its_batch_and_the_writer_lives(tmp_path: Path) -> None:
+    """On SQLITE_FULL or an I/O error SQLite may roll the whole transaction back
+    itself; the savepoint is then gone. The batch fails (AR upstream) and the
+    writer thread keeps serving the next ones."""
+    store = await SqliteStore.open(tmp_path / "s.db")
+
+    def lost(tx: Transaction) -> None:
+        tx._conn.execute("ROLLBACK")  # type: ignore[attr-defined]  # what SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(store.transact(lost), 10)
+    raw = messages("05_no_thiopurine_high_enzymes.hl7")[0]
+    outcome = await asyncio.wait_for(
+        store.transact(lambda tx: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=PipelineSettings())),
+        10,
+    )
+    await store.close()
+    assert outcome.ack_code is AckCode.AA
