@@ -1,6 +1,7 @@
 """Order lifecycle: fold one ORC event into an order's state.
 
-Pure. NW starts an order; XO and SC change it and keep its identity; DC, OD,
+Pure. NW starts an order (a repeated or late NW changes nothing it already
+knows); XO and SC change it and keep its identity; DC, OD,
 CA and OC stop it at the event's time; HD holds it from its transaction time
 until an RL (CLINICAL.md decision 9). An event for an order we never saw
 begin (a feed joined mid-stream) creates it from what the event says.
@@ -19,7 +20,19 @@ _STOPPING = frozenset(
 
 def apply_event(state: OrderState | None, event: MedicationOrder) -> OrderState:
     """The order's state after ``event``."""
-    if state is None or event.control is OrderControl.NEW:
+    if state is not None and event.control is OrderControl.NEW:
+        # A repeated NW, or an NW arriving after its DC: the order is known.
+        # Rebuilding it would drop its stop and holds and bring a stopped
+        # order back to life; fill in only what the store did not know.
+        return replace(
+            state,
+            ingredient=state.ingredient or event.ingredient,
+            drug_text=state.drug_text or event.drug_text,
+            dose=state.dose or event.dose,
+            start=state.start or event.start,
+            stop=state.stop if state.stop is not None else event.stop,
+        )
+    if state is None:
         state = OrderState(
             order_id=event.order_id,
             ingredient=event.ingredient,
