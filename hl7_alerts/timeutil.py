@@ -18,12 +18,16 @@ _DTM = re.compile(
 )
 
 
+_PLAUSIBLE_YEARS = (1900, 2199)
+
+
 def parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     """Parse an HL7 DTM/TS (``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``).
 
-    Returns None for empty or malformed text: a bad timestamp is not a reason
-    to lose the rest of a message. The TS type's second component (precision)
-    is ignored by taking only the first component.
+    Returns None for empty or malformed text, and for a year outside
+    1900–2199: a bad timestamp is not a reason to lose the rest of a message.
+    The TS type's second component (precision) is ignored by taking only the
+    first component.
     """
     text = text.strip()
     if not text:
@@ -39,6 +43,10 @@ def _parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     if match is None:
         return None
     g = match.groupdict()
+    if not _PLAUSIBLE_YEARS[0] <= int(g["y"]) <= _PLAUSIBLE_YEARS[1]:
+        # Year 0001 or 9999 is a sender's placeholder, not a time; taken at its
+        # word it overflows the date arithmetic of the rules' time windows.
+        return None
     try:
         zone: tzinfo = tz
         if g["tz"]:

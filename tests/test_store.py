@@ -221,3 +221,21 @@ async def test_a_transaction_sqlite_rolled_back_itself_fails_its_batch_and_the_w
     )
     await store.close()
     assert outcome.ack_code is AckCode.AA
+
+
+@pytest.mark.parametrize("placeholder", ["00010101", "99991231235959"])
+async def test_placeholder_years_fall_back_and_never_block_the_feed(tmp_path: Path, placeholder: str) -> None:
+    """A sender's placeholder time (year 0001 or 9999) in OBX-14 used to
+    overflow the rules' date arithmetic: an AR the sender retries forever,
+    holding its queue. It is no time at all: OBR-7 stands in."""
+    store = await SqliteStore.open(tmp_path / "s.db")
+    settings = PipelineSettings()
+    order = messages("01_seed_order_azathioprine.hl7")[0]
+    panel = messages("02_seed_liver_panel_above_3xuln.hl7")[0].replace(b"|||20261020080000\rOBX", f"|||{placeholder}\rOBX".encode())
+    for raw in (order, panel):
+        outcome = await store.transact(
+            lambda tx, raw=raw: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
+        )
+    await store.close()
+    assert outcome.ack_code is AckCode.AA
+    assert "aza.hepatotoxicity.stop" in [c.alert.rule for c in outcome.changes]
