@@ -1223,7 +1223,8 @@ class SqliteStore:
         Observations observed before it; rejected messages and messages
         received before it. A message that an order or a kept observation
         still references stays (foreign keys hold) but loses its raw bytes.
-        Orders, alerts, the outbox and every audit table are never touched.
+        TPMT and NUDT15 results, orders, alerts, the outbox and every audit
+        table are never touched.
         Work goes in chunks, each its own transaction, so messages arriving
         meanwhile are not held up behind one long delete.
         """
@@ -1246,8 +1247,10 @@ class SqliteStore:
                     return total
 
         observations = await repeat(
-            "DELETE FROM observations WHERE id IN "
-            "(SELECT id FROM observations WHERE observed_ts < ? ORDER BY observed_ts LIMIT ?)",
+            # Genotypes do not expire: a TPMT/NUDT15 result is what stands
+            # between a poor metabolizer's next order and a full dose.
+            "DELETE FROM observations WHERE id IN (SELECT id FROM observations WHERE observed_ts < ? "
+            "AND coalesce(analyte, '') NOT IN ('TPMT', 'NUDT15') ORDER BY observed_ts LIMIT ?)",
             (cutoff_ts,),
         )
         old = "julianday(m.received_at) < julianday(?)"

@@ -13,7 +13,7 @@ from conftest import WAIT, AsyncMllpClient, ack_fields, free_port, make_config, 
 from test_integration import sample_messages
 from test_metrics import BAD_NO_MRN, ORDER_AND_LIVER_PANEL, Clock
 
-from hl7_alerts.store import Pruned
+from hl7_alerts.store import Pruned, SqliteStore
 
 T0 = datetime(2026, 10, 20, 10, 0, tzinfo=UTC)
 
@@ -100,3 +100,32 @@ async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(tmp_path: P
             await asyncio.sleep(0.02)
     assert rows(db, "SELECT count(*) FROM observations") == [(0,)]
     assert rows(db, "SELECT control_id FROM messages") == [("RX0001",)]
+
+
+async def test_prune_keeps_tpmt_and_nudt15_results(tmp_path: Path) -> None:
+    """A poor metabolizer's genotype from years ago still stands between the
+    next azathioprine order and a full dose: retention never removes it."""
+
+    store = await SqliteStore.open(tmp_path / "s.db")
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+
+    def seed(tx: object) -> None:
+        conn = tx._conn  # type: ignore[attr-defined]
+        conn.execute(
+            "INSERT INTO messages (id, sending_application, sending_facility, control_id, message_type, version,"
+            " received_at, digest, raw, ack_code) VALUES (1, 'LAB', 'H', 'M1', 'ORU^R01', '2.5', ?, 'd', X'41', 'AA')",
+            (old.isoformat(),),
+        )
+        for analyte in ("TPMT", "NUDT15", "ALT"):
+            conn.execute(
+                "INSERT INTO observations (message_id, patient, analyte, code, code_system, text, value_type,"
+                " value_text, comparator, unit, ref_text, flag, status, observed_at, observed_ts, specimen_id,"
+                " set_id) VALUES (1, 'p', ?, ?, 'L', '', 'ST', 'x', '', '', '', '', 'F', ?, ?, 'S', '1')",
+                (analyte, analyte, old.isoformat(), old.timestamp()),
+            )
+
+    await store.transact(seed)
+    pruned = await store.prune(datetime(2026, 1, 1, tzinfo=UTC))
+    await store.close()
+    assert pruned.observations == 1
+    assert rows(tmp_path / "s.db", "SELECT analyte FROM observations ORDER BY analyte") == [("NUDT15",), ("TPMT",)]
