@@ -182,6 +182,13 @@ class Publisher:
                 log.error("outbox_read_failed", error=str(exc), retry_in=round(delay, 2))
                 await self._wait_stopping(delay)
                 delay = min(delay * 2, self._settings.reconnect_max)
+            except Exception:
+                # Anything else (a TLS file gone, an MQTT and a store error in
+                # one group, a defect of ours): same reasoning, louder log.
+                self.connected = False
+                log.exception("publisher_crashed", retry_in=round(delay, 2))
+                await self._wait_stopping(delay)
+                delay = min(delay * 2, self._settings.reconnect_max)
 
     async def _wait_stopping(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -58,3 +58,34 @@ async def test_publisher_survives_a_store_error_and_delivers_after(tmp_path: Pat
     assert flaky.failures == 0
     assert [b["schema"] for t, b in mqtt.messages if t.endswith("/outbox-test")] == ["hl7-alerts/alert@1"]
     await store.close()
+
+
+class FailingOddly(FailingReads):
+    async def pending_outbox(self, limit: int, **kwargs: Any) -> list[OutboxRow]:
+        if self.failures:
+            self.failures -= 1
+            self.failed.set()
+            raise RuntimeError("a defect of ours")
+        return await self.store.pending_outbox(limit, **kwargs)
+
+
+async def test_publisher_survives_an_unexpected_error(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+
+    def enqueue(tx: Transaction) -> None:
+        tx.enqueue(OutboxItem(alert_id="a2", version=1, event="firing", topic=f"{prefix}/outbox-test",
+                              payload='{"n":1}', patient="p"), NOW)
+
+    await store.transact(enqueue)
+    odd = FailingOddly(store, failures=1)
+    settings = MqttSettings(port=broker.port, topic_prefix=prefix, client_id=prefix, reconnect_min=0.05,
+                            reconnect_max=0.1)
+    publisher = Publisher(odd, settings, clock=lambda: NOW)  # type: ignore[arg-type]
+    async with recording(broker, prefix) as mqtt:
+        task = asyncio.create_task(publisher.run())
+        await mqtt.wait_for(lambda msgs: any(t.endswith("/outbox-test") for t, _ in msgs))
+        assert not task.done()
+        publisher.stop()
+        await asyncio.wait_for(task, 10)
+    await store.close()
+    assert odd.failures == 0
