@@ -84,7 +84,13 @@ async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, 
                 await asyncio.wait(lanes, timeout=0.01)  # let the lanes run; they never end on their own
                 assert not any(t.done() for t in lanes), [t.exception() for t in lanes if t.done()]
         daemon.send_signal(signal.SIGTERM)
-        # A connection opened after SIGTERM is never answered.
+        # A connection opened once the daemon has begun stopping is never
+        # answered. Wait for that moment itself: on a loaded machine the
+        # signal can take a while to be handled, and a connection made before
+        # then is rightly served.
+        await asyncio.to_thread(
+            wait_until, lambda: '"daemon_stopping"' in log_path.read_text(), what="daemon_stopping logged"
+        )
         late_answer = None
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             late = await AsyncMllpClient.connect(port)
