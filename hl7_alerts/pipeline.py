@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -23,6 +23,7 @@ from hl7_alerts.alerts import (
     Alert,
     AlertChange,
     AlertEvent,
+    AlertState,
     PhiPolicy,
     ReminderPolicy,
     Source,
@@ -131,8 +132,10 @@ def process(
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
     if isinstance(message, MergeMessage):
-        tx.merge_patient(message.prior, message.patient)
-        log.info("patients_merged")
+        folded = tx.merge_patient(message.prior, message.patient)
+        for alert_id in folded:
+            _announce_folded(tx, alert_id, settings=settings, at=received_at)
+        log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
 
 
@@ -349,6 +352,21 @@ def next_reminder(tx: Transaction, *, policy: ReminderPolicy) -> datetime | None
     candidates = tx.reminder_candidates([str(s) for s in policy.severities], policy.max_reminders, None)
     times = [t for r in candidates if (t := reminder_due(r.alert, r.tracking, policy)) is not None]
     return min(times, default=None)
+
+
+def _announce_folded(tx: Transaction, alert_id: str, *, settings: PipelineSettings, at: datetime) -> None:
+    """A merge closed the prior record's alert in favour of the survivor's open
+    one of the same rule: pagers holding it get its ``resolved`` event, or it
+    would stay firing on their screens for ever."""
+    record = tx.alert_record(alert_id)
+    if record is None:
+        return
+    alert = replace(record.alert, state=AlertState.RESOLVED, version=record.alert.version + 1)
+    body = carried_payload(record.payload, alert, AlertEvent.RESOLVED)
+    body["patient"] = {**body.get("patient", {}), "id": alert.patient.id, "id_type": alert.patient.id_type,
+                       "authority": alert.patient.authority}
+    body["summary"] = "Patient records merged (ADT^A40): continued in the surviving record's open alert"
+    _enqueue_carried(tx, record, alert, AlertEvent.RESOLVED, body, settings=settings, at=at)
 
 
 def _enqueue_carried(

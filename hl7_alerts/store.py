@@ -222,8 +222,10 @@ class Transaction(Protocol):
         """Every stored patient key with this identifier and type (any authority)."""
         ...
 
-    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
-        """ADT^A40: move results, orders and alerts of ``prior`` to ``surviving``."""
+    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> list[str]:
+        """ADT^A40: move results, orders and alerts of ``prior`` to ``surviving``.
+        Returns the ids of the prior's open alerts folded into (closed in favour
+        of) the survivor's open alert of the same rule: the caller announces them."""
         ...
 
     def open_alerts(self, patient: PatientKey) -> dict[str, Alert]: ...
@@ -792,10 +794,11 @@ class _SqliteTransaction:
                 found.append(PatientKey(id=ident, id_type=kind, authority=authority))
         return found
 
-    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> None:
+    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> list[str]:
         old, new = prior.key, surviving.key
         if old == new:
-            return
+            return []
+        folded: list[str] = []
         self._conn.execute("UPDATE observations SET patient = ? WHERE patient = ?", (new, old))
         # The surviving record's own version of an order wins over the prior's.
         self._conn.execute("UPDATE OR IGNORE orders SET patient = ? WHERE patient = ?", (new, old))
@@ -821,6 +824,7 @@ class _SqliteTransaction:
                 # The surviving identifier already has this alert open: keep
                 # one open episode per rule; the prior one is folded into it.
                 state = "resolved"
+                folded.append(alert_id)
             elif was == "open":
                 open_rules.add(rule)
             self._conn.execute(
@@ -829,6 +833,7 @@ class _SqliteTransaction:
                 (new, surviving.id, surviving.id_type, surviving.authority, episode, state, alert_id),
             )
         self._conn.execute("UPDATE outbox SET patient = ? WHERE patient = ?", (new, old))
+        return folded
 
     def open_alerts(self, patient: PatientKey) -> dict[str, Alert]:
         rows = self._conn.execute(

@@ -4,6 +4,9 @@ one of CLINICAL.md's "Decisions that settle edge cases" or a point of issue 4.""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hl7kit import (
@@ -19,7 +22,10 @@ from hl7kit import (
     run_check,
 )
 
-from hl7_alerts.config import parse_config
+from hl7_alerts.config import Config, parse_config
+from hl7_alerts.messages import parse_message
+from hl7_alerts.pipeline import process
+from hl7_alerts.store import SqliteStore
 
 STOP, MILD, MISSING = "aza.hepatotoxicity.stop", "aza.liver.mild", "aza.pgx.missing"
 START = order_msg("RX1", "NW", "RX1", AZA, "20260901090000")
@@ -255,3 +261,45 @@ def test_late_result_after_resolution_is_history_not_a_new_episode(tmp_path: Pat
     assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "resolved", "critical"),
                                (STOP, "firing", "critical")]
     assert out[3]["occurred_at"].startswith("2026-10-10")
+
+
+async def test_a40_merge_announces_the_alert_it_folds(tmp_path: Path) -> None:
+    """Both records had hepatotoxicity.stop open: one open episode survives, and
+    the prior record's alert is announced `resolved`, so no pager keeps it
+    firing for ever."""
+    old = "H0990009^^^GENHOSP^MR"
+    config = Config()
+    options, settings = config.parse_options(), config.pipeline_settings()
+    merge = "\r".join([
+        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
+        "EVN|A40|20261002080000",
+        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
+        "MRG|H0990009^^^GENHOSP^MR",
+    ]) + "\r"
+    store = await SqliteStore.open(tmp_path / "s.db")
+    for text in (
+        order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),
+        order_msg("RX2", "NW", "RX2", AZA, "20260901090000"),
+        oru("L1", "20261001080000", alt("300"), mrn=old),
+        oru("L2", "20261001090000", alt("320"), specimen="S2"),
+        merge,
+    ):
+        raw = text.encode()
+        await store.transact(lambda tx, raw=raw: process(tx, parse_message(raw, options), raw,
+                                                         received_at=datetime(2026, 10, 2, tzinfo=UTC),
+                                                         settings=settings))
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        alerts = db.execute("SELECT alert_id, patient_id, state FROM alerts WHERE rule = ? ORDER BY opened_at",
+                            (STOP,)).fetchall()
+        folded_id = alerts[0][0]
+        announced = db.execute("SELECT event, payload FROM outbox WHERE alert_id = ? ORDER BY id",
+                               (folded_id,)).fetchall()
+        # Both records also had aza.pgx.missing open (each order lacked TPMT/NUDT15): folded alike.
+        pgx = db.execute("SELECT state, count(*) FROM alerts WHERE rule = 'aza.pgx.missing' GROUP BY state "
+                         "ORDER BY state").fetchall()
+    assert [(pid, state) for _, pid, state in alerts] == [("H0990001", "resolved"), ("H0990001", "open")]
+    assert [event for event, _ in announced] == ["firing", "resolved"]
+    assert pgx == [("open", 1), ("resolved", 1)]
+    body = json.loads(announced[-1][1])
+    assert (body["event"], body["version"], body["patient"]["id"]) == ("resolved", 2, "H0990001")
