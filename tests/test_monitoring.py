@@ -4,15 +4,18 @@ raises one alert per due time and the panel resolves it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from conftest import assert_valid_alert
-from hl7kit import ALP, AST, AZA, alt, oru, order_msg, result
+from hl7kit import ALP, AST, AZA, alt, order_msg, oru, result
 
+from hl7_alerts.cli import main
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.pipeline import PipelineSettings, fire_overdue, next_overdue, process
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
@@ -110,7 +113,8 @@ async def test_a_liver_panel_resolves_the_overdue_alert_and_moves_the_schedule_o
     # The next due time fires a new episode.
     [second] = await h.tick(START + 19 * D)
     ids = {b["alert_id"] for b in h.payloads()}
-    assert len(ids) == 2 and second in ids
+    assert len(ids) == 2
+    assert second in ids
     await h.store.close()
 
 
@@ -204,3 +208,23 @@ async def test_a_resent_order_message_changes_nothing(tmp_path: Path) -> None:
     assert (row.state, row.fired) == ("active", True)
     assert h.events() == [("firing", "warning")]
     await h.store.close()
+
+
+async def test_schedule_list_shows_who_is_due_when(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    await h.send(nw(), START)
+    await h.send(order_msg("ORD2", "NW", "RX2", AZA, hl7(START), mrn="H0990002^^^GENHOSP^MR"), START)
+    await h.panel(START + 3 * D)  # the first patient's panel
+    await h.tick(START + 9 * D)  # the second patient is overdue
+    await h.store.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  path: {h.path}\n")
+    # The command runs its own event loop: give it a thread, as a shell would a process.
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["schedule", "list", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    header, *rows = [line.split("\t") for line in result.output.splitlines()]
+    table = [dict(zip(header, r, strict=True)) for r in rows]
+    assert [(r["patient"], r["order_id"], r["state"], r["next_due"], r["overdue"], r["fired"]) for r in table] == [
+        ("H0990002", "RX2", "active", (START + 7 * D).isoformat(), "yes", "yes"),
+        ("H0990001", "RX1", "active", (START + 10 * D).isoformat(), "yes", "no"),
+    ]

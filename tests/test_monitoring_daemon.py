@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AsyncMllpClient, Broker, ack_fields, make_config, recording, running
-from hl7kit import AZA, alt, oru, order_msg
+from hl7kit import AZA, alt, order_msg, oru
 from test_delivery import FakeClock
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
