@@ -438,7 +438,7 @@ def schedule_orders(
         rows[state.order_id] = row
         tx.put_schedule(row)
         touched = True
-    return _settle_overdue(tx, message, at, settings) if touched else []
+    return _settle_overdue(tx, message, at, settings, received_at=received_at) if touched else []
 
 
 def advance_schedules(
@@ -465,21 +465,27 @@ def advance_schedules(
         due = next_due(row.start, panel_at, m)
         tx.put_schedule(replace(row, last_panel=panel_at, due=due.due, fires_at=due.fires_at))
         moved = True
-    return _settle_overdue(tx, message, panel_at, settings) if moved else []
+    return _settle_overdue(tx, message, panel_at, settings, received_at=received_at) if moved else []
 
 
 def _settle_overdue(
-    tx: Transaction, message: ResultMessage | OrderMessage, at: datetime, settings: PipelineSettings
+    tx: Transaction,
+    message: ResultMessage | OrderMessage,
+    at: datetime,
+    settings: PipelineSettings,
+    *,
+    received_at: datetime,
 ) -> list[AlertChange]:
-    """Resolve the patient's open overdue alert when no active schedule is
-    still overdue (fired for its current due time)."""
+    """Resolve the patient's open overdue alert (as of ``at``, the panel's or
+    order event's time) when no active schedule is still overdue (fired for
+    its current due time)."""
     alert = tx.open_alerts(message.patient).get(MONITORING_OVERDUE)
     if alert is None:
         return []
     if any(r.state == "active" and r.fired for r in tx.patient_schedules(message.patient)):
         return []
     change = resolve(alert, at, _source(message.header))
-    enqueue_change(tx, change, message.demographics, settings=settings, at=at)
+    enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
     return [change]
 
 

@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from conftest import assert_valid_alert
 from hl7kit import ALP, AST, AZA, alt, order_msg, oru, result
 
 from hl7_alerts.cli import main
+from hl7_alerts.config import ConfigError, parse_config
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.pipeline import PipelineSettings, fire_overdue, next_overdue, process
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
@@ -228,3 +230,29 @@ async def test_schedule_list_shows_who_is_due_when(tmp_path: Path) -> None:
         ("H0990002", "RX2", "active", (START + 7 * D).isoformat(), "yes", "yes"),
         ("H0990001", "RX1", "active", (START + 10 * D).isoformat(), "yes", "no"),
     ]
+
+
+async def test_a_merge_moves_the_schedule_to_the_surviving_identifier(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    await h.send(order_msg("ORD1", "NW", "RX1", AZA, hl7(START), mrn="H0990009^^^GENHOSP^MR"), START)
+    merge = "\r".join([
+        f"MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|{hl7(START + D)}||ADT^A40^ADT_A39|A1|P|2.5.1",
+        f"EVN|A40|{hl7(START + D)}",
+        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
+        "MRG|H0990009^^^GENHOSP^MR",
+    ]) + "\r"
+    await h.send(merge, START + D)
+    await h.panel(START + 3 * D)  # under the surviving identifier
+    [row] = await h.rows()
+    assert (row.patient.id, row.last_panel) == ("H0990001", START + 3 * D)
+    await h.store.close()
+
+
+def test_schedule_settings_come_from_config_and_errors_name_the_key() -> None:
+    config = parse_config("rules:\n  monitoring:\n    weekly_grace: 12h\n    liver_analytes: [ALT]\n")
+    m = config.pipeline_settings().monitoring
+    assert (m.weekly_grace, m.weekly_interval, m.liver_analytes) == (timedelta(hours=12), 7 * D, frozenset({"ALT"}))
+    with pytest.raises(ConfigError, match=r"config.yaml:3: rules.monitoring.weekly_interval"):
+        parse_config("rules:\n  monitoring:\n    weekly_interval: soon\n")
+    with pytest.raises(ConfigError, match="twice_monthly_until must not be before weekly_until"):
+        parse_config("rules:\n  monitoring:\n    weekly_until: 100d\n")
