@@ -492,19 +492,24 @@ def _settle_overdue(
 def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) -> list[str]:
     """Raise `aza.monitoring.overdue` for every active schedule whose alert
     time has passed and that has not fired for its due time; mark each fired
-    in the same transaction. Return the alert ids raised or updated."""
+    in the same transaction. Return the alert ids raised or updated.
+
+    Due times are recomputed with the settings in force (a reload that
+    shortens an interval applies at the next tick), so every pending row is
+    read: one small indexed table, once per tick."""
     m = settings.monitoring
     if not m.enabled:
         return []
     raised: list[str] = []
-    for row in tx.due_schedules(now):
-        due = next_due(row.start, row.last_panel, m)  # the settings in force now
-        if due.due != row.due or due.fires_at != row.fires_at:
-            tx.put_schedule(replace(row, due=due.due, fires_at=due.fires_at))
-            if not due.overdue(now):
-                continue
+    for stored in tx.due_schedules(None):
+        due = next_due(stored.start, stored.last_panel, m)
+        row = replace(stored, due=due.due, fires_at=due.fires_at)
+        if row != stored:
+            tx.put_schedule(row)
+        if not due.overdue(now):
+            continue
+        tx.put_schedule(replace(row, fired_due=due.due))
         order = tx.get_order(row.patient, row.order_id)
-        tx.put_schedule(replace(row, due=due.due, fires_at=due.fires_at, fired_due=due.due))
         if order is None or not order.active_at(now):
             continue  # stopped or held without our seeing it: nothing to remind about
         existing = tx.open_alerts(row.patient).get(MONITORING_OVERDUE)
@@ -522,8 +527,10 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
 
 
 def next_overdue(tx: Transaction, *, settings: PipelineSettings) -> datetime | None:
-    """When the earliest unfired schedule raises its alert (None: none pending)."""
-    if not settings.monitoring.enabled:
+    """When the earliest unfired schedule raises its alert, with the settings
+    in force (None: none pending)."""
+    m = settings.monitoring
+    if not m.enabled:
         return None
-    rows = tx.due_schedules(None)
-    return rows[0].fires_at if rows else None
+    times = [next_due(r.start, r.last_panel, m).fires_at for r in tx.due_schedules(None)]
+    return min(times, default=None)

@@ -82,3 +82,22 @@ async def test_a_restart_between_due_time_and_firing_fires_exactly_once(
             alerts = await mqtt.wait_alerts(3)
     assert events(alerts) == [(PGX, "firing", "info"), (OVERDUE, "firing", "warning"),
                               (OVERDUE, "acknowledged", "warning")]
+
+
+async def test_a_reload_changes_the_schedule_for_the_next_tick(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    clock = FakeClock(START)
+    config = make_config(tmp_path, broker.port, prefix)
+    async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
+        scheduler = daemon.daemon.scheduler
+        assert scheduler is not None
+        await send(daemon.port, order_msg("ORD1", "NW", "RX1", AZA, hl7(START)))
+        await mqtt.wait_alerts(1)
+        clock.advance(days=4)
+        assert await scheduler.tick() == START + 9 * D
+        tighter = make_config(tmp_path, broker.port, prefix,
+                              rules={"monitoring": {"weekly_interval": "3d", "weekly_grace": "12h"}})
+        assert "rules.monitoring.weekly_interval" in daemon.daemon.reload(tighter).applied
+        await scheduler.tick()  # due on day 3, alert time day 3.5: overdue now
+        alerts = await mqtt.wait_alerts(2)
+    assert events(alerts) == [(PGX, "firing", "info"), (OVERDUE, "firing", "warning")]
+    assert alerts[1]["occurred_at"] == (START + 3 * D).isoformat()
