@@ -240,6 +240,12 @@ def _close(
     return AlertChange(alert=closed, event=event, finding=finding, source=source)
 
 
+def resolve(alert: Alert, at: datetime, source: Source) -> AlertChange:
+    """The alert resolved at ``at`` by something other than a panel verdict
+    (a time-driven alert whose condition no longer holds)."""
+    return _close(alert, AlertState.RESOLVED, at, None, source)
+
+
 # ---------------------------------------------------------------------------
 # Payload
 

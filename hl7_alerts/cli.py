@@ -23,7 +23,7 @@ from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
 from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
-from hl7_alerts.store import AlertRecord, SqliteStore, StoreError
+from hl7_alerts.store import AlertRecord, ScheduleRow, SqliteStore, StoreError
 from hl7_alerts.timeutil import UTC_ZONE
 
 
@@ -233,6 +233,35 @@ async def _list(
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------------------
+# hl7-alerts schedule list
+
+
+@main.group()
+def schedule() -> None:
+    """The liver-test schedule of thiopurine orders (aza.monitoring.overdue)."""
+
+
+@schedule.command("list")
+@_config_option
+@click.option("--all", "include_stopped", is_flag=True, help="include schedules of stopped orders")
+def schedule_list(config_path: Path, include_stopped: bool) -> None:
+    """Who is due when: patient, order, state, last panel, next due, alert time,
+    overdue now, alert sent (tab-separated, earliest first)."""
+    config = _config_or_default(config_path)
+    logs.configure("warning", "console")
+
+    async def run() -> list[ScheduleRow]:
+        store = await SqliteStore.open(config.store.path)
+        try:
+            return await store.list_schedules(include_stopped=include_stopped)
+        finally:
+            await store.close()
+
+    for row in offline.schedule_rows(asyncio.run(run()), datetime.now(UTC)):
+        click.echo("\t".join(row))
 
 
 # ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from hl7_alerts.mllp import tls_context
 from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
+from hl7_alerts.rules.monitoring import MonitoringSettings
 from hl7_alerts.terminology import Analyte, Ingredient, Terminology
 
 
@@ -177,6 +178,52 @@ class RangeConfig(_Section):
     male: tuple[float | None, float | None] | None = None
 
 
+class MonitoringConfig(_Section):
+    """`aza.monitoring.overdue`: the liver-test schedule after a thiopurine
+    starts (durations: s, m, h, d or seconds)."""
+
+    enabled: bool = True
+    weekly_until: timedelta = timedelta(days=30)
+    weekly_interval: timedelta = timedelta(days=7)
+    weekly_grace: timedelta = timedelta(days=2)
+    twice_monthly_until: timedelta = timedelta(days=90)
+    twice_monthly_interval: timedelta = timedelta(days=14)
+    twice_monthly_grace: timedelta = timedelta(days=3)
+    monthly_interval: timedelta = timedelta(days=30)
+    monthly_grace: timedelta = timedelta(days=7)
+    liver_analytes: tuple[Analyte, ...] = (Analyte.ALT, Analyte.AST)
+
+    @field_validator(
+        "weekly_until", "weekly_interval", "weekly_grace", "twice_monthly_until", "twice_monthly_interval",
+        "twice_monthly_grace", "monthly_interval", "monthly_grace", mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _phases(self) -> MonitoringConfig:
+        if self.twice_monthly_until < self.weekly_until:
+            raise ValueError("twice_monthly_until must not be before weekly_until")
+        if not self.liver_analytes:
+            raise ValueError("liver_analytes must name at least one analyte")
+        return self
+
+    def settings(self) -> MonitoringSettings:
+        return MonitoringSettings(
+            enabled=self.enabled,
+            weekly_until=self.weekly_until,
+            weekly_interval=self.weekly_interval,
+            weekly_grace=self.weekly_grace,
+            twice_monthly_until=self.twice_monthly_until,
+            twice_monthly_interval=self.twice_monthly_interval,
+            twice_monthly_grace=self.twice_monthly_grace,
+            monthly_interval=self.monthly_interval,
+            monthly_grace=self.monthly_grace,
+            liver_analytes=frozenset(str(a) for a in self.liver_analytes),
+        )
+
+
 class RulesConfig(_Section):
     hepatotoxicity_x_uln: float = Field(default=3.0, gt=1)
     hys_law_bilirubin_x_uln: float = Field(default=2.0, gt=1)
@@ -200,6 +247,7 @@ class RulesConfig(_Section):
     )
     ranges: dict[Analyte, RangeConfig] = Field(default_factory=dict)
     history_days: int = Field(default=400, ge=1)
+    monitoring: MonitoringConfig = MonitoringConfig()
 
 
 class PhiConfig(_Section):
@@ -353,6 +401,7 @@ class Config(_Section):
                 include_birth_date=self.alerts.phi.include_birth_date,
             ),
             history_days=self.rules.history_days,
+            monitoring=self.rules.monitoring.settings(),
         )
 
 

@@ -293,6 +293,8 @@ class Daemon:
         options, settings = effective.parse_options(), effective.pipeline_settings()
         applied = _changed_keys(old, effective)
         self.config, self._options, self._settings = effective, options, settings
+        if self.scheduler is not None:
+            self.scheduler.update_settings(settings)
         self.metrics.record_reload(True)
         log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
         if needs_restart:

@@ -35,7 +35,7 @@ from hl7_alerts.model import (
     PatientKey,
 )
 from hl7_alerts.pipeline import Outcome, process
-from hl7_alerts.store import SqliteStore, Transaction
+from hl7_alerts.store import ScheduleRow, SqliteStore, Transaction
 from hl7_alerts.timeutil import parse_dtm, to_iso
 
 
@@ -268,6 +268,32 @@ def order_rows(orders: Iterable[tuple[PatientKey, OrderState]], now: datetime) -
                 to_iso(o.stop) or "",
                 o.status_at(now),
                 holds,
+            ]
+        )
+    return rows
+
+
+def schedule_rows(schedules: Iterable[ScheduleRow], now: datetime) -> list[list[str]]:
+    """`hl7-alerts schedule list`: header row, then who is due when
+    (aza.monitoring.overdue), earliest alert time first. ``overdue`` is yes once
+    the grace period after the due time has passed; ``fired`` says the alert
+    for this due time went out."""
+    rows = [["patient", "id_type", "authority", "order_id", "state", "last_panel", "next_due", "alert_at",
+             "overdue", "fired"]]
+    for r in schedules:
+        overdue = r.state == "active" and now >= r.fires_at
+        rows.append(
+            [
+                r.patient.id,
+                r.patient.id_type,
+                r.patient.authority,
+                r.order_id,
+                r.state,
+                to_iso(r.last_panel) or "",
+                to_iso(r.due) or "",
+                to_iso(r.fires_at) or "",
+                "yes" if overdue else "no",
+                "yes" if r.fired else "no",
             ]
         )
     return rows

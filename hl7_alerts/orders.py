@@ -16,6 +16,8 @@ from hl7_alerts.model import HoldPeriod, MedicationOrder, OrderControl, OrderSta
 _STOPPING = frozenset(
     {OrderControl.DISCONTINUE, OrderControl.DISCONTINUED, OrderControl.CANCEL, OrderControl.CANCELLED}
 )
+STOPPING = _STOPPING
+"""The order controls that stop an order (DC, OD, CA, OC)."""
 
 
 def apply_event(state: OrderState | None, event: MedicationOrder) -> OrderState:

@@ -33,11 +33,13 @@ from hl7_alerts.alerts import (
     reconcile,
     remind,
     reminder_due,
+    resolve,
     topic,
 )
 from hl7_alerts.model import (
     AckCode,
     Header,
+    MedicationOrder,
     MergeMessage,
     Message,
     OrderControl,
@@ -49,10 +51,12 @@ from hl7_alerts.model import (
     ResultMessage,
     ResultStatus,
 )
-from hl7_alerts.orders import apply_event
+from hl7_alerts.orders import STOPPING, apply_event
 from hl7_alerts.rules import RuleSettings
 from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
-from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, Transaction
+from hl7_alerts.rules.ids import MONITORING_OVERDUE
+from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
+from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, ScheduleRow, Transaction
 from hl7_alerts.terminology import Analyte
 
 log = structlog.get_logger("hl7_alerts.pipeline")
@@ -64,6 +68,7 @@ class PipelineSettings:
     topic_prefix: str = "hl7alerts"
     phi: PhiPolicy = field(default_factory=PhiPolicy)
     history_days: int = 400
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,13 +121,16 @@ def process(
     )
     if isinstance(message, OrderMessage):
         started: list[OrderState] = []
+        events: list[tuple[MedicationOrder, OrderState]] = []
         for order in message.orders:
             known = tx.get_order(message.patient, order.order_id)
             state = apply_event(known, order)
             tx.put_order(message.patient, state, message_id)
+            events.append((order, state))
             if order.control is OrderControl.NEW and known is None:
                 started.append(state)  # a resent or repeated NW is not a new order
         changes = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
+        changes += schedule_orders(tx, message, events, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
     if isinstance(message, ResultMessage):
         # A correction or cancellation replaces the stored value it names
@@ -130,6 +138,7 @@ def process(
         tx.supersede(message.patient, [o for o in message.observations if o.status in _REPLACING])
         tx.insert_observations(message_id, message.patient, message.observations)
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
+        changes += advance_schedules(tx, message, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
     if isinstance(message, MergeMessage):
         folded = tx.merge_patient(message.prior, message.patient)
@@ -391,3 +400,155 @@ def _enqueue_carried(
         ),
         at,
     )
+
+
+# ---------------------------------------------------------------------------
+# aza.monitoring.overdue: the liver-test schedule of each thiopurine order
+# (rules/monitoring.py computes the due times). Orders and results maintain
+# it inside their message's unit of work; the scheduler's timer raises the
+# overdue alert in its own unit of work, marking the row fired for that due
+# time in the same transaction, so a restart never raises it twice.
+
+_SCHEDULER_SOURCE = Source(control_id="", sending_application="hl7-alerts", sending_facility="")
+
+
+def schedule_orders(
+    tx: Transaction,
+    message: OrderMessage,
+    events: Sequence[tuple[MedicationOrder, OrderState]],
+    *,
+    received_at: datetime,
+    settings: PipelineSettings,
+) -> list[AlertChange]:
+    """Start, pause, resume or stop the schedule of each thiopurine order the
+    message touched. NW starts one (a new order is a start or reintroduction);
+    HD pauses it, RL resumes it; DC/OD/CA/OC stop it. XO/SC keep it. An
+    overdue alert no active order still supports is resolved."""
+    m = settings.monitoring
+    if not m.enabled:
+        return []
+    patient = message.patient
+    rows = {r.order_id: r for r in tx.patient_schedules(patient)}
+    touched = False
+    at = received_at
+    for event, state in events:
+        if state.ingredient not in settings.rules.thiopurines:
+            continue
+        at = max(at, event.transaction_time or received_at)
+        row = rows.get(state.order_id)
+        if event.control in STOPPING:
+            if row is not None and row.state != "stopped":
+                rows[state.order_id] = row = replace(row, state="stopped")
+                tx.put_schedule(row)
+                touched = True
+            continue
+        if row is None:
+            start = state.start or event.transaction_time or received_at
+            due = next_due(start, None, m)
+            row = ScheduleRow(
+                patient=patient, order_id=state.order_id, start=start, last_panel=None, due=due.due,
+                fires_at=due.fires_at, fired_due=None, state="active",
+            )
+        if row.state == "stopped":
+            continue
+        held = any(h.end is None for h in state.holds)
+        row = replace(row, state="paused" if held else "active")
+        rows[state.order_id] = row
+        tx.put_schedule(row)
+        touched = True
+    return _settle_overdue(tx, message, at, settings, received_at=received_at) if touched else []
+
+
+def advance_schedules(
+    tx: Transaction, message: ResultMessage, *, received_at: datetime, settings: PipelineSettings
+) -> list[AlertChange]:
+    """A liver panel (any result for a configured liver analyte, not a
+    cancellation) moves the schedule of every open order on to its next due
+    time and resolves an overdue alert it answers."""
+    m = settings.monitoring
+    if not m.enabled or not has_thiopurine_order(tx, message.patient, settings):
+        return []
+    times = [
+        o.observed_at for o in message.observations
+        if o.analyte in m.liver_analytes and o.status not in (ResultStatus.CANCELLED, ResultStatus.DELETED)
+    ]
+    if not times:
+        return []
+    panel_at = max(times)
+    moved = False
+    for row in tx.patient_schedules(message.patient):
+        reference = row.last_panel or row.start
+        if row.state == "stopped" or panel_at <= reference:
+            continue  # an older panel is history: the schedule counts from the latest
+        due = next_due(row.start, panel_at, m)
+        tx.put_schedule(replace(row, last_panel=panel_at, due=due.due, fires_at=due.fires_at))
+        moved = True
+    return _settle_overdue(tx, message, panel_at, settings, received_at=received_at) if moved else []
+
+
+def _settle_overdue(
+    tx: Transaction,
+    message: ResultMessage | OrderMessage,
+    at: datetime,
+    settings: PipelineSettings,
+    *,
+    received_at: datetime,
+) -> list[AlertChange]:
+    """Resolve the patient's open overdue alert (as of ``at``, the panel's or
+    order event's time) when no active schedule is still overdue (fired for
+    its current due time)."""
+    alert = tx.open_alerts(message.patient).get(MONITORING_OVERDUE)
+    if alert is None:
+        return []
+    if any(r.state == "active" and r.fired for r in tx.patient_schedules(message.patient)):
+        return []
+    change = resolve(alert, at, _source(message.header))
+    enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
+    return [change]
+
+
+def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) -> list[str]:
+    """Raise `aza.monitoring.overdue` for every active schedule whose alert
+    time has passed and that has not fired for its due time; mark each fired
+    in the same transaction. Return the alert ids raised or updated.
+
+    Due times are recomputed with the settings in force (a reload that
+    shortens an interval applies at the next tick), so every pending row is
+    read: one small indexed table, once per tick."""
+    m = settings.monitoring
+    if not m.enabled:
+        return []
+    raised: list[str] = []
+    for stored in tx.due_schedules(None):
+        due = next_due(stored.start, stored.last_panel, m)
+        row = replace(stored, due=due.due, fires_at=due.fires_at)
+        if row != stored:
+            tx.put_schedule(row)
+        if not due.overdue(now):
+            continue
+        tx.put_schedule(replace(row, fired_due=due.due))
+        order = tx.get_order(row.patient, row.order_id)
+        if order is None or not order.active_at(now):
+            continue  # stopped or held without our seeing it: nothing to remind about
+        existing = tx.open_alerts(row.patient).get(MONITORING_OVERDUE)
+        changes = reconcile(
+            [overdue_finding(order, due)],
+            {} if existing is None else {MONITORING_OVERDUE: existing},
+            patient=row.patient,
+            source=replace(_SCHEDULER_SOURCE, sending_facility=row.patient.authority),
+            next_episode=tx.next_episodes(row.patient),
+        )
+        for change in changes:
+            enqueue_change(tx, change, None, settings=settings, at=now)
+            raised.append(change.alert.alert_id)
+    return raised
+
+
+def next_overdue(tx: Transaction, *, settings: PipelineSettings) -> datetime | None:
+    """When the earliest unfired schedule raises its alert, with the settings
+    in force (None: none pending)."""
+    m = settings.monitoring
+    if not m.enabled:
+        return None
+    times = [next_due(r.start, r.last_panel, m).fires_at for r in tx.due_schedules(None)]
+    return min(times, default=None)

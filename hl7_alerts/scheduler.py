@@ -1,4 +1,5 @@
-"""Time-driven alert events: reminders for unacknowledged alerts.
+"""Time-driven alert events: reminders for unacknowledged alerts, and
+`aza.monitoring.overdue` when a thiopurine order's liver panel is overdue.
 
 The timer's state lives in the store, not in memory: each alert keeps the time
 it last paged someone and how many reminders went out, so a reminder that fell
@@ -6,7 +7,9 @@ due while the daemon was down is sent at the first tick after it starts. A
 tick is one unit of work in the store's transaction (`pipeline.send_reminders`)
 and the reminders go out through the outbox like every other event. The clock
 is injected; `tick()` is what tests drive, `run()` only decides how long to
-wait between ticks.
+wait between ticks. Overdue liver tests work the same way: each schedule row
+remembers the due time it fired for (`pipeline.fire_overdue`), so a due time
+that passed while the daemon was down fires once, at the first tick.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from datetime import datetime
 import structlog
 
 from hl7_alerts.alerts import ReminderPolicy
-from hl7_alerts.pipeline import PipelineSettings, next_reminder, send_reminders
+from hl7_alerts.pipeline import (
+    PipelineSettings,
+    fire_overdue,
+    next_overdue,
+    next_reminder,
+    send_reminders,
+)
 from hl7_alerts.store import Store, StoreError, Transaction
 
 log = structlog.get_logger("hl7_alerts.scheduler")
@@ -46,27 +55,45 @@ class Scheduler:
         self._max_wait = max(0.05, min(max_wait, policy.after_seconds))
         self._stopping = asyncio.Event()
         self.sent = 0
+        self.overdue = 0
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def update_settings(self, settings: PipelineSettings) -> None:
+        """A reload's settings (the monitoring schedule); the next tick uses them."""
+        self._settings = settings
 
     async def tick(self) -> datetime | None:
         """Send every reminder due now; return when the next one falls due."""
         now = self._clock()
         policy, settings = self._policy, self._settings
 
-        def unit(tx: Transaction) -> tuple[list[str], datetime | None]:
-            sent = send_reminders(tx, policy=policy, settings=settings, now=now)
-            return sent, next_reminder(tx, policy=policy)
+        def unit(tx: Transaction) -> tuple[list[str], list[str], datetime | None]:
+            sent: list[str] = []
+            due: list[datetime] = []
+            if self._reminding:
+                sent = send_reminders(tx, policy=policy, settings=settings, now=now)
+                due += [t for t in (next_reminder(tx, policy=policy),) if t is not None]
+            overdue = fire_overdue(tx, settings=settings, now=now)
+            due += [t for t in (next_overdue(tx, settings=settings),) if t is not None]
+            return sent, overdue, min(due, default=None)
 
-        sent, due = await self._store.transact(unit)
+        sent, overdue, due = await self._store.transact(unit)
         if sent:
             self.sent += len(sent)
             log.info("reminders_sent", count=len(sent))
+        if overdue:
+            self.overdue += len(overdue)
+            log.info("monitoring_overdue_raised", count=len(overdue))
         return due
 
+    @property
+    def _reminding(self) -> bool:
+        return self._policy.max_reminders > 0 and bool(self._policy.severities)
+
     async def run(self) -> None:
-        if self._policy.max_reminders == 0 or not self._policy.severities:
+        if not self._reminding and not self._settings.monitoring.enabled:
             return
         while not self._stopping.is_set():
             wait = self._max_wait

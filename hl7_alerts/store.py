@@ -133,6 +133,28 @@ class AlertRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """The liver-test schedule of one thiopurine order (`aza.monitoring.overdue`).
+
+    ``state`` is ``active``, ``paused`` (order on hold) or ``stopped``;
+    ``fired_due`` is the due time an overdue alert was last raised for, so the
+    timer raises one alert per due time however often it runs or restarts."""
+
+    patient: PatientKey
+    order_id: str
+    start: datetime
+    last_panel: datetime | None
+    due: datetime
+    fires_at: datetime
+    fired_due: datetime | None
+    state: str
+
+    @property
+    def fired(self) -> bool:
+        return self.fired_due is not None and self.fired_due == self.due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditRow:
     """One line of the append-only audit trail (no patient data)."""
 
@@ -245,6 +267,17 @@ class Transaction(Protocol):
     def reminder_candidates(
         self, severities: Iterable[str], max_reminders: int, notified_before: datetime | None
     ) -> list[AlertRecord]: ...
+
+    def put_schedule(self, row: ScheduleRow) -> None:
+        """Insert or replace the schedule of (patient, order)."""
+        ...
+
+    def patient_schedules(self, patient: PatientKey) -> list[ScheduleRow]: ...
+
+    def due_schedules(self, fires_before: datetime | None) -> list[ScheduleRow]:
+        """Active schedules not yet fired for their due time whose alert time
+        is at or before ``fires_before`` (all such, when None), earliest first."""
+        ...
 
     def audit(
         self,
@@ -447,6 +480,25 @@ MIGRATIONS: tuple[str, ...] = (
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    """,
+    # 5: the liver-test schedule of each thiopurine order (aza.monitoring.overdue)
+    """
+    CREATE TABLE monitoring (
+        patient TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        patient_id_type TEXT NOT NULL,
+        patient_authority TEXT NOT NULL,
+        start TEXT NOT NULL,
+        last_panel TEXT,
+        due TEXT NOT NULL,
+        fires_at TEXT NOT NULL,
+        fires_ts REAL NOT NULL,
+        fired_due TEXT,
+        state TEXT NOT NULL,
+        PRIMARY KEY (patient, order_id)
+    );
+    CREATE INDEX monitoring_due ON monitoring (fires_ts) WHERE state = 'active';
     """,
 )
 
@@ -803,6 +855,12 @@ class _SqliteTransaction:
         # The surviving record's own version of an order wins over the prior's.
         self._conn.execute("UPDATE OR IGNORE orders SET patient = ? WHERE patient = ?", (new, old))
         self._conn.execute("DELETE FROM orders WHERE patient = ?", (old,))
+        self._conn.execute(
+            "UPDATE OR IGNORE monitoring SET patient = ?, patient_id = ?, patient_id_type = ?, "
+            "patient_authority = ? WHERE patient = ?",
+            (new, surviving.id, surviving.id_type, surviving.authority, old),
+        )
+        self._conn.execute("DELETE FROM monitoring WHERE patient = ?", (old,))
         open_rules = {
             r[0] for r in self._conn.execute(
                 "SELECT rule FROM alerts WHERE patient = ? AND state = 'open'", (new,)
@@ -942,6 +1000,44 @@ class _SqliteTransaction:
         rows = self._conn.execute(sql + " ORDER BY notified_ts, alert_id", args).fetchall()
         return [_record_from_row(r) for r in rows]
 
+    def put_schedule(self, row: ScheduleRow) -> None:
+        p = row.patient
+        self._conn.execute(
+            "INSERT OR REPLACE INTO monitoring (patient, order_id, patient_id, patient_id_type, "
+            "patient_authority, start, last_panel, due, fires_at, fires_ts, fired_due, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                p.key, row.order_id, p.id, p.id_type, p.authority, to_iso(row.start), to_iso(row.last_panel),
+                to_iso(row.due), to_iso(row.fires_at), _ts(row.fires_at), to_iso(row.fired_due), row.state,
+            ),
+        )
+
+    def patient_schedules(self, patient: PatientKey) -> list[ScheduleRow]:
+        rows = self._conn.execute(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM monitoring WHERE patient = ? ORDER BY order_id",  # noqa: S608
+            (patient.key,),
+        ).fetchall()
+        return [_schedule_from_row(r) for r in rows]
+
+    def due_schedules(self, fires_before: datetime | None) -> list[ScheduleRow]:
+        sql = (
+            f"SELECT {_SCHEDULE_COLUMNS} FROM monitoring WHERE state = 'active' "  # noqa: S608
+            "AND (fired_due IS NULL OR fired_due != due)"
+        )
+        args: list[Any] = []
+        if fires_before is not None:
+            sql += " AND fires_ts <= ?"
+            args.append(_ts(fires_before))
+        rows = self._conn.execute(sql + " ORDER BY fires_ts, patient, order_id", args).fetchall()
+        return [_schedule_from_row(r) for r in rows]
+
+    def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
+        where = "" if include_stopped else "WHERE state != 'stopped' "
+        rows = self._conn.execute(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM monitoring {where}ORDER BY fires_ts, patient, order_id"  # noqa: S608
+        ).fetchall()
+        return [_schedule_from_row(r) for r in rows]
+
     def audit(
         self,
         kind: str,
@@ -985,6 +1081,30 @@ class _SqliteTransaction:
                      detail=r[7])
             for r in rows
         ]
+
+
+_SCHEDULE_COLUMNS = (
+    "patient_id, patient_id_type, patient_authority, order_id, start, last_panel, due, fires_at, "
+    "fired_due, state"
+)
+
+
+def _schedule_from_row(r: Sequence[Any]) -> ScheduleRow:
+    def when(text: str) -> datetime:
+        value = from_iso(text)
+        assert value is not None
+        return value
+
+    return ScheduleRow(
+        patient=PatientKey(id=r[0], id_type=r[1], authority=r[2]),
+        order_id=r[3],
+        start=when(r[4]),
+        last_panel=from_iso(r[5]),
+        due=when(r[6]),
+        fires_at=when(r[7]),
+        fired_due=from_iso(r[8]),
+        state=r[9],
+    )
 
 
 def _order_from_row(row: Sequence[Any]) -> OrderState:
@@ -1288,6 +1408,15 @@ class SqliteStore:
             tx._audit_outbox(ids, kind, at, detail)
 
         await self.transact(unit)
+
+    async def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
+        """Liver-test schedules, earliest alert time first (stopped ones only when asked)."""
+
+        def unit(tx: Transaction) -> list[ScheduleRow]:
+            assert isinstance(tx, _SqliteTransaction)
+            return tx.list_schedules(include_stopped=include_stopped)
+
+        return await self.read(unit)
 
     async def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
         """Alerts, newest first (open ones only unless ``include_closed``)."""

@@ -62,6 +62,7 @@ def ack(alert_id: str, by: str = "dr.oncall", at: str = "2026-11-24T20:05:00Z") 
 # info-severity aza.pgx.missing first, which gets no reminders.
 OPEN_CRITICAL = SEED_STORY[:2]
 PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
+NO_MONITORING: dict[str, Any] = {"monitoring": {"enabled": False}}
 
 
 def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
@@ -109,7 +110,10 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
 async def test_reminders_follow_the_injected_clock_and_stop_at_the_maximum(
     tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, broker.port, prefix, alerts={"reminder_after": "15m", "reminder_max": 2})
+    # The sample order began in September: its liver-test schedule is overdue
+    # (aza.monitoring.overdue, tests/test_monitoring*.py); these tests are about reminders.
+    config = make_config(tmp_path, broker.port, prefix, alerts={"reminder_after": "15m", "reminder_max": 2},
+                         rules=NO_MONITORING)
     async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
         scheduler = daemon.daemon.scheduler
         assert scheduler is not None
@@ -139,7 +143,7 @@ async def test_reminders_follow_the_injected_clock_and_stop_at_the_maximum(
 async def test_a_reminder_due_while_the_daemon_was_down_goes_out_when_it_starts(
     tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, broker.port, prefix)  # default reminder_after: 15 minutes
+    config = make_config(tmp_path, broker.port, prefix, rules=NO_MONITORING)  # default reminder_after: 15 minutes
     async with recording(broker, prefix) as mqtt:
         async with running(config, clock=clock) as daemon:
             await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))
@@ -154,7 +158,8 @@ async def test_a_reminder_due_while_the_daemon_was_down_goes_out_when_it_starts(
 async def test_publish_carries_v5_properties_and_the_session_keeps_acks_sent_while_away(
     tmp_path: Path, own_broker: Broker, prefix: str, clock: FakeClock
 ) -> None:
-    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"message_expiry_seconds": 3600})
+    config = make_config(tmp_path, own_broker.port, prefix, mqtt={"message_expiry_seconds": 3600},
+                         rules=NO_MONITORING)
     async with recording(own_broker, prefix) as mqtt:
         async with running(config, clock=clock) as daemon:
             await send_all(daemon.port, sample_messages(*OPEN_CRITICAL))

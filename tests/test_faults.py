@@ -140,10 +140,13 @@ async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_ale
     messages = replay(patients)
     port = free_port()
     config = tmp_path / "config.yaml"
+    # The replayed orders began months ago: after the restart their liver-test
+    # schedules would raise aza.monitoring.overdue (tested in test_monitoring*.py).
     config.write_text(
         f"mllp:\n  port: {port}\nstore:\n  path: store.sqlite3\n"
         f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
         f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
+        f"rules:\n  monitoring:\n    enabled: false\n"
     )
     log = tmp_path / "daemon.log"
     acked: list[bytes] = []

@@ -16,3 +16,4 @@ PGX_MISSING = "aza.pgx.missing"
 INTERACTION_ALLOPURINOL = "aza.interaction.allopurinol"
 
 LIVER_RULES = frozenset({HEPATOTOXICITY_STOP, HYS_LAW, CHOLESTASIS, LIVER_MILD, RECHALLENGE_RECURRENCE})
+MONITORING_OVERDUE = "aza.monitoring.overdue"

@@ -1,0 +1,91 @@
+"""`aza.monitoring.overdue`: when a thiopurine order's next liver panel is due.
+
+Pure. The seed's schedule counts from the order's start (a new NW order is a
+start or a reintroduction: each order has its own schedule): a liver panel
+weekly while the time since start is under ``weekly_until`` (month 1), every
+``twice_monthly_interval`` while under ``twice_monthly_until`` (months 2-3),
+then every ``monthly_interval``. The next panel is due one interval after the
+reference time (the latest liver panel observed after the start, else the
+start), with the interval of the phase the reference falls in; the alert
+fires when the due time plus that phase's grace period has passed without a
+panel. A *liver panel* is any result for one of ``liver_analytes`` (ALT or
+AST by default): what the rest of the panel holds does not matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from hl7_alerts.model import OrderState, Severity
+from hl7_alerts.rules.common import Finding
+from hl7_alerts.rules.ids import MONITORING_OVERDUE
+from hl7_alerts.terminology import Analyte
+
+RECOMMENDATION = "Order ALT, AST, ALP, GGT, bilirubin"
+REFERENCE = "Seed: LFTs weekly for month 1, twice monthly months 2-3, monthly after (re)introduction"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringSettings:
+    """The schedule (config.yaml `rules.monitoring`)."""
+
+    enabled: bool = True
+    weekly_until: timedelta = timedelta(days=30)
+    weekly_interval: timedelta = timedelta(days=7)
+    weekly_grace: timedelta = timedelta(days=2)
+    twice_monthly_until: timedelta = timedelta(days=90)
+    twice_monthly_interval: timedelta = timedelta(days=14)
+    twice_monthly_grace: timedelta = timedelta(days=3)
+    monthly_interval: timedelta = timedelta(days=30)
+    monthly_grace: timedelta = timedelta(days=7)
+    liver_analytes: frozenset[str] = frozenset({Analyte.ALT.value, Analyte.AST.value})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Due:
+    """When the next liver panel is due, and when missing it raises the alert."""
+
+    phase: str
+    """``weekly``, ``twice_monthly`` or ``monthly``: the phase of the reference time."""
+    reference: datetime
+    due: datetime
+    fires_at: datetime
+
+    def overdue(self, now: datetime) -> bool:
+        """Overdue once the grace period after the due time has passed."""
+        return now >= self.fires_at
+
+
+def next_due(start: datetime, last_panel: datetime | None, settings: MonitoringSettings) -> Due:
+    """The schedule of an order started at ``start`` whose latest liver panel
+    was observed at ``last_panel`` (None, or before the start: none yet)."""
+    reference = last_panel if last_panel is not None and last_panel > start else start
+    elapsed = reference - start
+    if elapsed < settings.weekly_until:
+        phase, interval, grace = "weekly", settings.weekly_interval, settings.weekly_grace
+    elif elapsed < settings.twice_monthly_until:
+        phase, interval, grace = (
+            "twice_monthly", settings.twice_monthly_interval, settings.twice_monthly_grace
+        )
+    else:
+        phase, interval, grace = "monthly", settings.monthly_interval, settings.monthly_grace
+    due = reference + interval
+    return Due(phase=phase, reference=reference, due=due, fires_at=due + grace)
+
+
+def overdue_finding(order: OrderState, due: Due) -> Finding:
+    """The alert for an order whose liver panel is overdue (severity warning;
+    nothing time-driven raises it further, decision 5)."""
+    since = "the start of the order" if due.reference == order.start else "the last liver panel"
+    return Finding(
+        rule=MONITORING_OVERDUE,
+        severity=Severity.WARNING,
+        title="Azathioprine monitoring overdue: liver tests",
+        summary=f"No liver panel since {since}; due {due.due.date().isoformat()} ({due.phase} schedule)",
+        evidence=(),
+        order=order,
+        recommendations=(RECOMMENDATION,),
+        references=(REFERENCE,),
+        occurred_at=due.due,
+    )

@@ -1,0 +1,81 @@
+"""aza.monitoring.overdue, the pure part: the seed's schedule as a table, both
+sides of every boundary (phase changes at day 30 and day 90, grace periods)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rulekit import order
+
+from hl7_alerts.model import Severity
+from hl7_alerts.rules.ids import MONITORING_OVERDUE
+from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
+
+START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
+S = MonitoringSettings()
+D = timedelta(days=1)
+EPS = timedelta(seconds=1)
+
+
+def day(n: float) -> datetime:
+    return START + n * D
+
+
+# (id, last panel, phase, due, alert time)
+SCHEDULE = [
+    ("no-panel-yet", None, "weekly", day(7), day(9)),
+    ("panel-before-start-ignored", day(-3), "weekly", day(7), day(9)),
+    ("panel-at-start", day(0), "weekly", day(7), day(9)),
+    ("day-7-panel", day(7), "weekly", day(14), day(16)),
+    ("last-second-of-month-1", day(30) - EPS, "weekly", day(37) - EPS, day(39) - EPS),
+    ("month-2-begins", day(30), "twice_monthly", day(44), day(47)),
+    ("last-second-of-month-3", day(90) - EPS, "twice_monthly", day(104) - EPS, day(107) - EPS),
+    ("monthly-begins", day(90), "monthly", day(120), day(127)),
+    ("a-year-on", day(365), "monthly", day(395), day(402)),
+]
+
+
+@pytest.mark.parametrize(("last", "phase", "due", "fires"), [c[1:] for c in SCHEDULE],
+                         ids=[c[0] for c in SCHEDULE])
+def test_next_due_follows_the_seed_schedule(
+    last: datetime | None, phase: str, due: datetime, fires: datetime
+) -> None:
+    d = next_due(START, last, S)
+    assert (d.phase, d.due, d.fires_at) == (phase, due, fires)
+
+
+# (id, last panel, now, overdue?)
+GRACE = [
+    ("weekly-due-not-overdue", None, day(7), False),
+    ("weekly-last-second-of-grace", None, day(9) - EPS, False),
+    ("weekly-grace-over", None, day(9), True),
+    ("twice-monthly-last-second-of-grace", day(30), day(47) - EPS, False),
+    ("twice-monthly-grace-over", day(30), day(47), True),
+    ("monthly-last-second-of-grace", day(90), day(127) - EPS, False),
+    ("monthly-grace-over", day(90), day(127), True),
+]
+
+
+@pytest.mark.parametrize(("last", "now", "overdue"), [c[1:] for c in GRACE], ids=[c[0] for c in GRACE])
+def test_overdue_only_after_the_grace_period(last: datetime | None, now: datetime, overdue: bool) -> None:
+    assert next_due(START, last, S).overdue(now) is overdue
+
+
+def test_settings_change_the_schedule() -> None:
+    tight = MonitoringSettings(weekly_interval=timedelta(days=3), weekly_grace=timedelta(hours=12))
+    d = next_due(START, None, tight)
+    assert (d.due, d.fires_at) == (day(3), day(3.5))
+
+
+def test_the_finding_is_a_warning_with_the_catalog_recommendation() -> None:
+    o = order(start=START)
+    f = overdue_finding(o, next_due(START, None, S))
+    assert f.rule == MONITORING_OVERDUE == "aza.monitoring.overdue"
+    assert f.severity is Severity.WARNING
+    assert f.recommendations == ("Order ALT, AST, ALP, GGT, bilirubin",)
+    assert f.occurred_at == day(7)
+    assert f.order == o
+    assert "start of the order" in f.summary
+    later = overdue_finding(o, next_due(START, day(7), S))
+    assert "last liver panel" in later.summary
