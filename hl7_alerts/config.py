@@ -178,20 +178,24 @@ class RangeConfig(_Section):
     male: tuple[float | None, float | None] | None = None
 
 
+_MONITORING = MonitoringSettings()
+
+
 class MonitoringConfig(_Section):
     """`aza.monitoring.overdue`: the liver-test schedule after a thiopurine
     starts (durations: s, m, h, d or seconds)."""
 
-    enabled: bool = True
-    weekly_until: timedelta = timedelta(days=30)
-    weekly_interval: timedelta = timedelta(days=7)
-    weekly_grace: timedelta = timedelta(days=2)
-    twice_monthly_until: timedelta = timedelta(days=90)
-    twice_monthly_interval: timedelta = timedelta(days=14)
-    twice_monthly_grace: timedelta = timedelta(days=3)
-    monthly_interval: timedelta = timedelta(days=30)
-    monthly_grace: timedelta = timedelta(days=7)
-    liver_analytes: tuple[Analyte, ...] = (Analyte.ALT, Analyte.AST)
+    # Defaults are the pure settings' own, so the two cannot drift apart.
+    enabled: bool = _MONITORING.enabled
+    weekly_until: timedelta = _MONITORING.weekly_until
+    weekly_interval: timedelta = _MONITORING.weekly_interval
+    weekly_grace: timedelta = _MONITORING.weekly_grace
+    twice_monthly_until: timedelta = _MONITORING.twice_monthly_until
+    twice_monthly_interval: timedelta = _MONITORING.twice_monthly_interval
+    twice_monthly_grace: timedelta = _MONITORING.twice_monthly_grace
+    monthly_interval: timedelta = _MONITORING.monthly_interval
+    monthly_grace: timedelta = _MONITORING.monthly_grace
+    liver_analytes: tuple[Analyte, ...] = tuple(Analyte(a) for a in sorted(_MONITORING.liver_analytes))
 
     @field_validator(
         "weekly_until", "weekly_interval", "weekly_grace", "twice_monthly_until", "twice_monthly_interval",
