@@ -85,6 +85,11 @@ def _content_error(reason: str, code: ErrorCode, segment: str, field: int, seq: 
     )
 
 
+def _header_rejection(reason: str, code: ErrorCode, field: int) -> MessageError:
+    """AR for an MSH field this receiver does not take (type, version, processing ID)."""
+    return MessageError(reason, ack_code=AckCode.AR, error_code=code, segment="MSH", field=field)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParseOptions:
     """Site settings the mapping needs (built once from config)."""
@@ -470,52 +475,42 @@ def check_header(header: Header, options: ParseOptions) -> None:
     """AR for what this receiver does not take: an empty or malformed MSH-9,
     a version or processing ID outside the configured ones."""
     if not header.message_type or not _MESSAGE_CODE.fullmatch(header.message_type):
-        raise MessageError(
+        raise _header_rejection(
             f"MSH-9 message type {header.message_type!r} is not a valid HL7 message type"
             if header.message_type
             else "MSH-9 message type is empty",
-            ack_code=AckCode.AR,
-            error_code=ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
-            segment="MSH",
-            field=9,
+            ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+            9,
         )
     if header.trigger_event and not _MESSAGE_CODE.fullmatch(header.trigger_event):
-        raise MessageError(
+        raise _header_rejection(
             f"MSH-9 trigger event {header.trigger_event!r} is not a valid HL7 event code",
-            ack_code=AckCode.AR,
-            error_code=ErrorCode.UNSUPPORTED_EVENT,
-            segment="MSH",
-            field=9,
+            ErrorCode.UNSUPPORTED_EVENT,
+            9,
         )
     if not header.control_id:
         raise _content_error(
             "MSH-10 message control ID is empty", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 10
         )
     if not _VERSION.fullmatch(header.version):
-        raise MessageError(
+        raise _header_rejection(
             f"MSH-12 version ID {header.version!r} is not an HL7 version (like 2.5 or 2.5.1)"
             if header.version
             else "MSH-12 version ID is empty",
-            ack_code=AckCode.AR,
-            error_code=ErrorCode.UNSUPPORTED_VERSION,
-            segment="MSH",
-            field=12,
+            ErrorCode.UNSUPPORTED_VERSION,
+            12,
         )
     if not version_accepted(header.version, options.accepted_versions):
-        raise MessageError(
+        raise _header_rejection(
             f"HL7 version {header.version} is not supported",
-            ack_code=AckCode.AR,
-            error_code=ErrorCode.UNSUPPORTED_VERSION,
-            segment="MSH",
-            field=12,
+            ErrorCode.UNSUPPORTED_VERSION,
+            12,
         )
     if header.processing_id and header.processing_id not in options.accepted_processing_ids:
-        raise MessageError(
+        raise _header_rejection(
             f"processing ID {header.processing_id} is not accepted here",
-            ack_code=AckCode.AR,
-            error_code=ErrorCode.UNSUPPORTED_PROCESSING_ID,
-            segment="MSH",
-            field=11,
+            ErrorCode.UNSUPPORTED_PROCESSING_ID,
+            11,
         )
 
 
