@@ -14,7 +14,7 @@ from hl7_alerts.messages import ParseOptions, parse_message, split_file
 from hl7_alerts.model import Severity
 from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, next_reminder, process
 from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, PGX_MISSING
-from hl7_alerts.store import MIGRATIONS, OutboxItem, SqliteStore, Transaction
+from hl7_alerts.store import MIGRATIONS, Dialect, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -78,7 +78,7 @@ async def test_an_escalation_needs_a_fresh_acknowledgement(tmp_path: Path) -> No
 async def test_a_first_schema_store_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.executescript(MIGRATIONS[0])
+        db.executescript(MIGRATIONS[0].render(Dialect.SQLITE))
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         db.execute("INSERT INTO schema_version VALUES (1)")
     store = await SqliteStore.open(path)

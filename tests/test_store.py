@@ -60,10 +60,10 @@ async def test_many_concurrent_units_share_commits(tmp_path: Path) -> None:
     # 300 units queued at once must finish in far fewer than 300 commits.
     original_run_batch = store._run_batch
 
-    def counting(conn, tx, batch):
+    def counting(tx, batch, **options):
         nonlocal commits
         commits += 1
-        return original_run_batch(conn, tx, batch)
+        return original_run_batch(tx, batch, **options)
 
     store._run_batch = counting  # type: ignore[method-assign]
     results = await asyncio.gather(*(store.transact(count) for _ in range(300)))

@@ -1,0 +1,53 @@
+"""The store: one interface, two backends.
+
+SQLite (`SqliteStore`) is the embedded default, for one daemon; PostgreSQL
+(`PostgresStore`) lets several daemons share orders, dedup keys, alerts, the
+outbox and the timers. `open_store` picks one from the config's ``store``
+section. Callers see only `Store` and `Transaction` (`base.py`); SQL and its
+dialects stay in this package.
+"""
+
+from __future__ import annotations
+
+from hl7_alerts.store.base import (
+    PAGING_EVENTS,
+    AlertRecord,
+    AuditRow,
+    DedupKey,
+    LockBusy,
+    OutboxBacklog,
+    OutboxItem,
+    OutboxRow,
+    PriorAck,
+    Pruned,
+    ScheduleRow,
+    SchemaTooNewError,
+    Store,
+    StoreError,
+    Transaction,
+)
+from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, Migration
+from hl7_alerts.store.sqlite import SqliteStore
+
+__all__ = [
+    "MIGRATIONS",
+    "PAGING_EVENTS",
+    "SCHEMA_VERSION",
+    "AlertRecord",
+    "AuditRow",
+    "DedupKey",
+    "Dialect",
+    "LockBusy",
+    "Migration",
+    "OutboxBacklog",
+    "OutboxItem",
+    "OutboxRow",
+    "PriorAck",
+    "Pruned",
+    "ScheduleRow",
+    "SchemaTooNewError",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "Transaction",
+]

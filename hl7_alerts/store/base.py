@@ -1,0 +1,480 @@
+"""The store's interface: what a unit of work may do, what a backend offers.
+
+Every backend (SQLite, the embedded default; PostgreSQL, for sites running
+several daemons) implements `Store` and hands units of work a `Transaction`.
+Callers never see SQL: they pass a plain function of a `Transaction`, the
+store runs it inside its write transaction and answers once that is durable.
+This module holds the contract and the values that cross it; dialects live
+in `sql.py` (shared), `sqlite.py` and `postgres.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from hl7_alerts.alerts import AckRequest, Alert, AlertEvent, AlertState, Tracking
+from hl7_alerts.model import (
+    AckCode,
+    Header,
+    HoldPeriod,
+    Observation,
+    OrderState,
+    PastAlert,
+    PatientKey,
+    ResultStatus,
+    Severity,
+)
+from hl7_alerts.timeutil import from_iso
+
+T = TypeVar("T")
+
+log = structlog.get_logger("hl7_alerts.store")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, locked, corrupt).
+
+    Transient from the sender's point of view: answer AR so it resends.
+    """
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer hl7-alerts; refuse to touch it."""
+
+
+class LockBusy(Exception):
+    """Another daemon holds a lock this unit needs, and waiting for it while
+    this transaction holds others could deadlock. The runner rolls the unit
+    back to its savepoint and runs it again in a transaction of its own,
+    where it may wait. Never escapes the store."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupKey:
+    """(MSH-3, MSH-4, MSH-10): what makes a resend recognisable."""
+
+    sending_application: str
+    sending_facility: str
+    control_id: str
+
+    @classmethod
+    def of(cls, header: Header) -> DedupKey:
+        return cls(
+            sending_application=header.sending_application,
+            sending_facility=header.sending_facility,
+            control_id=header.control_id,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriorAck:
+    """How a message was answered the first time it was received."""
+
+    message_id: int
+    ack_code: AckCode
+    ack_text: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxItem:
+    alert_id: str
+    version: int
+    event: str
+    topic: str
+    payload: str
+    patient: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxRow:
+    id: int
+    alert_id: str
+    version: int
+    event: str
+    topic: str
+    payload: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxBacklog:
+    """Undelivered outbox rows: how many, and when the oldest was queued."""
+
+    depth: int
+    oldest_created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pruned:
+    """What one retention run removed."""
+
+    observations: int = 0
+    messages: int = 0
+    raw_cleared: int = 0
+    rejected_messages: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRecord:
+    """An alert as stored: its state, lifecycle tracking and last payload."""
+
+    alert: Alert
+    tracking: Tracking
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """The liver-test schedule of one thiopurine order (`aza.monitoring.overdue`).
+
+    ``state`` is ``active``, ``paused`` (order on hold) or ``stopped``;
+    ``fired_due`` is the due time an overdue alert was last raised for, so the
+    timer raises one alert per due time however often it runs or restarts."""
+
+    patient: PatientKey
+    order_id: str
+    start: datetime
+    last_panel: datetime | None
+    due: datetime
+    fires_at: datetime
+    fired_due: datetime | None
+    state: str
+
+    @property
+    def fired(self) -> bool:
+        return self.fired_due is not None and self.fired_due == self.due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRow:
+    """One line of the append-only audit trail (no patient data)."""
+
+    id: int
+    at: str
+    kind: str
+    alert_id: str
+    version: int | None
+    event: str | None
+    outbox_id: int | None
+    detail: str
+
+
+# Events that page someone: they (re)start the reminder clock.
+PAGING_EVENTS = frozenset({AlertEvent.FIRING, AlertEvent.UPDATED, AlertEvent.ESCALATED, AlertEvent.REMINDER})
+
+
+class Transaction(Protocol):
+    """What a unit of work may do inside the store's transaction."""
+
+    def lock(
+        self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = (), timers: bool = False
+    ) -> None:
+        """Serialize with other daemons sharing the store: hold, until this
+        transaction ends, the lock of a dedup key, of patients, or of the
+        timers. A unit takes its locks first, before it reads. One writer
+        (SQLite) has nothing to serialize with: a no-op there. May raise
+        `LockBusy`, which the store handles."""
+        ...
+
+    def find_messages(self, key: DedupKey) -> list[PriorAck]: ...
+
+    def insert_message(
+        self,
+        key: DedupKey,
+        header: Header,
+        raw: bytes,
+        *,
+        digest: str,
+        received_at: datetime,
+        ack_code: AckCode,
+        ack_text: str,
+    ) -> int: ...
+
+    def insert_rejected(
+        self,
+        header: Header | None,
+        raw: bytes,
+        *,
+        received_at: datetime,
+        ack_code: AckCode,
+        reason: str,
+    ) -> None: ...
+
+    def insert_observations(
+        self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
+    ) -> None: ...
+
+    def get_order(self, patient: PatientKey, order_id: str) -> OrderState | None: ...
+
+    def put_order(self, patient: PatientKey, order: OrderState, message_id: int) -> None: ...
+
+    def patient_orders(self, patient: PatientKey) -> tuple[OrderState, ...]: ...
+
+    def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
+        """Every ingredient the patient has (or had) an order for, as this
+        transaction sees it, answered from memory: the fast path that lets a
+        result for a patient without a thiopurine order cost only its write."""
+        ...
+
+
+    def patient_history(
+        self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
+    ) -> tuple[Observation, ...]:
+        """Results observed at or after ``since`` (all, when None), optionally
+        only of ``analytes``; superseded (corrected, cancelled) ones left out."""
+        ...
+
+    def latest_results(
+        self, patient: PatientKey, before: datetime, since: datetime | None
+    ) -> tuple[Observation, ...]:
+        """Per analyte, the latest evaluable result observed before ``before``
+        (and at or after ``since``, when given): what "the previous result"
+        and "on file" need, without loading the whole history."""
+        ...
+
+    def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:
+        """Mark the stored results that corrections/cancellations (OBX-11 C, X,
+        D) replace: same code, specimen and observation time. Returns how many."""
+        ...
+
+    def alert_history(self, patient: PatientKey) -> tuple[PastAlert, ...]:
+        """Every alert the patient had, open or resolved (withdrawn ones left out)."""
+        ...
+
+    def find_patients(self, patient_id: str, id_type: str) -> list[PatientKey]:
+        """Every stored patient key with this identifier and type (any authority)."""
+        ...
+
+    def merge_patient(self, prior: PatientKey, surviving: PatientKey) -> list[str]:
+        """ADT^A40: move results, orders and alerts of ``prior`` to ``surviving``.
+        Returns the ids of the prior's open alerts folded into (closed in favour
+        of) the survivor's open alert of the same rule: the caller announces them."""
+        ...
+
+    def open_alerts(self, patient: PatientKey) -> dict[str, Alert]: ...
+
+    def next_episodes(self, patient: PatientKey) -> dict[str, int]: ...
+
+    def save_alert(self, alert: Alert, payload: dict[str, Any]) -> None: ...
+
+    def enqueue(self, item: OutboxItem, created_at: datetime) -> None: ...
+
+    def alert_record(self, alert_id: str) -> AlertRecord | None: ...
+
+    def record_ack(self, alert_id: str, request: AckRequest) -> None: ...
+
+    def record_reminder(self, alert_id: str) -> None: ...
+
+    def reminder_candidates(
+        self, severities: Iterable[str], max_reminders: int, notified_before: datetime | None
+    ) -> list[AlertRecord]: ...
+
+    def put_schedule(self, row: ScheduleRow) -> None:
+        """Insert or replace the schedule of (patient, order)."""
+        ...
+
+    def patient_schedules(self, patient: PatientKey) -> list[ScheduleRow]: ...
+
+    def due_schedules(self, fires_before: datetime | None) -> list[ScheduleRow]:
+        """Active schedules not yet fired for their due time whose alert time
+        is at or before ``fires_before`` (all such, when None), earliest first."""
+        ...
+
+    def audit(
+        self,
+        kind: str,
+        alert_id: str,
+        at: datetime,
+        *,
+        version: int | None = None,
+        event: str | None = None,
+        outbox_id: int | None = None,
+        detail: str = "",
+    ) -> None: ...
+
+
+class Store(Protocol):
+    """The store every backend implements."""
+
+    # Called with the seconds from BEGIN to a durable COMMIT of each batch
+    # that wrote; must be cheap and thread-safe.
+    commit_observer: Callable[[float], None] | None
+
+    async def transact(self, unit: Callable[[Transaction], T]) -> T:
+        """Run ``unit`` in a write transaction; return once it is durable."""
+        ...
+
+    async def read(self, unit: Callable[[Transaction], T]) -> T:
+        """Run a read-only unit (no durability to wait for)."""
+        ...
+
+    async def pending_outbox(self, limit: int, *, after_id: int = 0) -> list[OutboxRow]:
+        """Undelivered outbox rows for this process to publish, oldest first:
+        those with ids above ``after_id`` (the ones at or below it are in
+        flight). Where several daemons share the store, the rows are claimed
+        for this one under a lease, a patient's rows by one daemon at a time."""
+        ...
+
+    async def release_outbox(self) -> None:
+        """Give up this process's claims on undelivered rows (its broker
+        connection ended): another daemon may publish them at once."""
+        ...
+
+    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
+        """Mark rows delivered (PUBACK received) and audit each delivery."""
+        ...
+
+    async def record_delivery(self, ids: Sequence[int], kind: str, at: datetime, detail: str = "") -> None:
+        """Audit a publish attempt or failure of outbox rows."""
+        ...
+
+    def outbox_signal(self) -> asyncio.Event:
+        """Set after every commit that added outbox rows."""
+        ...
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        """How many outbox rows are undelivered and when the oldest was queued."""
+        ...
+
+    async def probe_write(self, at: datetime) -> None:
+        """Commit one tiny write; raises `StoreError` when the store cannot take writes."""
+        ...
+
+    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+        """Retention: remove messages and observations older than ``before``."""
+        ...
+
+    async def last_run(self, task: str) -> datetime | None: ...
+
+    async def mark_run(self, task: str, at: datetime) -> None: ...
+
+    async def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
+        """Liver-test schedules, earliest alert time first (stopped ones only when asked)."""
+        ...
+
+    async def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
+        """Alerts, newest first (open ones only unless ``include_closed``)."""
+        ...
+
+    async def alert_detail(self, alert_id: str) -> tuple[AlertRecord, list[AuditRow]] | None:
+        """One alert and its audit trail, oldest line first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+
+
+_SCHEDULE_COLUMNS = (
+    "patient_id, patient_id_type, patient_authority, order_id, start, last_panel, due, fires_at, "
+    "fired_due, state"
+)
+
+
+def _schedule_from_row(r: Sequence[Any]) -> ScheduleRow:
+    def when(text: str) -> datetime:
+        value = from_iso(text)
+        assert value is not None
+        return value
+
+    return ScheduleRow(
+        patient=PatientKey(id=r[0], id_type=r[1], authority=r[2]),
+        order_id=r[3],
+        start=when(r[4]),
+        last_panel=from_iso(r[5]),
+        due=when(r[6]),
+        fires_at=when(r[7]),
+        fired_due=from_iso(r[8]),
+        state=r[9],
+    )
+
+
+def _order_from_row(row: Sequence[Any]) -> OrderState:
+    holds = tuple(
+        HoldPeriod(start=start, end=from_iso(end))
+        for s, end in json.loads(row[6])
+        if (start := from_iso(s)) is not None
+    )
+    return OrderState(
+        order_id=row[0],
+        ingredient=row[1],
+        drug_text=row[2],
+        dose=row[3],
+        start=from_iso(row[4]),
+        stop=from_iso(row[5]),
+        holds=holds,
+    )
+
+
+def _observation_from_row(r: Sequence[Any]) -> Observation:
+    observed = from_iso(r[14])
+    assert observed is not None
+    return Observation(
+        analyte=r[0],
+        code=r[1],
+        code_system=r[2],
+        text=r[3],
+        value_type=r[4],
+        value_text=r[5],
+        value=r[6],
+        comparator=r[7],
+        unit=r[8],
+        ref_low=r[9],
+        ref_high=r[10],
+        ref_text=r[11],
+        flag=r[12],
+        status=ResultStatus(r[13]),
+        observed_at=observed,
+        specimen_id=r[15],
+        set_id=r[16],
+    )
+
+
+# What `_alert_from_row` reads, in its order.
+_ALERT_COLUMNS = (
+    "alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, severity, version, "
+    "opened_at, evidence_at, rests_on, evidence_key, payload"
+)
+_RECORD_COLUMNS = f"acknowledged_by, acknowledged_at, notified_at, reminders_sent, payload, {_ALERT_COLUMNS}"
+
+
+def _record_from_row(r: Sequence[Any]) -> AlertRecord:
+    return AlertRecord(
+        alert=_alert_from_row(r[5:]),
+        tracking=Tracking(
+            acknowledged_by=r[0],
+            acknowledged_at=from_iso(r[1]),
+            notified_at=from_iso(r[2]),
+            reminders_sent=r[3],
+        ),
+        payload=json.loads(r[4]),
+    )
+
+
+def _alert_from_row(r: Sequence[Any]) -> Alert:
+    opened, evidence = from_iso(r[9]), from_iso(r[10])
+    assert opened is not None
+    assert evidence is not None
+    return Alert(
+        alert_id=r[0],
+        patient=PatientKey(id=r[1], id_type=r[2], authority=r[3]),
+        rule=r[4],
+        episode=r[5],
+        state=AlertState(r[6]),
+        severity=Severity(r[7]),
+        version=r[8],
+        opened_at=opened,
+        evidence_at=evidence,
+        rests_on=tuple(a for a in r[11].split(",") if a) if len(r) > 11 else (),
+        evidence_key=r[12] if len(r) > 12 else "",
+        title=str(json.loads(r[13]).get("title", "")) if len(r) > 13 else "",
+    )
+
