@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto on a free port, the daemon in-process on
+"""Shared fixtures: a real Mosquitto on a free port, a throwaway PostgreSQL
+server on another (a fresh database per test), the daemon in-process on
 port 0, an MQTT recorder subscribed before anything is sent, and an async
 MLLP client that speaks real bytes over a real socket.
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bench.pgserver import PgServer, PgServerError
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
@@ -129,6 +132,36 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+# Fast, not durable: the tests check correctness, never what survives a power
+# cut, so the server skips fsync (the benchmark starts its own with fsync on).
+TEST_PG_SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off", "max_connections": "200"}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server of our own (own directory under /tmp, free port,
+    never the machine's 5432), shared by the session; tests get databases."""
+    server = PgServer(TEST_PG_SETTINGS)
+    try:
+        server.start()
+    except PgServerError as exc:
+        pytest.fail(f"{exc}\n(or run .ci/run, which installs it)", pytrace=False)
+    yield server
+    server.stop()
+
+
+_pg_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database, unique to this test; dropped after
+    it (connections the test left open are closed), so disk use stays flat."""
+    name = f"test_{next(_pg_databases)}"
+    yield pg_server.create_database(name)
+    pg_server.drop_database(name)
 
 
 class MqttRecorder:
