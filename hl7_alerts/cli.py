@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -23,7 +24,7 @@ from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
 from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
-from hl7_alerts.store import AlertRecord, ScheduleRow, SqliteStore, StoreError
+from hl7_alerts.store import AlertRecord, ScheduleRow, StoreError, open_store
 from hl7_alerts.timeutil import UTC_ZONE
 
 
@@ -68,6 +69,16 @@ def config() -> None:
     """Work with config.yaml."""
 
 
+def _store_name(cfg: Config) -> str:
+    """Where the store is, for people: a PostgreSQL URL without its password."""
+    if cfg.store.dsn is None:
+        return f"SQLite {cfg.store.path}"
+    url = urlsplit(cfg.store.dsn)
+    if url.password is not None:
+        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
+    return f"PostgreSQL {urlunsplit(url)}"
+
+
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
@@ -80,7 +91,7 @@ def config_check(file: Path) -> None:
     metrics = f"{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off"
     click.echo(f"ok: {file}")
     click.echo(f"  mllp      {cfg.mllp.host}:{cfg.mllp.port}")
-    click.echo(f"  store     {cfg.store.path}")
+    click.echo(f"  store     {_store_name(cfg)}")
     click.echo(f"  mqtt      {cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}")
     click.echo(f"  metrics   {metrics}")
     click.echo(f"  rules     hepatotoxicity at {cfg.rules.hepatotoxicity_x_uln:g}x ULN, "
@@ -202,7 +213,7 @@ def orders_import(config_path: Path, file: Path) -> None:
 
 
 async def _import(config: Config, data: str, source: str) -> offline.ImportResult:
-    store = await SqliteStore.open(config.store.path)
+    store = await open_store(config)
     try:
         return await offline.import_orders(store, data, config, source=source, now=datetime.now(UTC))
     finally:
@@ -228,7 +239,7 @@ def orders_list(config_path: Path, patient_id: str, id_type: str | None, authori
 async def _list(
     config: Config, patient_id: str, id_type: str, authority: str | None
 ) -> list[tuple[PatientKey, OrderState]]:
-    store = await SqliteStore.open(config.store.path)
+    store = await open_store(config)
     try:
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:
@@ -254,7 +265,7 @@ def schedule_list(config_path: Path, include_stopped: bool) -> None:
     logs.configure("warning", "console")
 
     async def run() -> list[ScheduleRow]:
-        store = await SqliteStore.open(config.store.path)
+        store = await open_store(config)
         try:
             return await store.list_schedules(include_stopped=include_stopped)
         finally:
@@ -299,7 +310,7 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
     config = _config_or_default(config_path)
 
     async def run() -> list[AlertRecord]:
-        store = await SqliteStore.open(config.store.path)
+        store = await open_store(config)
         try:
             return await store.list_alerts(include_closed=include_closed, limit=limit)
         finally:
@@ -325,7 +336,7 @@ def show_alert(config_path: Path, alert_id: str) -> None:
     config = _config_or_default(config_path)
 
     async def run() -> Any:
-        store = await SqliteStore.open(config.store.path)
+        store = await open_store(config)
         try:
             return await store.alert_detail(alert_id)
         finally:
@@ -365,7 +376,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     settings = config.pipeline_settings()
 
     async def run() -> str:
-        store = await SqliteStore.open(config.store.path)
+        store = await open_store(config)
         try:
             return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
         finally:

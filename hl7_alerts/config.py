@@ -94,7 +94,24 @@ class MllpConfig(_Section):
 
 
 class StoreConfig(_Section):
+    """SQLite at ``path`` (one daemon), unless ``dsn`` names a PostgreSQL
+    database (several daemons may share it)."""
+
     path: Path = Path("data/hl7-alerts.sqlite3")
+    dsn: str | None = None
+    # PostgreSQL: a daemon's claim on outbox rows lasts this long unrenewed;
+    # when it dies, another daemon publishes its rows once the lease runs out.
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "must be a PostgreSQL URL (postgresql://user@host:5432/dbname); "
+                "leave it out to use SQLite at store.path"
+            )
+        return value
 
 
 class MqttTlsConfig(_Section):
@@ -346,6 +363,15 @@ class Config(_Section):
                     ("rules", "history_days"),
                     f"must be at least rules.history_days ({self.rules.history_days}): "
                     "the rules read that much history",
+                )
+            )
+        if self.store.dsn is not None and self.store.lease_seconds <= self.mqtt.publish_timeout_seconds:
+            problems.append(
+                (
+                    ("store", "lease_seconds"),
+                    ("mqtt", "publish_timeout_seconds"),
+                    f"must be longer than mqtt.publish_timeout_seconds "
+                    f"({self.mqtt.publish_timeout_seconds}): a claim must outlive the wait for a PUBACK",
                 )
             )
         return problems

@@ -40,7 +40,7 @@ from hl7_alerts.pipeline import acknowledge_alert, process
 from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
-from hl7_alerts.store import Pruned, SqliteStore, Store, StoreError
+from hl7_alerts.store import Pruned, Store, StoreError, open_store
 
 log = structlog.get_logger("hl7_alerts.daemon")
 
@@ -73,6 +73,9 @@ RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
 }
 
 RETENTION_TASK = "retention"
+# Daemons sharing a PostgreSQL store share the pagers' acks: each ack goes to
+# one of them (MQTT v5 shared subscription), and is recorded once either way.
+ACK_SHARE_GROUP = "hl7-alerts"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +144,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
-        store = await SqliteStore.open(cfg.store.path)
+        store = await open_store(cfg)
         store.commit_observer = self.metrics.observe_commit
         self.store = store
         try:
@@ -175,6 +178,7 @@ class Daemon:
                     session_expiry=cfg.mqtt.session_expiry_seconds,
                     message_expiry=cfg.mqtt.message_expiry_seconds,
                     max_inflight=cfg.mqtt.max_inflight,
+                    ack_share_group=ACK_SHARE_GROUP if cfg.store.dsn is not None else None,
                     tls=None if cfg.mqtt.tls is None else TlsSettings(
                         ca_file=cfg.mqtt.tls.ca_file,
                         cert_file=cfg.mqtt.tls.cert_file,

@@ -35,7 +35,7 @@ from hl7_alerts.model import (
     PatientKey,
 )
 from hl7_alerts.pipeline import Outcome, process
-from hl7_alerts.store import ScheduleRow, SqliteStore, Transaction
+from hl7_alerts.store import ScheduleRow, SqliteStore, Store, Transaction
 from hl7_alerts.timeutil import parse_dtm, to_iso
 
 
@@ -213,7 +213,7 @@ def _header(patient: PatientKey, order: MedicationOrder) -> Header:
 
 
 async def import_orders(
-    store: SqliteStore, data: str, config: Config, *, source: str, now: datetime
+    store: Store, data: str, config: Config, *, source: str, now: datetime
 ) -> ImportResult:
     """Import every row (all or none: a bad row stops the import before any is stored)."""
     rows = read_orders_csv(data, config, source)
@@ -238,7 +238,7 @@ async def import_orders(
 
 
 async def list_orders(
-    store: SqliteStore, patient_id: str, id_type: str, authority: str | None
+    store: Store, patient_id: str, id_type: str, authority: str | None
 ) -> list[tuple[PatientKey, OrderState]]:
     """A patient's orders (every authority that has the identifier, unless one is given)."""
 

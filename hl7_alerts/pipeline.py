@@ -105,6 +105,10 @@ def process(
     """Store one parsed message and everything it causes; return the answer."""
     header = message.header
     key = DedupKey.of(header)
+    # Daemons sharing a store: one of them at a time handles this dedup key
+    # and these patients, so a message sent to two of them is processed once
+    # and a patient's orders, results and alerts are read as committed.
+    tx.lock(message=key, patients=_patients(message))
     raw_digest = digest(raw)
     seen = tx.find_messages(key)
     for prior in seen:
@@ -146,6 +150,14 @@ def process(
             _announce_folded(tx, alert_id, settings=settings, at=received_at)
         log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
+
+
+def _patients(message: Message) -> tuple[PatientKey, ...]:
+    if isinstance(message, MergeMessage):
+        return (message.prior, message.patient)
+    if isinstance(message, ResultMessage | OrderMessage):
+        return (message.patient,)
+    return ()
 
 
 _REPLACING = frozenset({ResultStatus.CORRECTED, ResultStatus.CANCELLED, ResultStatus.DELETED})
@@ -317,6 +329,10 @@ def acknowledge_alert(
     record = tx.alert_record(request.alert_id)
     if record is None:
         return "unknown_alert"
+    # Another daemon may be recording the same ack or changing the alert:
+    # read it again under its patient's lock.
+    tx.lock(patients=[record.alert.patient])
+    record = tx.alert_record(request.alert_id) or record
     alert, outcome = acknowledge(record.alert, record.tracking, request)
     if alert is None:
         tx.audit("ack_ignored", request.alert_id, at, detail=str(outcome))
@@ -342,7 +358,13 @@ def send_reminders(
         now - timedelta(seconds=policy.after_seconds),
     )
     sent: list[str] = []
-    for record in due:
+    for candidate in due:
+        # Read again under the patient's lock: another daemon's message may
+        # have resolved or acknowledged it since the candidates were read.
+        tx.lock(patients=[candidate.alert.patient])
+        record = tx.alert_record(candidate.alert.alert_id)
+        if record is None:
+            continue
         alert = remind(record.alert, record.tracking, policy, now=now)
         if alert is None:
             continue
@@ -519,7 +541,15 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
     if not m.enabled:
         return []
     raised: list[str] = []
-    for stored in tx.due_schedules(None):
+    for candidate in tx.due_schedules(None):
+        # Read again under the patient's lock: another daemon may have moved
+        # this schedule on (a panel) since the candidates were read.
+        tx.lock(patients=[candidate.patient])
+        stored = next(
+            (r for r in tx.patient_schedules(candidate.patient) if r.order_id == candidate.order_id), None
+        )
+        if stored is None or stored.state != "active" or stored.fired:
+            continue
         due = next_due(stored.start, stored.last_panel, m)
         row = replace(stored, due=due.due, fires_at=due.fires_at)
         if row != stored:

@@ -91,9 +91,13 @@ class MqttSettings:
     message_expiry: int | None = 86400
     max_inflight: int = 20
     tls: TlsSettings | None = None
-    # Rows written by another process (``hl7-alerts alerts ack``) raise no
-    # in-process signal; the outbox is looked at again after this long idle.
+    # Rows written by another process (``hl7-alerts alerts ack``, another
+    # daemon on the same PostgreSQL) raise no in-process signal; the outbox
+    # is looked at again after this long idle.
     outbox_recheck: float = 5.0
+    # Several daemons: each pager ack goes to one of them (an MQTT v5 shared
+    # subscription, ``$share/<group>/<prefix>/acks``); None: a plain one.
+    ack_share_group: str | None = None
 
     @property
     def status_topic(self) -> str:
@@ -102,6 +106,12 @@ class MqttSettings:
     @property
     def acks_topic(self) -> str:
         return f"{self.topic_prefix}/acks"
+
+    @property
+    def acks_subscription(self) -> str:
+        if self.ack_share_group is None:
+            return self.acks_topic
+        return f"$share/{self.ack_share_group}/{self.acks_topic}"
 
 
 def _status(state: str, at: datetime, client_id: str) -> bytes:
@@ -239,7 +249,7 @@ class Publisher:
                 self.window = max(1, min(s.max_inflight, self.receive_maximum))
                 log.info("mqtt_connected", host=s.host, port=s.port, window=self.window)
                 if self._on_ack is not None:
-                    await client.subscribe(s.acks_topic, qos=1)
+                    await client.subscribe(s.acks_subscription, qos=1)
                 # "online" once acks are being listened to.
                 await client.publish(
                     s.status_topic, _status("online", self._clock(), s.client_id), qos=1, retain=True
@@ -266,6 +276,10 @@ class Publisher:
         finally:
             self.connected = False
             self._unconfirmed = []
+            # Several daemons: what we claimed but did not deliver is theirs
+            # to publish now, not when the lease runs out.
+            with contextlib.suppress(StoreError):
+                await self._store.release_outbox()
 
     async def _read_acks(self, client: _Client) -> None:
         # Runs even without a handler: the message iterator is what notices a
@@ -302,7 +316,8 @@ class Publisher:
                         for row in rows:
                             task = asyncio.create_task(self._publish(client, row), name=f"publish-{row.id}")
                             in_flight.append((row, task))
-                            last_sent = row.id
+                            # Another daemon's orphans can come in below it.
+                            last_sent = max(last_sent, row.id)
                         self.max_in_flight_seen = max(self.max_in_flight_seen, len(in_flight))
                         continue
                 if in_flight:

@@ -70,6 +70,9 @@ class Scheduler:
         policy, settings = self._policy, self._settings
 
         def unit(tx: Transaction) -> tuple[list[str], list[str], datetime | None]:
+            # Daemons sharing a store tick one at a time: each due reminder
+            # or overdue alert fires once, whichever daemon's timer sees it.
+            tx.lock(timers=True)
             sent: list[str] = []
             due: list[datetime] = []
             if self._reminding:

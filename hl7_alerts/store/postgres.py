@@ -1,0 +1,240 @@
+"""PostgreSQL: the store for sites running several daemons on one database.
+
+Same `Transaction` queries as SQLite (`sql.py`), same writer (one thread,
+one connection, grouped commits, a SAVEPOINT per unit), and PostgreSQL's own
+transactions and locks for what several writers need:
+
+- **Units serialize per patient and per dedup key** with transaction-level
+  advisory locks (`lock`). The first unit of a transaction may wait for one
+  (it holds nothing yet, so it cannot be part of a deadlock); a later unit
+  only *tries*, and when another daemon holds the lock it is rolled back to
+  its savepoint and run again alone once the batch has committed (`LockBusy`).
+  Several locks are always taken in ascending order. A deadlock the server
+  still detects (row locks, say) sends the unit the same way.
+- **Outbox rows are claimed** (`pending_outbox`) by one daemon at a time,
+  with ``FOR UPDATE SKIP LOCKED`` under a lease on the database's clock, and
+  only when every earlier undelivered row of the same patient is this
+  daemon's: per patient, alerts go out in order whichever daemon sends them.
+  A daemon that dies leaves its claims to expire; another takes them then.
+- **Migrations** run under a session advisory lock, so two daemons starting
+  together migrate once.
+
+Statements are written with ``?`` marks (shared with SQLite) and turned into
+psycopg's ``%s`` once per statement text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import errors
+from psycopg.pq import TransactionStatus
+
+from hl7_alerts.model import PatientKey
+from hl7_alerts.store.base import DedupKey, LockBusy, OutboxRow, StoreError, log
+from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version
+from hl7_alerts.store.sql import BatchingStore, SqlTransaction, _outbox_row
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for a name (never Python's hash())."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+_MIGRATION_LOCK = lock_key("hl7-alerts:migrations")
+_OUTBOX_LOCK = lock_key("hl7-alerts:outbox-claims")
+_TIMERS_LOCK = lock_key("hl7-alerts:timers")
+
+# Waiting longer than this for a lock means something is wrong with the
+# holder; the unit fails (AR upstream, the sender resends) instead of hanging.
+LOCK_TIMEOUT_MS = 10_000
+
+_CONTENDED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
+
+
+def migrate(conn: psycopg.Connection[Any]) -> None:
+    """Bring the database's schema up to `SCHEMA_VERSION`, one transaction a
+    version, under a session lock: a second daemon starting now waits, then
+    finds nothing left to do."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = (row[0] if row else None) or 0
+        check_version(current, "store.dsn")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with conn.transaction():
+                conn.execute(MIGRATIONS[version - 1].render(Dialect.POSTGRESQL).encode())
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            log.info("store_migrated", version=version)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+class PgTransaction(SqlTransaction):
+    """`Transaction` over the writer's PostgreSQL connection."""
+
+    _EARLIER: ClassVar[str] = "{col}::timestamptz < ?::timestamptz"
+
+    def __init__(self, conn: psycopg.Connection[Any], *, owner: str, lease_seconds: float) -> None:
+        super().__init__(conn)
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self._sql: dict[str, str] = {}
+        self._alone = False
+        self._first = True
+        self._holds_locks = False
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        text = self._sql.get(sql)
+        if text is None:
+            text = self._sql[sql] = sql.replace("?", "%s")
+        return self._conn.execute(text, params)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
+    # -- locks between daemons ---------------------------------------------------
+
+    def batch_begun(self, *, alone: bool) -> None:
+        self._alone = alone
+        self._holds_locks = False
+
+    def unit_begun(self, *, first: bool) -> None:
+        self._first = first
+
+    def lock(
+        self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = (), timers: bool = False
+    ) -> None:
+        names = [f"patient:{p.key}" for p in patients]
+        if message is not None:
+            names.append(
+                f"message:{message.sending_application}|{message.sending_facility}|{message.control_id}"
+            )
+        keys = [lock_key(n) for n in names]
+        if timers:
+            keys.append(_TIMERS_LOCK)
+        self._lock_keys(keys)
+
+    def _lock_keys(self, keys: Iterable[int]) -> None:
+        ordered = sorted(set(keys))
+        if not ordered:
+            return
+        may_wait = self._alone or (self._first and not self._holds_locks)
+        # Held until the transaction ends, even when only some were taken.
+        self._holds_locks = True
+        if may_wait:
+            # unnest yields the array in order: the locks are taken ascending.
+            self._x("SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) AS k", (ordered,)).fetchall()
+            return
+        row = self._x(
+            "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest(?::bigint[]) AS k", (ordered,)
+        ).fetchone()
+        if not row[0]:
+            raise LockBusy("another daemon holds a lock this unit needs")
+
+    # -- the outbox, shared ------------------------------------------------------
+
+    def pending_outbox(self, limit: int, after_id: int) -> list[OutboxRow]:
+        """Claim up to ``limit`` rows for this daemon and return them, oldest
+        first. Rows at or below ``after_id`` that this daemon claimed are in
+        flight: their lease is renewed, they are not returned again. A row is
+        claimable when unclaimed, its lease has run out, or it is a stale
+        claim of ours; and only when every earlier undelivered row of its
+        patient is claimed with it or in flight here. Claimers take one lock
+        in turn, so two of them never split a patient's rows between them."""
+        self._lock_keys([_OUTBOX_LOCK])
+        now = self._x("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+        until = now + self.lease_seconds
+        me = self.owner
+        self._x(
+            "UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND delivered_at IS NULL AND id <= ?",
+            (until, me, after_id),
+        )
+        rows = self._x(
+            "WITH c AS ("
+            " SELECT o.id, o.patient FROM outbox o"
+            " WHERE o.delivered_at IS NULL"
+            " AND (o.claimed_by IS NULL OR o.claimed_until <= ? OR (o.claimed_by = ? AND o.id > ?))"
+            " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.patient = o.patient AND e.delivered_at IS NULL"
+            "  AND e.claimed_by <> ? AND e.claimed_until > ?)"
+            " ORDER BY o.id LIMIT ? FOR UPDATE OF o SKIP LOCKED"
+            "), ok AS ("
+            " SELECT c.id FROM c WHERE NOT EXISTS (SELECT 1 FROM outbox e WHERE e.patient = c.patient"
+            "  AND e.delivered_at IS NULL AND e.id < c.id AND e.id NOT IN (SELECT id FROM c)"
+            "  AND (e.claimed_by IS DISTINCT FROM ? OR e.id > ?))"
+            ") UPDATE outbox SET claimed_by = ?, claimed_until = ? FROM ok WHERE outbox.id = ok.id"
+            " RETURNING outbox.id, outbox.alert_id, outbox.version, outbox.event, outbox.topic,"
+            " outbox.payload, outbox.created_at",
+            (now, me, after_id, me, now, limit, me, after_id, me, until),
+        ).fetchall()
+        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.id)
+
+    def release_outbox(self) -> None:
+        self._x(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+            "WHERE claimed_by = ? AND delivered_at IS NULL",
+            (self.owner,),
+        )
+
+
+class PostgresStore(BatchingStore):
+    """`Store` on a PostgreSQL database that several daemons may share."""
+
+    _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
+
+    def __init__(self, dsn: str, *, owner: str, lease_seconds: float = 30.0, max_batch: int = 512) -> None:
+        super().__init__(max_batch=max_batch)
+        self.dsn = dsn
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, owner: str = "hl7-alerts", lease_seconds: float = 30.0, max_batch: int = 512
+    ) -> PostgresStore:
+        """Connect (migrating as needed) and start the writer. ``owner``
+        names this daemon's outbox claims (its MQTT client id): unique per
+        daemon sharing the database."""
+        store = cls(dsn, owner=owner, lease_seconds=lease_seconds, max_batch=max_batch)
+        await store._start()
+        return store
+
+    def _connect(self) -> PgTransaction:
+        try:
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,  # the writer says BEGIN and COMMIT itself
+                connect_timeout=10,
+                application_name=f"hl7-alerts {self.owner}"[:63],
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                # A peer that vanished (a cable, a host) is noticed in seconds.
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to store.dsn: {exc}".strip()) from exc
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return PgTransaction(conn, owner=self.owner, lease_seconds=self.lease_seconds)
+
+    def _reconnect_if_broken(self, tx: SqlTransaction) -> SqlTransaction:
+        conn: psycopg.Connection[Any] = tx._conn
+        if not (conn.closed or conn.broken):
+            return tx
+        log.warning("store_reconnecting")
+        conn.close()
+        return self._connect()
+
+    def _in_transaction(self, tx: SqlTransaction) -> bool:
+        conn: psycopg.Connection[Any] = tx._conn
+        return conn.info.transaction_status != TransactionStatus.IDLE
+
+    def _contended(self, exc: BaseException) -> bool:
+        return isinstance(exc, _CONTENDED)
