@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import aiomqtt
 import jsonschema
+import psycopg
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -35,6 +37,8 @@ from bench.pgserver import PgServer, PgServerError
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
+from hl7_alerts.store import SqliteStore
+from hl7_alerts.store.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -162,6 +166,44 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     name = f"test_{next(_pg_databases)}"
     yield pg_server.create_database(name)
     pg_server.drop_database(name)
+
+
+@dataclass
+class Backend:
+    """One store backend for a test: SQLite in the test's folder, or a fresh
+    PostgreSQL database on the session's server. Tests that take the
+    `backend` fixture run once on each."""
+
+    name: str
+    folder: Path
+    dsn: str | None = None
+
+    def store_section(self) -> dict[str, Any]:
+        """The config's ``store:`` section that selects this backend."""
+        return {"dsn": self.dsn} if self.dsn else {"path": str(self.folder / "store.sqlite3")}
+
+    async def open(self, *, owner: str = "test", lease_seconds: float = 30.0) -> Any:
+        if self.dsn is None:
+            return await SqliteStore.open(self.folder / "store.sqlite3")
+        return await PostgresStore.open(self.dsn, owner=owner, lease_seconds=lease_seconds)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read the store behind the daemon's back (``?`` marks on both backends)."""
+        if self.dsn is None:
+            with contextlib.closing(sqlite3.connect(self.folder / "store.sqlite3")) as db:
+                rows = db.execute(sql, params).fetchall()
+                db.commit()
+                return rows
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each backend in turn: the store's contract holds on both."""
+    if request.param == "sqlite":
+        return Backend("sqlite", tmp_path)
+    return Backend("postgresql", tmp_path, dsn=request.getfixturevalue("pg_dsn"))
 
 
 class MqttRecorder:

@@ -1,0 +1,269 @@
+"""The store's contract, on every backend: what the pipeline, the publisher
+and the timers rely on holds on SQLite and on PostgreSQL alike. Then what
+only several daemons sharing one PostgreSQL can break: dedup across
+daemons, one alert per fingerprint, outbox claims and their leases, timers
+that fire once, and a unit that must wait for another daemon's lock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WAIT, Backend
+
+from hl7_alerts.alerts import ReminderPolicy
+from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.model import AckCode, Severity
+from hl7_alerts.pipeline import Outcome, PipelineSettings, process, send_reminders
+from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Transaction
+from hl7_alerts.store.sql import SqlTransaction
+from hl7_alerts.terminology import Terminology
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+SETTINGS = PipelineSettings()
+ORDER = split_file((SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes())[0]
+PANEL = split_file((SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes())[0]
+STOP = "aza.hepatotoxicity.stop"
+
+
+def unit(raw: bytes):  # type: ignore[no-untyped-def]
+    message = parse_message(raw, OPTIONS)
+    return lambda tx: process(tx, message, raw, received_at=NOW, settings=SETTINGS)
+
+
+def patient(raw: bytes, pid: str, control: str) -> bytes:
+    """A sample message for another synthetic patient, under another control id."""
+    return raw.replace(b"H010001", pid.encode()).replace(b"|RX0001|", f"|{control}|".encode()).replace(
+        b"|LAB0001|", f"|{control}|".encode()
+    )
+
+
+def sql(tx: Transaction) -> SqlTransaction:
+    assert isinstance(tx, SqlTransaction)
+    return tx
+
+
+# ---------------------------------------------------------------------------
+# Every backend
+
+
+async def test_migrations_run_once_and_a_newer_schema_is_refused(backend: Backend) -> None:
+    store = await backend.open()
+    await store.close()
+    store = await backend.open()  # nothing left to migrate
+    await store.close()
+    assert backend.query("SELECT max(version), count(*) FROM schema_version") == [(SCHEMA_VERSION, SCHEMA_VERSION)]
+    backend.query("INSERT INTO schema_version (version) VALUES (?) RETURNING version", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNewError, match="newer than this hl7-alerts knows"):
+        await backend.open()
+
+
+async def test_a_failing_unit_rolls_back_alone_in_a_grouped_commit(backend: Backend) -> None:
+    store = await backend.open()
+
+    def boom(tx: Transaction) -> None:
+        unit(patient(PANEL, "H777", "LABX"))(tx)
+        raise RuntimeError("defect after writing")
+
+    results = await asyncio.gather(
+        store.transact(unit(ORDER)), store.transact(boom), store.transact(unit(PANEL)), return_exceptions=True
+    )
+    await store.close()
+    assert isinstance(results[1], RuntimeError)
+    assert [c.alert.rule for c in results[2].changes] == [STOP]
+    assert backend.query("SELECT control_id FROM messages ORDER BY id") == [("RX0001",), ("LAB0001",)]
+    assert backend.query("SELECT count(*) FROM outbox") == [(2,)]
+
+
+async def test_a_resend_gets_the_first_answer_and_changes_nothing(backend: Backend) -> None:
+    store = await backend.open()
+    await store.transact(unit(ORDER))
+    first = await store.transact(unit(PANEL))
+    again = await store.transact(unit(PANEL))
+    await store.close()
+    assert (first.duplicate, again.duplicate, again.ack_code, again.changes) == (False, True, AckCode.AA, ())
+    assert backend.query("SELECT count(*) FROM messages") == [(2,)]
+
+
+async def test_the_outbox_goes_out_in_order_and_is_audited(backend: Backend) -> None:
+    store = await backend.open()
+    for raw in (ORDER, PANEL):
+        await store.transact(unit(raw))
+    rows = await store.pending_outbox(10)
+    assert [r.event for r in rows] == ["firing", "firing"]
+    assert await store.pending_outbox(10, after_id=rows[-1].id) == []  # those are in flight
+    backlog = await store.outbox_backlog()
+    assert backlog.depth == 2
+    await store.mark_delivered([r.id for r in rows], NOW)
+    assert (await store.outbox_backlog()).depth == 0
+    detail = await store.alert_detail(rows[1].alert_id)
+    await store.close()
+    assert detail is not None
+    assert [line.kind for line in detail[1]] == ["event", "delivered"]
+
+
+async def test_the_audit_trail_is_append_only(backend: Backend) -> None:
+    store = await backend.open()
+    await store.transact(unit(ORDER))
+    with pytest.raises(StoreError, match="append-only"):
+        await store.transact(lambda tx: sql(tx)._x("UPDATE audit SET detail = 'x'"))
+    with pytest.raises(StoreError, match="append-only"):
+        await store.transact(lambda tx: sql(tx)._x("DELETE FROM audit"))
+    await store.close()
+
+
+async def test_lists_reminders_and_prune_read_the_same_on_both(backend: Backend) -> None:
+    store = await backend.open()
+    for raw in (ORDER, PANEL):
+        await store.transact(unit(raw))
+    alerts = await store.list_alerts()
+    assert sorted(a.alert.rule for a in alerts) == ["aza.hepatotoxicity.stop", "aza.pgx.missing"]
+    policy = ReminderPolicy(after_seconds=60, max_reminders=1, severities=frozenset({Severity.CRITICAL}))
+    later = NOW + timedelta(hours=1)
+    sent = await store.transact(lambda tx: send_reminders(tx, policy=policy, settings=SETTINGS, now=later))
+    again = await store.transact(lambda tx: send_reminders(tx, policy=policy, settings=SETTINGS, now=later))
+    assert len(sent) == 1
+    assert again == []
+    schedules = await store.list_schedules()
+    assert [s.order_id for s in schedules] == ["RX1"]
+    pruned = await store.prune(NOW + timedelta(days=3650))
+    await store.close()
+    assert pruned.observations > 0
+    assert backend.query("SELECT count(*) FROM orders") == [(1,)]  # orders are never pruned
+
+
+# ---------------------------------------------------------------------------
+# Several daemons on one PostgreSQL
+
+
+@pytest.fixture
+def shared(pg_dsn: str, tmp_path: Path) -> Backend:
+    return Backend("postgresql", tmp_path, dsn=pg_dsn)
+
+
+async def test_the_same_message_at_two_daemons_at_once_is_processed_once(shared: Backend) -> None:
+    a, b = await shared.open(owner="a"), await shared.open(owner="b")
+    await a.transact(unit(ORDER))
+    panels = [patient(PANEL, "H010001", f"LABR{i}") for i in range(10)]
+    for raw in panels:
+        answers: list[Outcome] = await asyncio.gather(a.transact(unit(raw)), b.transact(unit(raw)))
+        assert [o.ack_code for o in answers] == [AckCode.AA, AckCode.AA]
+        assert sorted(o.duplicate for o in answers) == [False, True]
+    await a.close()
+    await b.close()
+    assert shared.query("SELECT count(*) FROM messages") == [(11,)]
+    assert shared.query("SELECT count(*) FROM alerts WHERE rule = ?", (STOP,)) == [(1,)]
+
+
+async def test_two_daemons_evaluating_one_patient_open_one_alert(shared: Backend) -> None:
+    a, b = await shared.open(owner="a"), await shared.open(owner="b")
+    await a.transact(unit(ORDER))
+    # Different panels (other control ids and specimens), same patient, same moment.
+    panels = [patient(PANEL, "H010001", f"LABP{i}").replace(b"SPC100", f"SPC9{i}".encode()) for i in range(8)]
+    stores = [a, b] * 4
+    outcomes = await asyncio.gather(*(s.transact(unit(raw)) for s, raw in zip(stores, panels, strict=True)))
+    await a.close()
+    await b.close()
+    fired = [c for o in outcomes for c in o.changes if c.alert.rule == STOP and c.event == "firing"]
+    assert len(fired) == 1
+    assert shared.query("SELECT count(*) FROM alerts WHERE rule = ?", (STOP,)) == [(1,)]
+
+
+async def test_a_patients_outbox_rows_are_claimed_by_one_daemon_in_order(shared: Backend) -> None:
+    a, b = await shared.open(owner="a"), await shared.open(owner="b")
+    for i in range(3):
+        await a.transact(unit(patient(ORDER, f"H5{i}", f"RXO{i}")))
+        await a.transact(unit(patient(PANEL, f"H5{i}", f"LABO{i}")))
+    # A claims the first two rows: patient H50's order and panel alerts.
+    mine = await a.pending_outbox(2)
+    assert len(mine) == 2
+    # B gets the other patients' rows, never H50's.
+    theirs = await b.pending_outbox(10)
+    assert {r.id for r in theirs}.isdisjoint(r.id for r in mine)
+    assert len(theirs) == 4
+    assert all('"H50"' not in r.payload for r in theirs)
+    assert await b.pending_outbox(10, after_id=max(r.id for r in theirs)) == []
+    # A's connection ends: its claims are released, B takes them, in order.
+    await a.release_outbox()
+    taken = await b.pending_outbox(10, after_id=max(r.id for r in theirs))
+    assert [r.id for r in taken] == [r.id for r in mine]
+    await a.close()
+    await b.close()
+
+
+async def test_a_dead_daemons_claims_go_to_another_once_the_lease_runs_out(shared: Backend) -> None:
+    a = await shared.open(owner="a", lease_seconds=0.5)
+    b = await shared.open(owner="b")
+    await a.transact(unit(ORDER))
+    await a.transact(unit(PANEL))
+    claimed = await a.pending_outbox(10)
+    await a.close()  # dies without releasing or delivering
+    assert await b.pending_outbox(10) == []  # the lease still runs
+    deadline = asyncio.get_running_loop().time() + WAIT
+    taken: list[Any] = []
+    while not taken:
+        assert asyncio.get_running_loop().time() < deadline, "the lease never ran out"
+        taken = await b.pending_outbox(10)
+        if not taken:
+            await asyncio.sleep(0.05)  # polling the database's clock, with a deadline
+    assert [r.id for r in taken] == [r.id for r in claimed]
+    await b.close()
+
+
+async def test_timers_on_two_daemons_fire_once(shared: Backend) -> None:
+    a, b = await shared.open(owner="a"), await shared.open(owner="b")
+    for raw in (ORDER, PANEL):
+        await a.transact(unit(raw))
+    policy = ReminderPolicy(after_seconds=60, max_reminders=3, severities=frozenset({Severity.CRITICAL}))
+    later = NOW + timedelta(hours=1)
+
+    def tick(tx: Transaction) -> list[str]:
+        tx.lock(timers=True)
+        return send_reminders(tx, policy=policy, settings=SETTINGS, now=later)
+
+    results = await asyncio.gather(*(s.transact(tick) for s in (a, b, a, b)))
+    await a.close()
+    await b.close()
+    assert sum(len(r) for r in results) == 1
+    assert shared.query("SELECT count(*) FROM outbox WHERE event = 'reminder'") == [(1,)]
+
+
+async def test_a_unit_that_would_wait_inside_a_batch_runs_alone_after_it(shared: Backend) -> None:
+    """Daemon A holds the patient's lock; daemon B's batch reaches a unit for
+    that patient after another unit: waiting there could deadlock, so the
+    unit is deferred, then run alone (waiting is safe there) once A commits."""
+    a, b = await shared.open(owner="a"), await shared.open(owner="b")
+    await a.transact(unit(ORDER))
+    held, release, b_busy, b_go = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    key = parse_message(ORDER, OPTIONS).patient  # type: ignore[union-attr]
+
+    def hold(tx: Transaction) -> None:
+        tx.lock(patients=[key])
+        held.set()
+        assert release.wait(WAIT)
+
+    def occupy(tx: Transaction) -> None:
+        b_busy.set()
+        assert b_go.wait(WAIT)
+
+    holding = asyncio.ensure_future(a.transact(hold))
+    busy = asyncio.ensure_future(b.transact(occupy))  # B's writer waits: the next two share a batch
+    await asyncio.to_thread(lambda: held.wait(WAIT) and b_busy.wait(WAIT))
+    other = asyncio.ensure_future(b.transact(unit(patient(PANEL, "H888", "LABQ"))))
+    panel = asyncio.ensure_future(b.transact(unit(PANEL)))
+    b_go.set()
+    done, _ = await asyncio.wait({other}, timeout=WAIT)
+    assert other in done  # its batch committed without waiting for A
+    assert not panel.done()  # deferred behind A's lock
+    release.set()
+    outcome = await asyncio.wait_for(panel, WAIT)
+    await asyncio.wait_for(asyncio.gather(holding, busy), WAIT)
+    await a.close()
+    await b.close()
+    assert [c.alert.rule for c in outcome.changes] == [STOP]
