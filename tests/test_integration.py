@@ -1,14 +1,15 @@
 """End to end: real MLLP bytes in, ACKs and MQTT alert payloads out, against a
-real Mosquitto and the daemon on a free port."""
+real Mosquitto and the daemon on a free port, on each store backend (SQLite,
+and PostgreSQL on the tests' own server)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from conftest import (
     SAMPLES,
     AsyncMllpClient,
+    Backend,
     Broker,
     ack_fields,
     make_config,
@@ -34,8 +35,10 @@ def sample_messages(*names: str) -> list[bytes]:
     return out
 
 
-async def test_seed_story_fires_one_critical_alert(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+async def test_seed_story_fires_one_critical_alert(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
         acks = [ack_fields(await client.send(m)) for m in sample_messages(*SEED_STORY)]
@@ -84,8 +87,10 @@ async def test_seed_story_fires_one_critical_alert(tmp_path: Path, broker: Broke
     assert "name" not in alert["patient"]  # PHI policy default: identifier only
 
 
-async def test_no_order_no_alert_and_v23_orm_feed(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+async def test_no_order_no_alert_and_v23_orm_feed(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
         codes = [
@@ -103,8 +108,10 @@ async def test_no_order_no_alert_and_v23_orm_feed(tmp_path: Path, broker: Broker
     assert (ast["ref_high"], ast["x_uln"]) == (40, 3.38)  # configured default range, no OBX-7
 
 
-async def test_resend_gets_same_ack_and_no_second_alert(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+async def test_resend_gets_same_ack_and_no_second_alert(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     order, panel = sample_messages(SEED_STORY[0], SEED_STORY[1])
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
@@ -121,12 +128,13 @@ async def test_resend_gets_same_ack_and_no_second_alert(tmp_path: Path, broker: 
         alerts = [a for a in await mqtt.wait_alerts(4) if a["rule"] == "aza.hepatotoxicity.stop"]
     assert (first["code"], first["control_id"]) == (second["code"], second["control_id"]) == ("AA", "LAB0001")
     assert [a["patient"]["id"] for a in alerts] == ["H010001", "H030003"]
-    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM messages WHERE control_id = 'LAB0001'").fetchone() == (1,)
+    assert backend.query("SELECT count(*) FROM messages WHERE control_id = 'LAB0001'") == [(1,)]
 
 
-async def test_broker_down_never_delays_acks_and_alerts_follow(tmp_path: Path, own_broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, own_broker.port, prefix)
+async def test_broker_down_never_delays_acks_and_alerts_follow(
+    tmp_path: Path, own_broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, own_broker.port, prefix, store=backend.store_section())
     own_broker.stop()
     async with running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
@@ -142,8 +150,10 @@ async def test_broker_down_never_delays_acks_and_alerts_follow(tmp_path: Path, o
     assert [a["patient"]["id"] for a in firing] == ["H010001", "H030003"]
 
 
-async def test_content_error_gets_ae_with_err_and_is_kept(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+async def test_content_error_gets_ae_with_err_and_is_kept(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     no_mrn = (
         b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|BAD001|P|2.5.1\r"
         b"PID|1||900123456^^^SSA^SS||TESTPATIENT^DELTA\r"
@@ -157,16 +167,15 @@ async def test_content_error_gets_ae_with_err_and_is_kept(tmp_path: Path, broker
     assert (ack["code"], ack["control_id"]) == ("AE", "BAD001")
     assert ack["ERR"].startswith("ERR||PID^1^3|101^Required field missing^HL70357|E")
     assert ack["MSH"].startswith("MSH|^~\\&|HL7ALERTS|GENHOSP|LAB|GENHOSP|")
-    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
-        assert db.execute("SELECT control_id, ack_code FROM rejected_messages").fetchall() == [("BAD001", "AE")]
+    assert backend.query("SELECT control_id, ack_code FROM rejected_messages") == [("BAD001", "AE")]
 
 
 async def test_seed_story_low_alp_carries_every_seed_recommendation(
-    tmp_path: Path, broker: Broker, prefix: str
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
 ) -> None:
     """Issue 4 point 7: order, enzymes above 3×ULN, discontinuation, then ALP 39
     (42-141) two weeks later gives aza.post_stop.low_alp with the seed's advice."""
-    config = make_config(tmp_path, broker.port, prefix)
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
         for m in sample_messages(*SEED_STORY):
@@ -211,8 +220,10 @@ CATALOG = {
 }
 
 
-async def test_every_rule_through_mllp_and_mqtt(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+async def test_every_rule_through_mllp_and_mqtt(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     messages = sample_messages("07_rule_catalog.hl7", "08_correction_withdraws.hl7")
 
     def seen() -> set[tuple[str, str, str, str]]:
