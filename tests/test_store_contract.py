@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import WAIT, Backend
+from hl7kit import AZA, alt, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -136,6 +137,34 @@ async def test_lists_reminders_and_prune_read_the_same_on_both(backend: Backend)
     await store.close()
     assert pruned.observations > 0
     assert backend.query("SELECT count(*) FROM orders") == [(1,)]  # orders are never pruned
+
+
+async def test_a40_merge_moves_orders_history_and_alerts(backend: Backend) -> None:
+    """The merge's SQL differs most between dialects (moving rows that may
+    collide with the survivor's): the survivor's next panel escalates the
+    prior record's open alert, under the same id."""
+    old = "H0990009^^^GENHOSP^MR"
+    merge = "\r".join([
+        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
+        "EVN|A40|20261002080000",
+        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
+        "MRG|H0990009^^^GENHOSP^MR",
+    ]) + "\r"
+    messages = [
+        order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),
+        order_msg("RX2", "NW", "RX1", AZA, "20260901090000"),  # the survivor's own copy of the order wins
+        oru("L1", "20261001080000", alt("60"), mrn=old),
+        merge,
+        oru("L2", "20261008080000", alt("62"), specimen="S2"),
+    ]
+    store = await backend.open()
+    outcomes = [await store.transact(unit(m.encode())) for m in messages]
+    await store.close()
+    mild = [(c.event, c.alert.alert_id) for o in outcomes for c in o.changes if c.alert.rule == "aza.liver.mild"]
+    assert [e for e, _ in mild] == ["firing", "escalated"]
+    assert mild[0][1] == mild[1][1]
+    assert backend.query("SELECT patient, order_id FROM orders") == [("GENHOSP|MR|H0990001", "RX1")]
+    assert backend.query("SELECT DISTINCT patient FROM observations") == [("GENHOSP|MR|H0990001",)]
 
 
 # ---------------------------------------------------------------------------
