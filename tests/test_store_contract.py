@@ -296,3 +296,19 @@ async def test_a_unit_that_would_wait_inside_a_batch_runs_alone_after_it(shared:
     await a.close()
     await b.close()
     assert [c.alert.rule for c in outcome.changes] == [STOP]
+
+
+async def test_a_dropped_connection_fails_one_batch_then_the_writer_reconnects(shared: Backend) -> None:
+    """The server restarts or a network blip kills the connection: the batch
+    in progress fails (AR upstream: the sender resends), the next one runs on
+    a new connection; nothing hangs."""
+    store = await shared.open(owner="a")
+    await store.transact(unit(ORDER))
+    shared.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?", ("hl7-alerts a",)
+    )
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(store.transact(unit(PANEL)), WAIT)
+    outcome = await asyncio.wait_for(store.transact(unit(PANEL)), WAIT)
+    await store.close()
+    assert [c.alert.rule for c in outcome.changes] == [STOP]
