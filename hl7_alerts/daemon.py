@@ -73,9 +73,6 @@ RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
 }
 
 RETENTION_TASK = "retention"
-# Daemons sharing a PostgreSQL store share the pagers' acks: each ack goes to
-# one of them (MQTT v5 shared subscription), and is recorded once either way.
-ACK_SHARE_GROUP = "hl7-alerts"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,7 +175,7 @@ class Daemon:
                     session_expiry=cfg.mqtt.session_expiry_seconds,
                     message_expiry=cfg.mqtt.message_expiry_seconds,
                     max_inflight=cfg.mqtt.max_inflight,
-                    ack_share_group=ACK_SHARE_GROUP if cfg.store.dsn is not None else None,
+                    several_daemons=cfg.store.dsn is not None,
                     tls=None if cfg.mqtt.tls is None else TlsSettings(
                         ca_file=cfg.mqtt.tls.ca_file,
                         cert_file=cfg.mqtt.tls.cert_file,

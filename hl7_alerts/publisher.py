@@ -46,6 +46,10 @@ from hl7_alerts.timeutil import utc_stamp
 
 log = structlog.get_logger("hl7_alerts.publisher")
 
+# Daemons sharing a store share the pagers' acks: each ack goes to one of
+# them, and is recorded once whichever it is.
+ACK_SHARE_GROUP = "hl7-alerts"
+
 # MQTT v5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65535.
 _DEFAULT_RECEIVE_MAXIMUM = 65535
 
@@ -95,12 +99,16 @@ class MqttSettings:
     # daemon on the same PostgreSQL) raise no in-process signal; the outbox
     # is looked at again after this long idle.
     outbox_recheck: float = 5.0
-    # Several daemons: each pager ack goes to one of them (an MQTT v5 shared
-    # subscription, ``$share/<group>/<prefix>/acks``); None: a plain one.
-    ack_share_group: str | None = None
+    # Several daemons share the store (PostgreSQL): each pager ack goes to
+    # one of them (an MQTT v5 shared subscription), and each keeps its own
+    # retained status, so one daemon's last will does not say "offline"
+    # for a site whose other daemon is serving.
+    several_daemons: bool = False
 
     @property
     def status_topic(self) -> str:
+        if self.several_daemons:
+            return f"{self.topic_prefix}/status/{self.client_id}"
         return f"{self.topic_prefix}/status"
 
     @property
@@ -109,9 +117,9 @@ class MqttSettings:
 
     @property
     def acks_subscription(self) -> str:
-        if self.ack_share_group is None:
+        if not self.several_daemons:
             return self.acks_topic
-        return f"$share/{self.ack_share_group}/{self.acks_topic}"
+        return f"$share/{ACK_SHARE_GROUP}/{self.acks_topic}"
 
 
 def _status(state: str, at: datetime, client_id: str) -> bytes:

@@ -12,7 +12,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import AsyncMllpClient, Broker, make_config, recording, running
+from conftest import AsyncMllpClient, Backend, Broker, make_config, recording, running
+from structlog.testing import capture_logs
 from test_integration import SEED_STORY, sample_messages
 
 
@@ -70,9 +71,9 @@ def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
 
 
 async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
-    tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock
+    tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock, backend: Backend
 ) -> None:
-    config = make_config(tmp_path, broker.port, prefix)
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
     async with recording(broker, prefix) as mqtt, running(config, clock=clock) as daemon:
         await send_all(daemon.port, sample_messages(*OPEN_CRITICAL, "06_v23_orm_feed.hl7"))
         fired = await mqtt.wait_alerts(4)
@@ -95,11 +96,10 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
     assert alerts[4]["acknowledged"] == {"by": "dr.oncall", "at": "2026-11-24T20:05:00+00:00"}
     assert alerts[4]["severity"] == "critical"
     assert alerts[4]["title"] == alerts[1]["title"]
-    store = tmp_path / "store.sqlite3"
-    with sqlite3.connect(store) as db:
-        assert db.execute("SELECT acknowledged_by, acknowledged_at FROM alerts WHERE alert_id = ?",
-                          (first["alert_id"],)).fetchone() == ("dr.oncall", "2026-11-24T20:05:00+00:00")
-    assert audit(store, first["alert_id"]) == [
+    assert backend.query("SELECT acknowledged_by, acknowledged_at FROM alerts WHERE alert_id = ?",
+                         (first["alert_id"],)) == [("dr.oncall", "2026-11-24T20:05:00+00:00")]
+    assert backend.query("SELECT kind, version, event FROM audit WHERE alert_id = ? ORDER BY id",
+                         (first["alert_id"],)) == [
         ("event", 1, "firing"), ("publish_attempt", 1, "firing"), ("delivered", 1, "firing"),
         ("acknowledged", 2, "acknowledged"), ("event", 2, "acknowledged"),
         ("publish_attempt", 2, "acknowledged"), ("delivered", 2, "acknowledged"),
@@ -209,3 +209,31 @@ async def test_phi_policy_from_config_reaches_the_payload(tmp_path: Path, broker
     assert alert["patient"]["id"] == "H010001"
     assert "TESTPATIENT" in alert["patient"]["name"]
     assert alert["patient"]["birth_date"].startswith("1970")
+
+
+async def test_two_daemons_on_one_postgresql_share_the_acks_and_keep_their_own_status(
+    tmp_path: Path, broker: Broker, prefix: str, pg_dsn: str
+) -> None:
+    """Each pager ack reaches one of the daemons (MQTT v5 shared subscription)
+    and is recorded once; each daemon keeps its own retained status, so the
+    last will of one does not report the site offline."""
+    sections: dict[str, Any] = {"store": {"dsn": pg_dsn}, "rules": NO_MONITORING}
+    config_a = make_config(tmp_path, broker.port, prefix, **sections)
+    config_b = make_config(tmp_path, broker.port, prefix, mqtt={"client_id": f"{prefix}-b"}, **sections)
+    with capture_logs() as logs:
+        async with recording(broker, prefix) as mqtt, running(config_a) as a, running(config_b):
+            await send_all(a.port, sample_messages(*OPEN_CRITICAL))
+            pgx, stop = sorted(await mqtt.wait_alerts(2), key=lambda x: x["rule"])
+            for n in range(10):
+                await mqtt.client.publish(f"{prefix}/acks", ack(stop["alert_id"], by=f"dr.{n}"), qos=1)
+            # The last ack is read after the ten by whichever daemon gets it:
+            # had both subscribed plainly, each would have read all eleven.
+            await mqtt.client.publish(f"{prefix}/acks", ack(pgx["alert_id"]), qos=1)
+            await mqtt.wait_for(lambda _: len([x for x in mqtt.alerts() if x["event"] == "acknowledged"]) == 2)
+            online = {t for t, body in mqtt.messages if body.get("state") == "online"}
+    received = [e for e in logs if e["event"] == "ack_received"]
+    assert len(received) == 11
+    assert [e["outcome"] for e in received].count("acknowledged") == 2
+    assert online == {f"{prefix}/status/{prefix}", f"{prefix}/status/{prefix}-b"}
+    assert Backend("postgresql", tmp_path, pg_dsn).query(
+        "SELECT count(*) FROM audit WHERE kind = 'acknowledged'") == [(2,)]
