@@ -135,6 +135,11 @@ class MqttConfig(_Section):
     # MQTT v5 session: the broker keeps our session (the acks subscription and
     # what is queued on it) this long across reconnects and restarts.
     session_expiry_seconds: int = Field(default=3600, ge=0, le=0xFFFFFFFF)
+    # With store.dsn (several daemons): pager acks on an MQTT v5 shared
+    # subscription, each ack to one daemon. Brokers keep routing a share of
+    # them to a crashed daemon's session until it restarts; false has every
+    # daemon read every ack instead (still recorded once).
+    shared_acks: bool = True
     # Message expiry on alert publishes: a pager offline longer never sees it.
     message_expiry_seconds: int | None = Field(default=86400, ge=1, le=0xFFFFFFFF)
     # Publishes awaiting PUBACK at once; the broker's Receive Maximum caps it further.

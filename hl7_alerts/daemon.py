@@ -176,6 +176,7 @@ class Daemon:
                     message_expiry=cfg.mqtt.message_expiry_seconds,
                     max_inflight=cfg.mqtt.max_inflight,
                     several_daemons=cfg.store.dsn is not None,
+                    shared_acks=cfg.mqtt.shared_acks,
                     tls=None if cfg.mqtt.tls is None else TlsSettings(
                         ca_file=cfg.mqtt.tls.ca_file,
                         cert_file=cfg.mqtt.tls.cert_file,

@@ -104,6 +104,9 @@ class MqttSettings:
     # retained status, so one daemon's last will does not say "offline"
     # for a site whose other daemon is serving.
     several_daemons: bool = False
+    # ... and of those, whether the acks subscription is shared (each ack to
+    # one daemon) or plain (every daemon reads every ack; recorded once).
+    shared_acks: bool = True
 
     @property
     def status_topic(self) -> str:
@@ -117,7 +120,7 @@ class MqttSettings:
 
     @property
     def acks_subscription(self) -> str:
-        if not self.several_daemons:
+        if not (self.several_daemons and self.shared_acks):
             return self.acks_topic
         return f"$share/{ACK_SHARE_GROUP}/{self.acks_topic}"
 
@@ -266,6 +269,10 @@ class Publisher:
                     acks = tg.create_task(self._read_acks(client), name="mqtt-acks")
                     await self._drain(client)
                     acks.cancel()
+                if self._on_ack is not None and s.acks_subscription != s.acks_topic:
+                    # Leave the share group before going: brokers keep handing
+                    # a stopped member's session its share of the acks.
+                    await client.unsubscribe(s.acks_subscription)
                 # Stopping: say so before the clean disconnect (no will is sent then).
                 await client.publish(
                     s.status_topic, _status("offline", self._clock(), s.client_id), qos=1, retain=True
