@@ -67,6 +67,13 @@ from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 T = TypeVar("T")
 
 
+# What `_observation_from_row` reads, in its order.
+OBSERVATION_COLUMNS = (
+    "analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
+    "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id"
+)
+
+
 def _ts(value: datetime) -> float:
     return value.timestamp()
 
@@ -277,9 +284,7 @@ class SqlTransaction:
         self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
     ) -> tuple[Observation, ...]:
         sql = (
-            "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "
-            "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id FROM observations "
-            "WHERE patient = ? AND superseded = 0"
+            f"SELECT {OBSERVATION_COLUMNS} FROM observations WHERE patient = ? AND superseded = 0"  # noqa: S608
         )
         params: list[Any] = [patient.key]
         if since is not None:
@@ -298,9 +303,7 @@ class SqlTransaction:
         rows = []
         for analyte in Analyte:
             row = self._x(
-                "SELECT analyte, code, code_system, text, value_type, value_text, value, comparator, unit, "  # noqa: S608
-                "ref_low, ref_high, ref_text, flag, status, observed_at, specimen_id, set_id "
-                f"FROM observations {self._ANALYTE_INDEX} "  # a constant index hint
+                f"SELECT {OBSERVATION_COLUMNS} FROM observations {self._ANALYTE_INDEX} "  # noqa: S608 (constants)
                 "WHERE patient = ? AND analyte = ? AND observed_ts < ? AND observed_ts >= ? "
                 "AND superseded = 0 AND status IN ('F', 'C', 'P') ORDER BY observed_ts DESC, id DESC LIMIT 1",
                 (patient.key, analyte.value, _ts(before), _ts(since) if since is not None else float("-inf")),
