@@ -107,6 +107,11 @@ class MqttSettings:
     # ... and of those, whether the acks subscription is shared (each ack to
     # one daemon) or plain (every daemon reads every ack; recorded once).
     shared_acks: bool = True
+    # Stopping with a shared acks subscription: after leaving the group, acks
+    # already routed to us are handled until none came for ``acks_quiet``
+    # seconds (at most ``acks_settle_max``).
+    acks_quiet: float = 0.5
+    acks_settle_max: float = 10.0
 
     @property
     def status_topic(self) -> str:
@@ -179,6 +184,8 @@ class Publisher:
         self.window = settings.max_inflight
         self.max_in_flight_seen = 0
         self._unconfirmed: list[int] = []
+        self._ack_activity = asyncio.Event()  # set as each ack arrives and is done with
+        self._ack_busy = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -268,11 +275,13 @@ class Publisher:
                 async with asyncio.TaskGroup() as tg:
                     acks = tg.create_task(self._read_acks(client), name="mqtt-acks")
                     await self._drain(client)
+                    if self._on_ack is not None and s.acks_subscription != s.acks_topic:
+                        # Leave the share group before going (brokers keep
+                        # handing a stopped member's session its share of the
+                        # acks), then finish the acks already routed to us.
+                        await client.unsubscribe(s.acks_subscription)
+                        await self._acks_settled()
                     acks.cancel()
-                if self._on_ack is not None and s.acks_subscription != s.acks_topic:
-                    # Leave the share group before going: brokers keep handing
-                    # a stopped member's session its share of the acks.
-                    await client.unsubscribe(s.acks_subscription)
                 # Stopping: say so before the clean disconnect (no will is sent then).
                 await client.publish(
                     s.status_topic, _status("offline", self._clock(), s.client_id), qos=1, retain=True
@@ -300,13 +309,34 @@ class Publisher:
         # Runs even without a handler: the message iterator is what notices a
         # lost connection at once (a pending publish would wait for its timeout).
         async for message in client.messages:
-            handled = True
-            if self._on_ack is not None and message.topic.matches(self._settings.acks_topic):
-                body = message.payload
-                raw = bytes(body) if isinstance(body, bytes | bytearray) else str(body).encode()
-                handled = await self._on_ack(raw)
-            if handled:
-                client.puback(message)
+            self._ack_activity.set()
+            self._ack_busy = True
+            try:
+                handled = True
+                if self._on_ack is not None and message.topic.matches(self._settings.acks_topic):
+                    body = message.payload
+                    raw = bytes(body) if isinstance(body, bytes | bytearray) else str(body).encode()
+                    handled = await self._on_ack(raw)
+                if handled:
+                    client.puback(message)
+            finally:
+                self._ack_busy = False
+                self._ack_activity.set()
+
+    async def _acks_settled(self) -> None:
+        """Return once no ack is being handled and none has arrived for
+        ``acks_quiet`` seconds (the broker's in-flight ones after we left the
+        share group), or after ``acks_settle_max`` at most."""
+        s = self._settings
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(s.acks_settle_max):
+                while True:
+                    self._ack_activity.clear()
+                    try:
+                        await asyncio.wait_for(self._ack_activity.wait(), s.acks_quiet)
+                    except TimeoutError:
+                        if not self._ack_busy:
+                            return
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Keep up to ``window`` publishes in flight; mark delivered in order."""

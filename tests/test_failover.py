@@ -1,4 +1,5 @@
-"""Two daemons, one PostgreSQL store: failover and a message sent to both.
+"""Two daemons, one PostgreSQL store: failover, outbox leases, pager acks, and
+a message sent to both.
 
 Two real ``hl7-alerts serve`` processes share one PostgreSQL database and one
 Mosquitto, each with its own MQTT client id (which also names its outbox
@@ -17,10 +18,34 @@ claims) and its own MLLP port. What this proves:
   same bytes) sent to A and B at once is processed once: both answer AA for
   that control id, the store holds one ``messages`` row and one alert, and the
   pager sees one aza.hepatotoxicity.stop firing, never a second.
+- **A dead daemon's claims wait for their lease.** With both daemons connected
+  the broker is frozen (SIGSTOP: connections stay up, publishes go
+  unanswered), A takes orders and panels for 5 patients and claims their
+  outbox rows (6 s lease, 5 s publish timeout), and is SIGKILLed as soon as
+  the claims are in the database, before its publish timeout could release
+  them; then the broker resumes. B publishes every alert of those patients
+  (one alert id per patient and rule, in order per patient), but A's claimed
+  rows only once their lease ran out: every poll of the database whose clock
+  is still inside the lease finds them A's and undelivered, B's
+  ``delivered_at`` is after A's ``claimed_until``, and each pager copy of them
+  is either A's own publish from before the kill (the frozen broker had it in
+  its socket and routes it when resumed) or B's, after the lease.
+- **Acks after a graceful stop** (shared acks, ``$share/hl7-alerts/<prefix>/acks``).
+  A is stopped with SIGTERM and exits; 10 acks for 10 alerts published then
+  are all read by B: 10 ``acknowledged`` audit rows (one per alert, none from
+  A) and 10 acknowledged events. A left the share group on its way out;
+  without that unsubscribe the broker queues about half of them on A's
+  stopped session and this test fails.
+- **Plain acks subscription** (``mqtt.shared_acks: false``). A is SIGKILLed;
+  10 acks published then are all recorded by B, each once. A restarted under
+  its client id reads the same 10 from its session (queued while it was dead)
+  and ignores them as already acknowledged: still one ``acknowledged`` audit
+  row and one acknowledged outbox event per alert.
 
 Monitoring (the sample orders are months old: overdue alerts) and reminders
-are off, so only order and panel alerts occur. Every wait is on a condition
-with a deadline; the daemons are killed in ``finally`` whatever happens.
+are off, so only order and panel alerts (and the acks' acknowledged events)
+occur. Every wait is on a condition with a deadline; the daemons are killed,
+and a frozen broker resumed, in ``finally`` whatever happens.
 """
 
 from __future__ import annotations
@@ -36,15 +61,18 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, LiteralString
 
 import psycopg
+import pytest
 from conftest import (
     SAMPLES,
     WAIT,
     AsyncMllpClient,
     Broker,
+    MqttRecorder,
     ack_fields,
     free_port,
     port_open,
@@ -61,6 +89,10 @@ PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
 PER_PATIENT = [(PGX, 1, "firing"), (STOP, 1, "firing")]
 LEASE_SECONDS = 3  # must exceed mqtt.publish_timeout_seconds (1): config check enforces it
 DELIVERY_DEADLINE = 60.0
+# The lease takeover: a lease long enough to see B wait for it, and a publish
+# timeout below it (the config check) but above the time it takes to kill A
+# once its claims are in the database (a timeout would release them first).
+TAKEOVER_LEASE, TAKEOVER_PUBLISH_TIMEOUT = 6, 5
 
 
 # Patient ids QA000…; control ids leave out the Q, so a patient id found in a
@@ -102,12 +134,15 @@ class Served:
             self.process.wait(timeout=WAIT)
 
 
-def serve(tmp_path: Path, name: str, broker: Broker, prefix: str, dsn: str) -> Served:
-    """Write this daemon's config (JSON is YAML) and start it."""
+def serve(
+    tmp_path: Path, name: str, broker: Broker, prefix: str, dsn: str, **sections: dict[str, Any]
+) -> Served:
+    """Write this daemon's config (JSON is YAML), with ``sections`` merged
+    over the defaults below, and start it."""
     client_id = f"{prefix}-{name}"
     port = free_port()
     config = tmp_path / f"config-{name}.yaml"
-    config.write_text(json.dumps({
+    data: dict[str, Any] = {
         "mllp": {"host": "127.0.0.1", "port": port},
         "store": {"dsn": dsn, "lease_seconds": LEASE_SECONDS},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": prefix, "client_id": client_id,
@@ -117,7 +152,11 @@ def serve(tmp_path: Path, name: str, broker: Broker, prefix: str, dsn: str) -> S
         "metrics": {"port": 0},
         "rules": {"monitoring": {"enabled": False}},
         "alerts": {"reminder_max": 0},
-    }))
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    client_id, port = data["mqtt"]["client_id"], data["mllp"]["port"]
+    config.write_text(json.dumps(data))
     log = tmp_path / f"daemon-{name}.log"
     with log.open("ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
@@ -134,11 +173,15 @@ async def wait_listening(*daemons: Served) -> None:
 
 
 @contextlib.contextmanager
-def daemons(tmp_path: Path, broker: Broker, prefix: str, dsn: str, *names: str) -> Iterator[list[Served]]:
+def daemons(
+    tmp_path: Path, broker: Broker, prefix: str, dsn: str, *names: str, **sections: dict[str, Any]
+) -> Iterator[list[Served]]:
+    """Start the named daemons; every daemon in the list (a test may append
+    one it starts later) is killed on the way out."""
     started: list[Served] = []
     try:
         for name in names:
-            started.append(serve(tmp_path, name, broker, prefix, dsn))
+            started.append(serve(tmp_path, name, broker, prefix, dsn, **sections))
         yield started
     finally:
         for d in started:
@@ -335,4 +378,318 @@ async def test_one_message_sent_to_both_daemons_at_once_is_processed_once(
     print(f"simultaneous: {len(patients)} panels sent to both; processed first by {dict(first)}, "
           f"the other answered as duplicate; ACK latencies (A, B) "
           f"{[(round(x, 3), round(y, 3)) for x, y in latencies]}; {repeats} repeats of one alert_id:version; "
+          f"test took {time.monotonic() - started:.2f}s")
+
+
+# -- leases and pager acks -------------------------------------------------------
+
+
+def ack(alert_id: str, by: str) -> bytes:
+    """A pager's acknowledgement, as published on ``<prefix>/acks``."""
+    return json.dumps({"alert_id": alert_id, "by": by, "at": "2026-11-24T20:05:00Z"}).encode()
+
+
+def ack_audit(dsn: str) -> Counter[str]:
+    """How many acks the daemons have read, by outcome (every ack read is audited)."""
+    rows = query(dsn, "SELECT kind, count(*) FROM audit WHERE kind IN ('acknowledged', 'ack_ignored') GROUP BY 1")
+    return Counter({kind: int(n) for kind, n in rows})
+
+
+def acknowledged(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [x for x in alerts if x["event"] == "acknowledged"]
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+async def wait_online(mqtt: MqttRecorder, prefix: str, *daemons: Served, since: int = 0) -> None:
+    """Each daemon has said "online" (after message ``since``): its MQTT
+    session is up and its acks subscription in place."""
+    topics = {f"{prefix}/status/{d.client_id}" for d in daemons}
+
+    def online(messages: list[tuple[str, dict[str, Any]]]) -> bool:
+        return topics <= {topic for topic, body in messages[since:] if body.get("state") == "online"}
+
+    await mqtt.wait_for(online)
+
+
+async def fire(mqtt: MqttRecorder, dsn: str, daemons: tuple[Served, ...], patients: list[str]) -> list[str]:
+    """Each patient's order and panel through the daemons in turn; once every
+    alert reached the pager and the outbox is empty, the alert ids."""
+    for i, pid in enumerate(patients):
+        await send_all(daemons[i % len(daemons)].port, [order_for(pid), panel_for(pid)])
+    expected = {(pid, rule) for pid in patients for rule in (PGX, STOP)}
+    await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
+    await asyncio.to_thread(wait_until, lambda: undelivered(dsn) == 0, what="every outbox row marked delivered")
+    rows = await asyncio.to_thread(query, dsn, "SELECT alert_id FROM alerts ORDER BY patient_id, rule")
+    assert len(rows) == len(expected)
+    return [alert_id for (alert_id,) in rows]
+
+
+async def publish_acks(mqtt: MqttRecorder, prefix: str, alert_ids: list[str]) -> None:
+    for n, alert_id in enumerate(alert_ids):
+        await mqtt.client.publish(f"{prefix}/acks", ack(alert_id, f"dr.{n}"), qos=1)
+
+
+async def wait_acks_read(dsn: str, want: Counter[str], why: str) -> None:
+    """The audit shows exactly ``want`` acks read, within the deadline."""
+    try:
+        await asyncio.to_thread(wait_until, lambda: ack_audit(dsn) == want, what=f"acks read: {dict(want)}")
+        return
+    except TimeoutError:
+        got = await asyncio.to_thread(ack_audit, dsn)
+    pytest.fail(f"acks read {dict(got)}, expected {dict(want)} within {WAIT}s: {why}", pytrace=False)
+
+
+def live_claims(dsn: str, owner: str) -> list[tuple[int, str, int, float, float]]:
+    """Undelivered rows ``owner`` holds under a lease still running: id,
+    alert_id, version, claimed_until, and the database's clock."""
+    rows = query(
+        dsn,
+        "SELECT id, alert_id, version, claimed_until, extract(epoch FROM clock_timestamp())::float8 FROM outbox"
+        " WHERE claimed_by = %s AND delivered_at IS NULL AND claimed_until > extract(epoch FROM clock_timestamp())"
+        " ORDER BY id",
+        (owner,),
+    )
+    return [(int(i), str(a), int(v), float(u), float(now)) for i, a, v, u, now in rows]
+
+
+async def watch_lease(dsn: str, owner: str, leases: dict[int, float], timeout: float) -> tuple[int, dict[int, float]]:
+    """Poll the rows ``owner`` held (id → claimed_until) until all are
+    delivered. Each poll reads the database's clock after taking its snapshot,
+    so a poll whose clock is before a row's claimed_until must find it still
+    ``owner``'s and undelivered: another daemon claims it only at a
+    clock_timestamp() at or after claimed_until, and only what committed
+    before the snapshot is seen. Returns the polls made before the lease ran
+    out, and when (database clock) each row was first seen taken over."""
+    deadline = time.monotonic() + timeout
+    early_polls = 0
+    taken: dict[int, float] = {}
+    while True:
+        rows = await asyncio.to_thread(
+            query, dsn,
+            "SELECT id, claimed_by, delivered_at, extract(epoch FROM clock_timestamp())::float8"
+            " FROM outbox WHERE id = ANY(%s)", (list(leases),))
+        early = False
+        for row_id, claimed_by, delivered_at, now in rows:
+            if now < leases[row_id]:
+                early = True
+                assert (claimed_by, delivered_at) == (owner, None), (
+                    f"outbox row {row_id} taken over {leases[row_id] - now:.3f}s before {owner}'s lease ran out: "
+                    f"claimed_by={claimed_by}, delivered_at={delivered_at}")
+            elif (claimed_by, delivered_at) != (owner, None):
+                taken.setdefault(row_id, now)
+        early_polls += early
+        if all(delivered_at is not None for _, _, delivered_at, _ in rows):
+            return early_polls, taken
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {owner}'s claimed rows to be delivered")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the_lease(
+    tmp_path: Path, own_broker: Broker, pg_dsn: str, prefix: str
+) -> None:
+    started = time.monotonic()
+    patients = [f"QL{i:03d}" for i in range(5)]
+    expected = {(pid, rule) for pid in patients for rule in (PGX, STOP)}
+    lease: dict[str, dict[str, Any]] = {"store": {"lease_seconds": TAKEOVER_LEASE},
+                                        "mqtt": {"publish_timeout_seconds": TAKEOVER_PUBLISH_TIMEOUT}}
+    async with recording(own_broker, prefix) as mqtt:
+        with daemons(tmp_path, own_broker, prefix, pg_dsn, "a", "b", **lease) as (a, b):
+            await wait_listening(a, b)
+            await wait_online(mqtt, prefix, a, b)
+            assert own_broker.process is not None
+            broker_pid = own_broker.process.pid
+            # A frozen broker: connections stay up, publishes go unanswered,
+            # so A holds its claims (until its publish timeout) when killed.
+            os.kill(broker_pid, signal.SIGSTOP)
+            try:
+                frozen_at = time.monotonic()
+                await send_all(a.port, [m for pid in patients for m in (order_for(pid), panel_for(pid))])
+                await asyncio.to_thread(
+                    wait_until, lambda: bool(live_claims(pg_dsn, a.client_id)),
+                    timeout=TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
+                os.kill(a.process.pid, signal.SIGKILL)
+                killed_wall, killed_at = time.time(), time.monotonic()
+                assert await asyncio.to_thread(a.process.wait, WAIT) == -signal.SIGKILL
+                held = await asyncio.to_thread(live_claims, pg_dsn, a.client_id)
+            finally:
+                os.kill(broker_pid, signal.SIGCONT)
+            if not held:
+                pytest.fail(
+                    f"A held no live claim when killed, {killed_at - frozen_at:.2f}s after the broker froze: its "
+                    f"publish timeout ({TAKEOVER_PUBLISH_TIMEOUT}s) released them first; the lease went untested",
+                    pytrace=False)
+            leases = {row_id: until for row_id, _, _, until, _ in held}
+            db_at_kill = held[0][4]
+            early_polls, taken = await watch_lease(
+                pg_dsn, a.client_id, leases, timeout=TAKEOVER_LEASE + WAIT)
+            await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
+            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+                                    what="every outbox row marked delivered")
+            assert b.process.poll() is None, "daemon B died"
+            published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
+        received = mqtt.alerts()
+
+    assert early_polls > 0, "no poll fell inside A's lease: the wait for it went unobserved"
+    by_patient, copies = first_copies(received)
+    assert sorted(by_patient) == patients
+    for pid, events in by_patient.items():
+        check_patient(pid, events)
+    outbox = await asyncio.to_thread(
+        query, pg_dsn, "SELECT id, alert_id, version, claimed_by, delivered_at FROM outbox ORDER BY id")
+    assert len(outbox) == len(expected)
+    # The broker answered nobody before A died: every row went out through B,
+    # A's claimed ones once their lease had run out (same host, same clock).
+    assert {owner for *_, owner, _ in outbox} == {b.client_id}
+    assert {(alert_id, version) for _, alert_id, version, _, _ in outbox} <= published_by_b
+    for row_id, _, _, _, delivered_at in outbox:
+        if row_id in leases:
+            assert epoch(delivered_at) >= leases[row_id], f"row {row_id} delivered before A's lease ran out"
+    # On the pager: a copy of a claimed alert is A's own publish (sent before
+    # the kill, read by the broker when it woke up) or B's, after the lease.
+    # published_at is whole seconds.
+    held_keys = {(alert_id, version): until for _, alert_id, version, until, _ in held}
+    from_a = 0
+    for x in received:
+        until = held_keys.get((x["alert_id"], x["version"]))
+        if until is None:
+            continue
+        stamp = epoch(x["published_at"])
+        assert stamp <= killed_wall or stamp + 1 > until, (
+            f"{x['alert_id']}:{x['version']} published at {x['published_at']}, after A's death, inside its lease")
+        from_a += stamp <= killed_wall
+    for key, until in held_keys.items():
+        assert any(epoch(x["published_at"]) + 1 > until for x in received
+                   if (x["alert_id"], x["version"]) == key), f"{key}: no copy published after the lease"
+
+    claimed_at = min(leases.values()) - TAKEOVER_LEASE
+    after_lease = [taken[row_id] - until for row_id, until in leases.items()]
+    print(f"lease takeover: A held {len(held)}/{len(outbox)} outbox rows when killed "
+          f"{db_at_kill - claimed_at:.2f}s after its first claim ({killed_at - frozen_at:.2f}s after the broker "
+          f"froze); B took them {min(after_lease):.2f}-{max(after_lease):.2f}s after the lease ran out "
+          f"({TAKEOVER_LEASE}s lease, B's outbox recheck 5s); {early_polls} polls inside the lease saw them A's; "
+          f"{from_a} copies of A's own publishes reached the pager; "
+          f"{sum(n - 1 for n in copies.values())} repeats of one alert_id:version; "
+          f"test took {time.monotonic() - started:.2f}s")
+
+
+async def test_acks_after_one_daemon_stopped_gracefully_all_reach_the_other(
+    tmp_path: Path, own_broker: Broker, pg_dsn: str, prefix: str
+) -> None:
+    started = time.monotonic()
+    patients = [f"QK{i:03d}" for i in range(5)]
+    async with recording(own_broker, prefix) as mqtt:
+        with daemons(tmp_path, own_broker, prefix, pg_dsn, "a", "b") as (a, b):
+            await wait_listening(a, b)
+            await wait_online(mqtt, prefix, a, b)
+            alert_ids = await fire(mqtt, pg_dsn, (a, b), patients)
+            a.process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(a.process.wait, WAIT) == 0, a.log.read_text()
+            stopped_at = time.monotonic()
+            # A left the share group on its way out; were it still a member,
+            # the broker would queue about half of these on its session.
+            await publish_acks(mqtt, prefix, alert_ids)
+            await wait_acks_read(pg_dsn, Counter(acknowledged=len(alert_ids)),
+                                 "the stopped daemon's session still takes a share of the acks")
+            await mqtt.wait_for(lambda _: len(acknowledged(mqtt.alerts())) >= len(alert_ids))
+            read_at = time.monotonic()
+            assert b.process.poll() is None, "daemon B died"
+            read = {d.name: d.log_events("ack_received") for d in (a, b)}
+        received = mqtt.alerts()
+
+    assert read["a"] == []
+    assert sorted(e["alert_id"] for e in read["b"]) == sorted(alert_ids)
+    assert {e["outcome"] for e in read["b"]} == {"acknowledged"}
+    rows = await asyncio.to_thread(
+        query, pg_dsn, "SELECT alert_id, count(*) FROM audit WHERE kind = 'acknowledged' GROUP BY 1")
+    assert sorted(rows) == sorted((alert_id, 1) for alert_id in alert_ids)
+    events = acknowledged(received)
+    assert sorted(x["alert_id"] for x in events) == sorted(alert_ids)
+    assert {x["alert_id"]: x["acknowledged"]["by"] for x in events} == {
+        alert_id: f"dr.{n}" for n, alert_id in enumerate(alert_ids)}
+    print(f"graceful stop: {len(alert_ids)} acks after A stopped, all read by B and published as acknowledged "
+          f"{read_at - stopped_at:.2f}s after A's exit; test took {time.monotonic() - started:.2f}s")
+
+
+async def test_acks_arriving_while_a_daemon_stops_are_all_read_before_it_goes(
+    tmp_path: Path, own_broker: Broker, pg_dsn: str, prefix: str
+) -> None:
+    """A SIGTERM in the middle of a burst of acks: the stopping daemon leaves
+    the share group, then handles what the broker had already routed to it
+    (in flight, queued behind the broker's in-flight limit, in the client's
+    queue) before it disconnects. Nothing waits in its session for a restart."""
+    burst = 400
+    async with recording(own_broker, prefix) as mqtt:
+        with daemons(tmp_path, own_broker, prefix, pg_dsn, "a", "b") as (a, b):
+            await wait_listening(a, b)
+            await wait_online(mqtt, prefix, a, b)
+            alert_id = (await fire(mqtt, pg_dsn, (a, b), ["QF000"]))[0]
+            flood = asyncio.create_task(publish_acks(mqtt, prefix, [alert_id] * burst))
+            await mqtt.wait_for(lambda _: len(acknowledged(mqtt.alerts())) >= 1)  # the burst is flowing
+            a.process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(a.process.wait, WAIT) == 0, a.log.read_text()
+            await flood
+            read_by_a = len(a.log_events("ack_received"))
+            await wait_acks_read(pg_dsn, Counter(acknowledged=1, ack_ignored=burst - 1),
+                                 "acks routed to the stopping daemon were left in its session")
+    assert read_by_a > 0  # A did take part in the burst: the test exercised its stop
+
+
+async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_recorded_once(
+    tmp_path: Path, own_broker: Broker, pg_dsn: str, prefix: str
+) -> None:
+    started = time.monotonic()
+    patients = [f"QP{i:03d}" for i in range(5)]
+    plain: dict[str, dict[str, Any]] = {"mqtt": {"shared_acks": False}}
+    async with recording(own_broker, prefix) as mqtt:
+        with daemons(tmp_path, own_broker, prefix, pg_dsn, "a", "b", **plain) as running:
+            a, b = running
+            await wait_listening(a, b)
+            await wait_online(mqtt, prefix, a, b)
+            alert_ids = await fire(mqtt, pg_dsn, (a, b), patients)
+            os.kill(a.process.pid, signal.SIGKILL)
+            assert await asyncio.to_thread(a.process.wait, WAIT) == -signal.SIGKILL
+            killed_at = time.monotonic()
+            await publish_acks(mqtt, prefix, alert_ids)
+            await wait_acks_read(pg_dsn, Counter(acknowledged=len(alert_ids)), "B did not read every ack")
+            await mqtt.wait_for(lambda _: len(acknowledged(mqtt.alerts())) >= len(alert_ids))
+            read_at = time.monotonic()
+            read_by_b = b.log_events("ack_received")
+            # A comes back under its client id: its session kept the plain
+            # subscription and queued the same acks meanwhile. It reads them
+            # all, and they change nothing: each was recorded once already.
+            since = len(mqtt.messages)
+            again = serve(tmp_path, "a2", own_broker, prefix, pg_dsn,
+                          mqtt={**plain["mqtt"], "client_id": a.client_id})
+            running.append(again)
+            await wait_listening(again)
+            await wait_online(mqtt, prefix, again, since=since)
+            await wait_acks_read(pg_dsn, Counter(acknowledged=len(alert_ids), ack_ignored=len(alert_ids)),
+                                 "the restarted daemon did not read the acks queued on its session as repeats")
+            replayed_at = time.monotonic()
+            read_by_again = again.log_events("ack_received")
+            assert b.process.poll() is None, "daemon B died"
+            assert again.process.poll() is None, "daemon A (restarted) died"
+            acknowledged_rows = await asyncio.to_thread(
+                query, pg_dsn, "SELECT alert_id, count(*) FROM outbox WHERE event = 'acknowledged' GROUP BY 1")
+            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+                                    what="every outbox row marked delivered")
+        received = mqtt.alerts()
+
+    assert sorted(e["alert_id"] for e in read_by_b) == sorted(alert_ids)
+    assert {e["outcome"] for e in read_by_b} == {"acknowledged"}
+    assert sorted(e["alert_id"] for e in read_by_again) == sorted(alert_ids)
+    assert "acknowledged" not in {e["outcome"] for e in read_by_again}
+    rows = await asyncio.to_thread(
+        query, pg_dsn, "SELECT alert_id, count(*) FROM audit WHERE kind = 'acknowledged' GROUP BY 1")
+    assert sorted(rows) == sorted((alert_id, 1) for alert_id in alert_ids)
+    assert sorted(acknowledged_rows) == sorted((alert_id, 1) for alert_id in alert_ids)
+    events = acknowledged(received)
+    assert {(x["alert_id"], x["version"]) for x in events} == {(alert_id, 2) for alert_id in alert_ids}
+    print(f"plain acks: {len(alert_ids)} acks after A was killed, all recorded by B "
+          f"{read_at - killed_at:.2f}s after the kill; A restarted read the same {len(read_by_again)} from its "
+          f"session as {sorted({e['outcome'] for e in read_by_again})} {replayed_at - read_at:.2f}s later; "
           f"test took {time.monotonic() - started:.2f}s")
