@@ -242,6 +242,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_patient_pending ON outbox (patient, id) WHERE delivered_at IS NULL;
         """,
     ),
+    # 7: "the latest result of each analyte" is one probe of an index that
+    # gives the exact order asked for (observed_ts, then id). Without the id
+    # PostgreSQL's planner walked the time index across every patient.
+    Migration(
+        """
+        CREATE INDEX observations_latest ON observations (patient, analyte, observed_ts, id);
+        DROP INDEX observations_analyte;
+        """,
+    ),
 )
 
 

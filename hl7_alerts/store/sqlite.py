@@ -62,7 +62,7 @@ class SqliteTransaction(SqlTransaction):
     past order" test; a unit rolled back to its savepoint, or a batch whose
     COMMIT fails, leaves no trace in it."""
 
-    _ANALYTE_INDEX: ClassVar[str] = "INDEXED BY observations_analyte"
+    _ANALYTE_INDEX: ClassVar[str] = "INDEXED BY observations_latest"
     _EARLIER: ClassVar[str] = "julianday({col}) < julianday(?)"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
