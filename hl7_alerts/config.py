@@ -102,6 +102,9 @@ class StoreConfig(_Section):
     # PostgreSQL: a daemon's claim on outbox rows lasts this long unrenewed;
     # when it dies, another daemon publishes its rows once the lease runs out.
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # PostgreSQL: connections writing for this daemon, each with its own
+    # grouped commits (a writer mostly waits for the server). SQLite: one.
+    writers: int = Field(default=2, ge=1, le=16)
 
     @field_validator("dsn")
     @classmethod

@@ -45,7 +45,10 @@ async def open_store(config: Config) -> Store:
         # The MQTT client id is unique per daemon (the broker insists): it
         # names this daemon's outbox claims too.
         return await PostgresStore.open(
-            config.store.dsn, owner=config.mqtt.client_id, lease_seconds=config.store.lease_seconds
+            config.store.dsn,
+            owner=config.mqtt.client_id,
+            lease_seconds=config.store.lease_seconds,
+            writers=config.store.writers,
         )
     return await SqliteStore.open(config.store.path)
 

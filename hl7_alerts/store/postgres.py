@@ -37,7 +37,15 @@ from psycopg.pq import TransactionStatus
 from hl7_alerts.model import Observation, OrderState, PatientKey
 from hl7_alerts.store.base import DedupKey, LockBusy, OutboxRow, StoreError, _observation_from_row, log
 from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version
-from hl7_alerts.store.sql import OBSERVATION_COLUMNS, BatchingStore, SqlTransaction, _outbox_row
+from hl7_alerts.store.sql import (
+    _OBSERVATION_INSERT,
+    _OBSERVATION_TYPES,
+    OBSERVATION_COLUMNS,
+    BatchingStore,
+    SqlTransaction,
+    _observation_rows,
+    _outbox_row,
+)
 from hl7_alerts.terminology import Analyte
 
 
@@ -53,6 +61,12 @@ _TIMERS_LOCK = lock_key("hl7-alerts:timers")
 # Waiting longer than this for a lock means something is wrong with the
 # holder; the unit fails (AR upstream, the sender resends) instead of hanging.
 LOCK_TIMEOUT_MS = 10_000
+
+_INSERT_OBSERVATIONS = (
+    f"INSERT INTO observations ({_OBSERVATION_INSERT}) SELECT * FROM unnest("  # noqa: S608 (constants)
+    + ", ".join(f"?::{kind}[]" for _, kind in _OBSERVATION_TYPES)
+    + ")"
+)
 
 _CONTENDED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
 
@@ -100,6 +114,16 @@ class PgTransaction(SqlTransaction):
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._conn.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def insert_observations(
+        self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
+    ) -> None:
+        # A panel in one statement of one array per column: one prepared
+        # statement and one round trip, where executemany costs a pipeline
+        # sync and a parameter conversion per row.
+        rows = _observation_rows(message_id, patient, observations)
+        if rows:
+            self._x(_INSERT_OBSERVATIONS, [list(column) for column in zip(*rows, strict=True)])
 
     def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
         # Asked twice per result message (rules, schedules): the answer holds
@@ -225,21 +249,34 @@ class PostgresStore(BatchingStore):
     """`Store` on a PostgreSQL database that several daemons may share."""
 
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
+    # A statement to the server per unit saved; a batch's at most 64 nested
+    # savepoints are what PostgreSQL keeps in memory anyway (`max_batch`).
+    _RELEASE_UNITS: ClassVar[bool] = False
 
-    def __init__(self, dsn: str, *, owner: str, lease_seconds: float = 30.0, max_batch: int = 512) -> None:
-        super().__init__(max_batch=max_batch)
+    def __init__(
+        self, dsn: str, *, owner: str, lease_seconds: float = 30.0, writers: int = 2, max_batch: int = 64
+    ) -> None:
+        # A batch's writing units each take a subtransaction id; past 64 in one
+        # transaction PostgreSQL's snapshots overflow to disk (pg_subtrans).
+        super().__init__(max_batch=min(max_batch, 64), writers=writers)
         self.dsn = dsn
         self.owner = owner
         self.lease_seconds = lease_seconds
 
     @classmethod
     async def open(
-        cls, dsn: str, *, owner: str = "hl7-alerts", lease_seconds: float = 30.0, max_batch: int = 512
+        cls,
+        dsn: str,
+        *,
+        owner: str = "hl7-alerts",
+        lease_seconds: float = 30.0,
+        writers: int = 2,
+        max_batch: int = 64,
     ) -> PostgresStore:
-        """Connect (migrating as needed) and start the writer. ``owner``
-        names this daemon's outbox claims (its MQTT client id): unique per
-        daemon sharing the database."""
-        store = cls(dsn, owner=owner, lease_seconds=lease_seconds, max_batch=max_batch)
+        """Connect (migrating as needed) and start ``writers`` writers, one
+        connection each. ``owner`` names this daemon's outbox claims (its
+        MQTT client id): unique per daemon sharing the database."""
+        store = cls(dsn, owner=owner, lease_seconds=lease_seconds, writers=writers, max_batch=max_batch)
         await store._start()
         return store
 

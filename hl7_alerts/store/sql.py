@@ -78,6 +78,31 @@ def _ts(value: datetime) -> float:
     return value.timestamp()
 
 
+# The columns a new observation row fills, and each one's PostgreSQL type.
+_OBSERVATION_TYPES = (
+    ("message_id", "bigint"), ("patient", "text"), ("analyte", "text"), ("code", "text"),
+    ("code_system", "text"), ("text", "text"), ("value_type", "text"), ("value_text", "text"),
+    ("value", "float8"), ("comparator", "text"), ("unit", "text"), ("ref_low", "float8"),
+    ("ref_high", "float8"), ("ref_text", "text"), ("flag", "text"), ("status", "text"),
+    ("observed_at", "text"), ("observed_ts", "float8"), ("specimen_id", "text"), ("set_id", "text"),
+)
+_OBSERVATION_INSERT = ", ".join(name for name, _ in _OBSERVATION_TYPES)
+
+
+def _observation_rows(
+    message_id: int, patient: PatientKey, observations: Sequence[Observation]
+) -> list[tuple[Any, ...]]:
+    """New observation rows, in `_OBSERVATION_TYPES` order."""
+    return [
+        (
+            message_id, patient.key, o.analyte, o.code, o.code_system, o.text, o.value_type, o.value_text,
+            o.value, o.comparator, o.unit, o.ref_low, o.ref_high, o.ref_text, o.flag, str(o.status),
+            to_iso(o.observed_at), _ts(o.observed_at), o.specimen_id, o.set_id,
+        )
+        for o in observations
+    ]
+
+
 class SqlTransaction:
     """`Transaction` over one DB-API connection (writer thread only)."""
 
@@ -211,35 +236,9 @@ class SqlTransaction:
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
     ) -> None:
         self._many(
-            "INSERT INTO observations (message_id, patient, analyte, code, code_system, text, value_type, "
-            "value_text, value, comparator, unit, ref_low, ref_high, ref_text, flag, status, observed_at, "
-            "observed_ts, specimen_id, set_id) "
+            f"INSERT INTO observations ({_OBSERVATION_INSERT}) "  # noqa: S608 (constants)
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    message_id,
-                    patient.key,
-                    o.analyte,
-                    o.code,
-                    o.code_system,
-                    o.text,
-                    o.value_type,
-                    o.value_text,
-                    o.value,
-                    o.comparator,
-                    o.unit,
-                    o.ref_low,
-                    o.ref_high,
-                    o.ref_text,
-                    o.flag,
-                    str(o.status),
-                    to_iso(o.observed_at),
-                    _ts(o.observed_at),
-                    o.specimen_id,
-                    o.set_id,
-                )
-                for o in observations
-            ],
+            _observation_rows(message_id, patient, observations),
         )
 
     def get_order(self, patient: PatientKey, order_id: str) -> OrderState | None:
@@ -641,30 +640,50 @@ def _resolve_all(
 
 
 class BatchingStore:
-    """`Store` with one writer thread and grouped commits; a dialect supplies
-    the connection (`_connect`, `_migrate`, `_transaction`) and its errors."""
+    """`Store` with writer threads and grouped commits; a dialect supplies
+    the connection (`_connect`, `_in_transaction`) and its errors.
+
+    SQLite has one writer (it has one write lock). PostgreSQL may have
+    several, each its own connection taking batches from the same queue: a
+    writer spends most of its time waiting for the server, and the locks that
+    keep several daemons apart keep a daemon's writers apart just as well.
+    Messages on one MLLP connection still go one at a time (the next is read
+    only once the previous one is answered)."""
 
     # The driver's errors: a unit failing with one of these is the store's
     # failure (StoreError, AR upstream), not a defect of ours.
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
     _BEGIN: ClassVar[str] = "BEGIN"
+    # Release each unit's savepoint once it succeeded. Not releasing nests the
+    # next unit's savepoint inside it, which is as correct ("ROLLBACK TO unit"
+    # goes back to the newest of that name) and saves a round trip a unit.
+    _RELEASE_UNITS: ClassVar[bool] = True
 
-    def __init__(self, *, max_batch: int = 512) -> None:
+    def __init__(self, *, max_batch: int = 512, writers: int = 1) -> None:
         self._max_batch = max_batch
+        self._writers = writers
+        self._threads: list[threading.Thread] = []
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._outbox_event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._tx: SqlTransaction | None = None
         self.commit_observer: Callable[[float], None] | None = None
 
     async def _start(self) -> None:
-        """Connect (creating and migrating as needed) and start the writer."""
+        """Connect (creating and migrating as needed) and start the writers,
+        one after the other: the first one migrates."""
         self._loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="store-writer", daemon=True)
-        self._thread.start()
-        await ready
+        for number in range(self._writers):
+            ready: asyncio.Future[None] = self._loop.create_future()
+            name = "store-writer" if number == 0 else f"store-writer-{number + 1}"
+            thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
+            thread.start()
+            try:
+                await ready
+            except BaseException:
+                await self.close()
+                raise
+            self._threads.append(thread)
 
     # -- dialect hooks ---------------------------------------------------------
 
@@ -842,17 +861,17 @@ class BatchingStore:
         return await self.read(unit)
 
     async def close(self) -> None:
-        if self._thread is None:
-            return
-        self._jobs.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(_STOP)  # each writer takes one and ends
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
 
     def _transaction_class(self) -> type[SqlTransaction]:
         return type(self._tx) if self._tx is not None else SqlTransaction
 
     async def _submit(self, unit: Callable[[Transaction], T], *, write: bool) -> T:
-        if self._thread is None or self._loop is None:
+        if not self._threads or self._loop is None:
             raise StoreError("store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put(_Job(unit=unit, future=future, loop=self._loop, write=write))
@@ -869,7 +888,6 @@ class BatchingStore:
             loop.call_soon_threadsafe(
                 _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
             )
-            self._thread = None
             return
         self._tx = tx
         loop.call_soon_threadsafe(_resolve, ready, None, None)
@@ -947,7 +965,8 @@ class BatchingStore:
                 failure = StoreError(str(exc)) if isinstance(exc, self._DB_ERRORS) else exc
                 try:
                     tx._x("ROLLBACK TO unit")
-                    tx._x("RELEASE unit")
+                    if self._RELEASE_UNITS:
+                        tx._x("RELEASE unit")
                 except self._DB_ERRORS as rollback_exc:
                     # The server already rolled the whole transaction back
                     # (disk full, I/O error, connection lost): nothing of this
@@ -964,7 +983,8 @@ class BatchingStore:
                     continue
                 outcomes.append((job, None, failure))
             else:
-                tx._x("RELEASE unit")
+                if self._RELEASE_UNITS:
+                    tx._x("RELEASE unit")
                 tx.unit_released()
                 outcomes.append((job, result, None))
                 first = False
