@@ -2,7 +2,12 @@
 event loop with the server it measures.
 
 N connections, each sending its next message only after the ACK of the
-previous one (how interface engines send). Two modes:
+previous one (how interface engines send). With several ``--port`` values
+(daemons sharing one database) the connections are dealt out among the ports
+in turn (8 over two ports: 4 + 4) and take their messages from one shared
+stream, so the report is of the whole: msg/s of all ports together, latency
+percentiles over every ACK (``per_port`` counts what each port answered).
+Two modes:
 
 - saturation (no ``--rate``): every connection sends as fast as ACKs come;
 - paced (``--rate R``): message k is *scheduled* at ``t0 + k / R``; a free
@@ -83,22 +88,32 @@ def percentile(sorted_ns: Sequence[int], q: float) -> float:
 
 
 async def drive(
-    port: int, messages: Sequence[bytes], *, connections: int, rate: float | None, host: str = "127.0.0.1"
+    port: int | Sequence[int],
+    messages: Sequence[bytes],
+    *,
+    connections: int,
+    rate: float | None,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """Send ``messages`` over ``connections`` and measure every ACK."""
+    """Send ``messages`` over ``connections`` (dealt out among ``port``s in
+    turn) and measure every ACK."""
+    ports = [port] if isinstance(port, int) else list(port)
+    if not ports or connections < len(ports):
+        raise ValueError(f"{connections} connections cannot cover {len(ports)} ports")
     loop = asyncio.get_running_loop()
-    conns = []
-    for _ in range(connections):
-        _, proto = await loop.create_connection(_Connection, host, port)
-        conns.append(proto)
+    conns: list[tuple[int, _Connection]] = []
+    for i in range(connections):
+        _, proto = await loop.create_connection(_Connection, host, ports[i % len(ports)])
+        conns.append((ports[i % len(ports)], proto))
     latencies: list[int] = []
     service: list[int] = []
     codes: Counter[str] = Counter()
+    per_port: Counter[int] = Counter()
     next_index = 0
     t0 = time.perf_counter_ns() + 20_000_000  # 20 ms for every worker to be waiting
     interval_ns = int(1e9 / rate) if rate else 0
 
-    async def worker(conn: _Connection) -> None:
+    async def worker(port: int, conn: _Connection) -> None:
         nonlocal next_index
         while next_index < len(messages):
             k = next_index
@@ -112,16 +127,17 @@ async def drive(
             ack = await conn.request(messages[k])
             done = time.perf_counter_ns()
             codes[ack_code(ack)] += 1
+            per_port[port] += 1
             service.append(done - sent)
             latencies.append(done - (scheduled if rate else sent))
 
     start = time.perf_counter_ns()
-    await asyncio.gather(*(worker(c) for c in conns))
+    await asyncio.gather(*(worker(p, c) for p, c in conns))
     elapsed = (time.perf_counter_ns() - max(start, t0 if rate else start)) / 1e9
-    for c in conns:
+    for _, c in conns:
         assert c.transport is not None
         c.transport.close()
-    await asyncio.gather(*(c.closed for c in conns))
+    await asyncio.gather(*(c.closed for _, c in conns))
     latencies.sort()
     service.sort()
     return {
@@ -131,6 +147,7 @@ async def drive(
         "seconds": round(elapsed, 3),
         "messages_per_second": round(len(messages) / elapsed, 1) if elapsed > 0 else None,
         "ack_codes": dict(codes),
+        "per_port": {str(p): per_port[p] for p in ports},
         "latency_ms": {
             "p50": round(percentile(latencies, 50), 3),
             "p99": round(percentile(latencies, 99), 3),
@@ -146,7 +163,9 @@ async def drive(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.load")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port", type=int, action="append", required=True, help="repeat to split the connections"
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--start", type=int, default=0, help="index of the first result message")
     parser.add_argument("--count", type=int, required=True)

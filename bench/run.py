@@ -7,8 +7,18 @@ connections, then paced at ``--rate`` messages/s — and read its peak RSS from
 ``/proc``. For the daemon, alerts are counted by an MQTT subscriber on the
 topic prefix. Prints a table and writes JSON.
 
-    .venv/bin/python -m bench.run --quick      # about a minute
+The daemon is measured once per store in ``--stores``: ``sqlite`` (a store
+file), ``pg1`` (one daemon on PostgreSQL) and ``pg2`` (two daemon processes
+on one PostgreSQL database, the load client's connections split between
+their ports: msg/s is the two together, latency over every ACK). The
+PostgreSQL server is the benchmark's own (`bench.pgserver.PgServer`, a free
+port, removed afterwards), durable like production: ``fsync`` and
+``synchronous_commit`` on, ``full_page_writes`` at its default (on); each
+configuration gets a fresh database.
+
+    .venv/bin/python -m bench.run --quick      # about a minute and a half
     .venv/bin/python -m bench.run              # the figures in the README
+    .venv/bin/python -m bench.run --stores sqlite --servers hl7-alerts   # one row
     .venv/bin/python -m bench.run --long       # RSS from 100k to 1M messages (daemon only)
 """
 
@@ -28,16 +38,28 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import yaml
+
+from bench.pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
+
+# The daemon's store configurations: --stores name -> (label, daemons).
+STORES = {"sqlite": ("sqlite", 1), "pg1": ("postgresql×1", 1), "pg2": ("postgresql×2", 2)}
+# Durable, as a site would run it (full_page_writes stays at its default, on).
+PG_SETTINGS = {"fsync": "on", "synchronous_commit": "on"}
+PG_REPORTED = (
+    "server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
+    "shared_buffers", "max_wal_size", "checkpoint_timeout",
+)
 
 
 def free_port() -> int:
@@ -61,10 +83,20 @@ def port_open(port: int) -> bool:
     return False
 
 
-def outbox_delivered(store: Path) -> float:
-    """Outbox rows the daemon has committed, or infinity while any is undelivered."""
-    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as db:
-        total, pending = db.execute("SELECT count(*), count(*) - count(delivered_at) FROM outbox").fetchone()
+def outbox_delivered(store: Path | str) -> float:
+    """Outbox rows the daemon has committed, or infinity while any is
+    undelivered; ``store`` is a SQLite file or a PostgreSQL DSN."""
+    query = "SELECT count(*), count(*) - count(delivered_at) FROM outbox"
+    if isinstance(store, str):
+        import psycopg  # noqa: PLC0415 (only the PostgreSQL rows need it)
+
+        with psycopg.connect(store, connect_timeout=10) as conn:
+            row = conn.execute(query).fetchone()
+    else:
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as db:
+            row = db.execute(query).fetchone()
+    assert row is not None
+    total, pending = row
     return float("inf") if pending else float(total)
 
 
@@ -73,6 +105,21 @@ def proc_cpu_seconds(pid: int) -> float:
     CPU per message barely moves when other work shares the machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu_seconds(pg: PgServer) -> float:
+    """CPU time of the whole PostgreSQL server so far: the postmaster, its
+    live children (backends, WAL writer, checkpointer, autovacuum) and, via
+    the postmaster's cutime/cstime, the children it has already reaped."""
+    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            child = stat.read_text().rpartition(")")[2].split()
+            if int(child[1]) == postmaster:
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -144,14 +191,20 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, log_path: Path) -> None:
+        self.spawn(log_path)
+        self.wait_ready(log_path)
+
+    def spawn(self, log_path: Path) -> None:
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **self.env}
             )
+
+    def wait_ready(self, log_path: Path) -> None:
         wait_until(
             lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None, 30, self.name
         )
-        if self.proc.poll() is not None:
+        if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited at start-up; see {log_path}")
 
     def memory(self) -> dict[str, int]:
@@ -174,7 +227,7 @@ class Server:
 
 
 def load(
-    port: int,
+    ports: int | Sequence[int],
     *,
     count: int,
     start: int = 0,
@@ -183,13 +236,12 @@ def load(
     orders: bool = False,
     run_id: str,
 ) -> dict[str, Any]:
-    """Run the load client in its own process; return its JSON report."""
+    """Run the load client in its own process; return its JSON report. With
+    several ports, the client deals its connections out among them."""
     argv = [
         sys.executable,
         "-m",
         "bench.load",
-        "--port",
-        str(port),
         "--connections",
         str(connections),
         "--start",
@@ -199,6 +251,8 @@ def load(
         "--run-id",
         run_id,
     ]
+    for port in [ports] if isinstance(ports, int) else ports:
+        argv += ["--port", str(port)]
     if rate:
         argv += ["--rate", str(rate)]
     if orders:
@@ -213,31 +267,132 @@ def load(
     return report
 
 
-def daemon_server(work: Path, broker_port: int, log_level: str) -> Server:
+@dataclass
+class Target:
+    """What one row of the table measures: one server process, or several
+    daemon processes sharing one store (the load is split between them)."""
+
+    name: str
+    servers: list[Server]
+    store: str | None = None  # the daemon's store, as the table names it
+    outbox: Path | str | None = None  # SQLite file or DSN whose outbox must drain (daemons)
+    pg: PgServer | None = None  # its CPU is counted per message too
+    dsn: str | None = None  # the database of a PostgreSQL target
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+
+def daemon_server(
+    work: Path,
+    broker_port: int,
+    log_level: str,
+    *,
+    name: str = "hl7-alerts",
+    dsn: str | None = None,
+    client_id: str = "bench",
+) -> Server:
+    """`hl7-alerts serve` with its own config: SQLite at ``work/<name>.sqlite3``
+    unless ``dsn`` names a PostgreSQL database. Daemons sharing a database
+    need their own ``client_id`` (the broker insists; it names outbox claims)."""
     port = free_port()
-    config = work / "config.yaml"
+    config = work / f"{name}.yaml"
+    store = {"dsn": dsn} if dsn else {"path": str(work / f"{name}.sqlite3")}
     config.write_text(
-        f"mllp: {{host: 127.0.0.1, port: {port}}}\n"
-        f"store: {{path: {work / 'store.sqlite3'}}}\n"
-        f"mqtt: {{host: 127.0.0.1, port: {broker_port}, topic_prefix: {PREFIX}, client_id: bench}}\n"
-        f"logging: {{level: {log_level}, format: json}}\n"
+        yaml.safe_dump(
+            {
+                "mllp": {"host": "127.0.0.1", "port": port},
+                "store": store,
+                "mqtt": {
+                    "host": "127.0.0.1",
+                    "port": broker_port,
+                    "topic_prefix": PREFIX,
+                    "client_id": client_id,
+                },
+                "logging": {"level": log_level, "format": "json"},
+            },
+            sort_keys=False,
+        )
     )
-    return Server("hl7-alerts", [sys.executable, "-m", "hl7_alerts", "serve", "--config", str(config)], port)
+    return Server(name, [sys.executable, "-m", "hl7_alerts", "serve", "--config", str(config)], port)
+
+
+def daemon_target(
+    store: str, work: Path, broker_port: int, log_level: str, pg: PgServer | None, *, statements: bool = False
+) -> Target:
+    """The daemon (or daemons) for one ``--stores`` entry; a fresh database
+    on ``pg`` for PostgreSQL (with pg_stat_statements if ``statements``)."""
+    label, daemons = STORES[store]
+    if store == "sqlite":
+        server = daemon_server(work, broker_port, log_level, client_id="bench-sqlite")
+        return Target("hl7-alerts", [server], store=label, outbox=work / "hl7-alerts.sqlite3")
+    assert pg is not None
+    dsn = pg.create_database(f"bench_{store}")
+    servers = [
+        daemon_server(
+            work, broker_port, log_level, name=f"hl7-alerts-{store}-{i}", dsn=dsn,
+            client_id=f"bench-{store}-{i}",
+        )
+        for i in range(1, daemons + 1)
+    ]
+    if statements:
+        with _pg_connect(dsn) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    name = f"hl7-alerts {store.replace('pg', 'pg×')}"
+    return Target(name, servers, store=label, outbox=dsn, pg=pg, dsn=dsn)
+
+
+def reference_target(kind: str, name: str) -> Target:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.servers", kind, "--port", str(port)]
+    return Target(name, [Server(name, argv, port)])
+
+
+def start_all(target: Target, work: Path) -> None:
+    """Start every process of the target together; return once all listen."""
+    try:
+        for server in target.servers:
+            server.spawn(work / f"{server.name}.log")
+        for server in target.servers:
+            server.wait_ready(work / f"{server.name}.log")
+    except BaseException:
+        stop_all(target)
+        raise
+
+
+def stop_all(target: Target) -> None:
+    for server in target.servers:
+        server.stop()
 
 
 def measure(
-    server: Server, work: Path, args: argparse.Namespace, alerts: AlertCounter | None
+    target: Target, work: Path, args: argparse.Namespace, alerts: AlertCounter | None
 ) -> dict[str, Any]:
-    run_id = f"{server.name[:3].upper()}{int(time.time()) % 100000}"
-    server.start(work / f"{server.name}.log")
+    run_id = f"{target.name[:3].upper()}{int(time.time()) % 100000}"
+    start_all(target, work)
     try:
-        result: dict[str, Any] = {"server": server.name}
-        load(server.port, count=0, orders=True, connections=args.connections, run_id=run_id)
-        cpu_start = server.cpu_seconds()
+        result: dict[str, Any] = {"server": target.name}
+        if target.store is not None:
+            result["store"] = target.store
+            result["processes"] = len(target.servers)
+        ports = target.ports
+        load(ports, count=0, orders=True, connections=args.connections, run_id=run_id)
+        counters = pg_counters(target.dsn) if target.dsn is not None else None
+        cpu_start = sum(s.cpu_seconds() for s in target.servers)
+        db_start = pg_cpu_seconds(target.pg) if target.pg is not None else 0.0
         t_start = time.monotonic()
-        sat = load(server.port, count=args.messages, connections=args.connections, run_id=run_id)
+        sat = load(ports, count=args.messages, connections=args.connections, run_id=run_id)
         t_end = time.monotonic()
-        sat["server_cpu_us_per_message"] = round((server.cpu_seconds() - cpu_start) / args.messages * 1e6, 1)
+        cpu = sum(s.cpu_seconds() for s in target.servers) - cpu_start
+        sat["server_cpu_us_per_message"] = round(cpu / args.messages * 1e6, 1)
+        if target.pg is not None:
+            db = pg_cpu_seconds(target.pg) - db_start
+            sat["database_cpu_us_per_message"] = round(db / args.messages * 1e6, 1)
+        if target.dsn is not None and counters is not None:
+            # Backends publish their counters once idle for a moment.
+            time.sleep(1.5)
+            sat["database"] = pg_per_message(counters, pg_counters(target.dsn), args.messages)
         result["saturation"] = sat
         if alerts is not None:
             during = alerts.between(t_start, t_end)
@@ -245,28 +400,33 @@ def measure(
             result["alerts_per_second"] = round(during / (t_end - t_start), 1)
         paced_count = int(args.rate * args.paced_seconds)
         result["paced"] = load(
-            server.port,
+            ports,
             count=paced_count,
             start=args.messages,
             rate=args.rate,
             connections=args.connections,
             run_id=run_id,
         )
-        if alerts is not None:
+        if alerts is not None and target.outbox is not None:
             # Every alert the daemon committed is an outbox row: wait until the
             # publisher has delivered them all and the subscriber has them.
-            store = work / "store.sqlite3"
-            wait_until(lambda: outbox_delivered(store) <= alerts.count(), 120, "the outbox to drain")
+            outbox = target.outbox
+            wait_until(lambda: outbox_delivered(outbox) <= alerts.count(), 120, "the outbox to drain")
             result["alerts_total"] = alerts.count()
-        result["memory_kib"] = server.memory()
+        memory = [s.memory() for s in target.servers]
+        # One process's figures: with two daemons, the larger of each.
+        result["memory_kib"] = {key: max(m[key] for m in memory) for key in ("VmRSS", "VmHWM")}
+        if len(memory) > 1:
+            result["memory_kib_each"] = memory
         return result
     finally:
-        server.stop()
+        stop_all(target)
 
 
-def measure_long(server: Server, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure_long(target: Target, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """RSS after every 100,000 messages up to ``--long-messages``."""
     run_id = f"L{int(time.time()) % 100000}"
+    (server,) = target.servers
     server.start(work / f"{server.name}-long.log")
     try:
         load(server.port, count=0, orders=True, connections=args.connections, run_id=run_id)
@@ -297,41 +457,230 @@ def measure_long(server: Server, work: Path, args: argparse.Namespace) -> dict[s
         server.stop()
 
 
+def _pg_connect(dsn: str) -> Any:
+    import psycopg  # noqa: PLC0415 (only the PostgreSQL rows need it)
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+
+
+def pg_counters(dsn: str) -> dict[str, Any]:
+    """The database's counters now: transactions, WAL, tuples read per index
+    and, when pg_stat_statements is loaded, calls and time per statement."""
+    with _pg_connect(dsn) as conn:
+        commits, rollbacks = conn.execute(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        (wal_bytes,) = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()
+        indexes = dict(conn.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes"))
+        statements: dict[str, list[float]] = {}
+        has_pgss = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
+        if has_pgss:
+            rows = conn.execute(
+                "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time "
+                "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) AND query NOT LIKE '%pg_stat%'"
+            )
+            for query, calls, ms in rows:
+                entry = statements.setdefault(query, [0, 0.0])
+                entry[0] += calls
+                entry[1] += ms
+    return {
+        "commits": commits,
+        "rollbacks": rollbacks,
+        "wal_bytes": int(wal_bytes),
+        "indexes": indexes,
+        "statements": statements if has_pgss else None,
+    }
+
+
+def pg_per_message(before: dict[str, Any], after: dict[str, Any], messages: int) -> dict[str, Any]:
+    """What the database did per message between two `pg_counters` (approximate:
+    a backend publishes its counters up to a second late)."""
+    out: dict[str, Any] = {
+        "commits": round((after["commits"] - before["commits"]) / messages, 3),
+        "rollbacks": round((after["rollbacks"] - before["rollbacks"]) / messages, 3),
+        "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / messages),
+        # An index read much more than its neighbours is a plan gone wrong.
+        "index_tuples_read": {
+            name: round((reads - before["indexes"].get(name, 0)) / messages, 2)
+            for name, reads in sorted(after["indexes"].items(), key=lambda kv: -kv[1])
+            if reads > before["indexes"].get(name, 0)
+        },
+    }
+    if after["statements"] is not None:
+        prior = before["statements"] or {}
+        calls = {
+            q: (c - prior.get(q, [0, 0.0])[0], ms - prior.get(q, [0, 0.0])[1])
+            for q, (c, ms) in after["statements"].items()
+        }
+        out["statements"] = round(sum(c for c, _ in calls.values()) / messages, 2)
+        out["statement_exec_ms"] = round(sum(ms for _, ms in calls.values()) / messages, 3)
+        out["top_statements"] = [
+            {"calls": round(c / messages, 3), "exec_ms": round(ms / messages, 4), "query": q}
+            for q, (c, ms) in sorted(calls.items(), key=lambda kv: -kv[1][1])[:15]
+            if c > 0
+        ]
+    return out
+
+
+# Index tuples read per message beyond which a plan is scanning, not probing:
+# a message reads a few dozen rows at most (its patient's recent history).
+SCAN_SUSPECT = 200
+
+
+def database_table(results: list[dict[str, Any]]) -> str:
+    """Per message at saturation, for the PostgreSQL rows: commits (1 / the
+    group-commit size), WAL, the most-read index, and, with --pg-statements,
+    statements as pg_stat_statements counts them (BEGIN, SAVEPOINT, RELEASE
+    and COMMIT are not among them; each INSERT of a batch is) and their
+    execution time."""
+    head = f"{'per message':<14} {'commits':>7} {'WAL kB':>7} {'statements':>10} {'exec ms':>8}"
+    rows = [head + "  most-read index (tuples)"]
+    for r in results:
+        db = r["saturation"].get("database")
+        if db is None:
+            continue
+        index = next(iter(db["index_tuples_read"].items()), ("-", 0))
+        suspect = "  <- a plan scanning, not probing" if index[1] > SCAN_SUSPECT else ""
+        rows.append(
+            f"{r['store']:<14} {db['commits']:>7.3f} {db['wal_bytes'] / 1024:>7.1f} "
+            f"{db.get('statements', '-'):>10} {db.get('statement_exec_ms', '-'):>8}  "
+            f"{index[0]} ({index[1]}){suspect}"
+        )
+        for top in db.get("top_statements", [])[:8]:
+            rows.append(f"    {top['calls']:>7.2f} calls {top['exec_ms']:>8.4f} ms  {top['query'][:80]}")
+    return "\n".join(rows)
+
+
+def pg_settings(pg: PgServer, extra: dict[str, str]) -> dict[str, str]:
+    """The settings that decide what a commit costs (and any --pg-set), as
+    the server reports them."""
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(pg.dsn(), connect_timeout=10) as conn:
+        return {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in dict.fromkeys([*PG_REPORTED, *extra])
+        }
+
+
+def paced_p99(result: dict[str, Any], args: argparse.Namespace) -> str:
+    """The paced run's p99, marked ``!`` when the server fell behind the
+    offered rate (achieved < 95 %): then it measures the queue, not the server."""
+    paced = result["paced"]
+    behind = (paced["messages_per_second"] or 0) < 0.95 * args.rate
+    return format(paced["latency_ms"]["p99"], ".2f") + ("!" if behind else "")
+
+
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = [
-        f"{'server':<12} {'msg/s':>8} {'CPU µs/msg':>10} {'p50 ms':>7} {'p99 ms':>7}   "
+        f"{'server':<16} {'msg/s':>8} {'CPU µs/msg':>10} {'PG µs/msg':>9} {'p50 ms':>7} {'p99 ms':>7}   "
         f"{'@' + format(args.rate, 'g') + '/s p50':>10} {'p99':>6}  {'alerts/s':>8} {'peak RSS':>9}"
     ]
     for r in results:
         sat, paced = r["saturation"], r["paced"]
         alerts = r.get("alerts_per_second")
+        db = sat.get("database_cpu_us_per_message")
         rows.append(
-            f"{r['server']:<12} {sat['messages_per_second']:>8.0f} {sat['server_cpu_us_per_message']:>10.0f} "
+            f"{r['server']:<16} {sat['messages_per_second']:>8.0f} {sat['server_cpu_us_per_message']:>10.0f} "
+            f"{'-' if db is None else format(db, '.0f'):>9} "
             f"{sat['latency_ms']['p50']:>7.2f} "
             f"{sat['latency_ms']['p99']:>7.2f}   {paced['latency_ms']['p50']:>10.2f} "
-            f"{paced['latency_ms']['p99']:>6.2f}  {'-' if alerts is None else format(alerts, '.1f'):>8} "
+            f"{paced_p99(r, args):>6}  {'-' if alerts is None else format(alerts, '.1f'):>8} "
             f"{r['memory_kib']['VmHWM'] / 1024:>7.1f}Mi"
         )
     return "\n".join(rows)
 
 
+def store_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The daemon's rows side by side: msg/s, p99 saturated and paced, and
+    msg/s as a fraction of SQLite's."""
+    daemons = [r for r in results if "store" in r]
+    sqlite_rate = next(
+        (r["saturation"]["messages_per_second"] for r in daemons if r["store"] == "sqlite"), None
+    )
+    paced = "@" + format(args.rate, "g") + "/s p99"
+    rows = [f"{'store':<14} {'daemons':>7} {'msg/s':>8} {'p99 ms':>7} {paced:>11} {'÷ sqlite':>8}"]
+    for r in daemons:
+        rate = r["saturation"]["messages_per_second"]
+        ratio = "-" if sqlite_rate is None else format(rate / sqlite_rate, ".2f")
+        rows.append(
+            f"{r['store']:<14} {r['processes']:>7} {rate:>8.0f} {r['saturation']['latency_ms']['p99']:>7.2f} "
+            f"{paced_p99(r, args):>11} {ratio:>8}"
+        )
+    return "\n".join(rows)
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """hl7-alerts (SQLite) against the reference servers, and the stores
+    against each other (postgresql×1/sqlite: the target is ≥ 0.5)."""
+    rate = {r["server"]: r["saturation"]["messages_per_second"] for r in results}
+    by_store = {r["store"]: r["saturation"]["messages_per_second"] for r in results if "store" in r}
+    out: dict[str, float] = {}
+    if "hl7-alerts" in rate:
+        out |= {
+            f"hl7-alerts/{name}": round(rate["hl7-alerts"] / value, 2)
+            for name, value in rate.items()
+            if not name.startswith("hl7-alerts")
+        }
+    pairs = (("postgresql×1", "sqlite"), ("postgresql×2", "sqlite"), ("postgresql×2", "postgresql×1"))
+    for over, under in pairs:
+        if over in by_store and under in by_store:
+            out[f"{over}/{under}"] = round(by_store[over] / by_store[under], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small run (5,000 messages per server)")
-    parser.add_argument("--long", action="store_true", help="daemon only: RSS every 100k messages up to 1M")
-    parser.add_argument("--messages", type=int, help="saturation messages per server (default 50,000)")
+    parser.add_argument("--quick", action="store_true", help="small run (2,000 messages per server)")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="daemon only: RSS every 100k messages up to 1M (on the first of --stores)",
+    )
+    parser.add_argument("--messages", type=int, help="saturation messages per server (default 10,000)")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rate", type=float, default=500.0, help="offered rate of the paced run (msg/s)")
-    parser.add_argument("--paced-seconds", type=float, help="length of the paced run (default 20 s)")
+    parser.add_argument("--paced-seconds", type=float, help="length of the paced run (default 10 s)")
     parser.add_argument("--long-messages", type=int, default=1_000_000)
     parser.add_argument("--log-level", default="info", help="the daemon's logging.level (default: info)")
     parser.add_argument("--servers", default="hl7-alerts,python-hl7,bare")
+    parser.add_argument(
+        "--stores",
+        default="sqlite,pg1,pg2",
+        help="the daemon's stores: sqlite, pg1 (PostgreSQL, one daemon), pg2 (two daemons, one database)",
+    )
+    parser.add_argument(
+        "--pg-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra setting for the benchmark's PostgreSQL server (repeatable), to try one out",
+    )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="load pg_stat_statements: statements per message and the costliest ones, per PostgreSQL row",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
     if args.messages is None:
-        args.messages = 5_000 if args.quick else 50_000
+        args.messages = 2_000 if args.quick else 10_000
     if args.paced_seconds is None:
-        args.paced_seconds = 5.0 if args.quick else 20.0
+        args.paced_seconds = 5.0 if args.quick else 10.0
+    stores = [s for s in args.stores.split(",") if s]
+    unknown = [s for s in stores if s not in STORES]
+    if unknown or not stores:
+        parser.error(f"--stores: unknown {unknown or 'empty list'}; choose from {', '.join(STORES)}")
+    if args.long and stores[0] == "pg2":
+        parser.error("--long measures one daemon: its store is the first of --stores (sqlite or pg1)")
+    if len(set(stores)) != len(stores):
+        parser.error("--stores: each store once")
+    if args.connections < 2 and "pg2" in stores:
+        parser.error("pg2 needs --connections of at least 2")
+    pg_extra = dict(item.partition("=")[::2] for item in args.pg_set)
+    if any(not name or not value for name, value in pg_extra.items()):
+        parser.error("--pg-set takes NAME=VALUE")
 
     started = datetime.now(UTC)
     report: dict[str, Any] = {
@@ -346,58 +695,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": [],
     }
     wanted = args.servers.split(",")
-    with tempfile.TemporaryDirectory(prefix="hl7-bench-") as tmp:
-        work = Path(tmp)
+    daemon_stores = stores[:1] if args.long else stores if "hl7-alerts" in wanted else []
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hl7-bench-")))
         broker_dir = work / "mosquitto"
         broker_dir.mkdir()
-        with mosquitto(broker_dir) as broker_port:
-            if args.long:
-                print(
-                    f"long run: daemon, RSS every 100,000 messages up to {args.long_messages:,}", flush=True
-                )
-                report["long"] = measure_long(daemon_server(work, broker_port, args.log_level), work, args)
-            else:
-                if "hl7-alerts" in wanted:
-                    alerts = AlertCounter(broker_port)
-                    try:
-                        server = daemon_server(work, broker_port, args.log_level)
-                        report["results"].append(measure(server, work, args, alerts))
-                    finally:
-                        alerts.close()
-                if "python-hl7" in wanted:
-                    port = free_port()
-                    server = Server(
-                        "python-hl7",
-                        [sys.executable, "-m", "bench.servers", "hl7", "--port", str(port)],
-                        port,
+        broker_port = stack.enter_context(mosquitto(broker_dir))
+        pg = None
+        if any(s != "sqlite" for s in daemon_stores):
+            if args.pg_statements:
+                pg_extra.setdefault("shared_preload_libraries", "pg_stat_statements")
+            pg = stack.enter_context(PgServer({**PG_SETTINGS, **pg_extra}))
+            report["postgresql"] = pg_settings(pg, pg_extra)
+        if args.long:
+            print(
+                f"long run: daemon on {STORES[stores[0]][0]}, RSS every 100,000 messages up to "
+                f"{args.long_messages:,}",
+                flush=True,
+            )
+            target = daemon_target(stores[0], work, broker_port, args.log_level, pg)
+            report["long"] = measure_long(target, work, args)
+        else:
+            for store in daemon_stores:
+                alerts = AlertCounter(broker_port)
+                try:
+                    target = daemon_target(
+                        store, work, broker_port, args.log_level, pg, statements=args.pg_statements
                     )
-                    report["results"].append(measure(server, work, args, None))
-                if "bare" in wanted:
-                    port = free_port()
-                    server = Server(
-                        "bare", [sys.executable, "-m", "bench.servers", "bare", "--port", str(port)], port
-                    )
-                    report["results"].append(measure(server, work, args, None))
+                    report["results"].append(measure(target, work, args, alerts))
+                finally:
+                    alerts.close()
+                if pg is not None and store != "sqlite":
+                    pg.drop_database(f"bench_{store}")
+            if "python-hl7" in wanted:
+                report["results"].append(measure(reference_target("hl7", "python-hl7"), work, args, None))
+            if "bare" in wanted:
+                report["results"].append(measure(reference_target("bare", "bare"), work, args, None))
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    by_name = {r["server"]: r["saturation"]["messages_per_second"] for r in report["results"]}
-    if "hl7-alerts" in by_name:
-        ours = by_name["hl7-alerts"]
-        report["ratios"] = {
-            f"hl7-alerts/{name}": round(ours / rate, 2)
-            for name, rate in by_name.items()
-            if name != "hl7-alerts"
-        }
+    report["ratios"] = ratios(report["results"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if report["results"]:
         print(
             f"{args.messages:,} messages at saturation over {args.connections} connections; "
             f"paced run {args.paced_seconds:g} s at {args.rate:g} msg/s "
-            f"(latency from the scheduled send time)"
+            f"(latency from the scheduled send time; ! = fell behind the offered rate)"
         )
         print(table(report["results"], args))
-        for name, ratio in report.get("ratios", {}).items():
-            print(f"{name}: {ratio}x")
+        if any("store" in r for r in report["results"]):
+            print()
+            print(store_table(report["results"], args))
+        if any("database" in r["saturation"] for r in report["results"]):
+            print()
+            print(database_table(report["results"]))
+        for name, ratio in report["ratios"].items():
+            target_note = "  (target ≥ 0.5)" if name == "postgresql×1/sqlite" else ""
+            print(f"{name}: {ratio}x{target_note}")
     if "long" in report:
         print(f"RSS growth from first to last point: {report['long']['rss_growth_percent']} %")
     print(f"results: {args.out}")

@@ -1,6 +1,7 @@
 """The benchmark's own machinery, briefly: what it sends is what the issue
 asks for, and the quick mode's code path runs end to end (real Mosquitto,
-daemon, reference servers, load client) on a few hundred messages. Nothing
+the daemon on SQLite and two daemons on one PostgreSQL database, reference
+servers, load client) on a few hundred messages. Nothing
 here is timed: the figures come from `python -m bench.run`."""
 
 from __future__ import annotations
@@ -33,12 +34,25 @@ def test_generator_sends_unique_ids_a_tenth_on_azathioprine_and_some_abnormal() 
 
 def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    report = run.main(["--messages", "300", "--paced-seconds", "0.4", "--out", str(out)])
+    report = run.main(
+        ["--messages", "200", "--rate", "250", "--paced-seconds", "0.4", "--stores", "sqlite,pg2", "--out", str(out)]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     by_server = {r["server"]: r for r in report["results"]}
-    assert set(by_server) == {"hl7-alerts", "python-hl7", "bare"}
+    assert set(by_server) == {"hl7-alerts", "hl7-alerts pg×2", "python-hl7", "bare"}
     for result in by_server.values():
-        assert result["saturation"]["ack_codes"] == {"AA": 300}
-        assert result["paced"]["ack_codes"] == {"AA": 200}
+        assert result["saturation"]["ack_codes"] == {"AA": 200}
+        assert result["paced"]["ack_codes"] == {"AA": 100}
         assert result["memory_kib"]["VmHWM"] > 0
-    assert isinstance(by_server["hl7-alerts"]["alerts_total"], int)  # waited for: outbox drained
+    sqlite, pg = by_server["hl7-alerts"], by_server["hl7-alerts pg×2"]
+    assert (sqlite["store"], pg["store"], pg["processes"]) == ("sqlite", "postgresql×2", 2)
+    # The load client splits its connections between the two daemons.
+    per_port = pg["saturation"]["per_port"]
+    assert len(per_port) == 2
+    assert all(n > 0 for n in per_port.values())
+    assert pg["saturation"]["database_cpu_us_per_message"] > 0
+    # Waited for: the outbox drained, in the SQLite file and in PostgreSQL.
+    assert isinstance(sqlite["alerts_total"], int)
+    assert isinstance(pg["alerts_total"], int)
+    assert report["postgresql"]["fsync"] == report["postgresql"]["synchronous_commit"] == "on"
+    assert set(report["ratios"]) >= {"hl7-alerts/python-hl7", "postgresql×2/sqlite"}
