@@ -29,6 +29,16 @@ def order_msg(control: str, ctl: str, order_id: str, drug: str, when: str, *, mr
     ]) + "\r"
 
 
+def merge_msg(control: str, when: str, *, prior: str, surviving: str = MRN) -> str:
+    """ADT^A40: MRG-1 ``prior`` merged into PID-3 ``surviving``."""
+    return "\r".join([
+        f"MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|{when}||ADT^A40^ADT_A39|{control}|P|2.5.1",
+        f"EVN|A40|{when}",
+        pid(surviving),
+        f"MRG|{prior}",
+    ]) + "\r"
+
+
 AZA = "1256^Azathioprine 50 MG Oral Tablet^RXNORM"
 ALLOPURINOL = "519^Allopurinol 100 MG Oral Tablet^RXNORM"
 

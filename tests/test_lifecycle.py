@@ -16,6 +16,7 @@ from hl7kit import (
     BILI,
     alt,
     events,
+    merge_msg,
     order_msg,
     oru,
     result,
@@ -225,12 +226,7 @@ def test_hys_law_across_two_messages_within_48h(tmp_path: Path) -> None:
 def test_a40_merge_moves_history_orders_and_alerts(tmp_path: Path) -> None:
     """Issue point 4: ADT^A40 (MRG-1 prior id → PID-3 surviving id)."""
     old = "H0990009^^^GENHOSP^MR"
-    merge = "\r".join([
-        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
-        "EVN|A40|20261002080000",
-        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
-        "MRG|H0990009^^^GENHOSP^MR",
-    ]) + "\r"
+    merge = merge_msg("A1", "20261002080000", prior="H0990009^^^GENHOSP^MR")
     out = run_check(
         tmp_path,
         order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),
@@ -270,12 +266,7 @@ async def test_a40_merge_announces_the_alert_it_folds(tmp_path: Path) -> None:
     old = "H0990009^^^GENHOSP^MR"
     config = Config()
     options, settings = config.parse_options(), config.pipeline_settings()
-    merge = "\r".join([
-        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
-        "EVN|A40|20261002080000",
-        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
-        "MRG|H0990009^^^GENHOSP^MR",
-    ]) + "\r"
+    merge = merge_msg("A1", "20261002080000", prior=old)
     store = await SqliteStore.open(tmp_path / "s.db")
     for text in (
         order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import WAIT, Backend
-from hl7kit import AZA, alt, order_msg, oru
+from hl7kit import AZA, alt, merge_msg, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -145,17 +145,11 @@ async def test_a40_merge_moves_orders_history_and_alerts(backend: Backend) -> No
     collide with the survivor's): the survivor's next panel escalates the
     prior record's open alert, under the same id."""
     old = "H0990009^^^GENHOSP^MR"
-    merge = "\r".join([
-        "MSH|^~\\&|ADT|GENHOSP|HL7ALERTS|GENHOSP|20261002080000||ADT^A40^ADT_A39|A1|P|2.5.1",
-        "EVN|A40|20261002080000",
-        "PID|1||H0990001^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|F",
-        "MRG|H0990009^^^GENHOSP^MR",
-    ]) + "\r"
     messages = [
         order_msg("RX1", "NW", "RX1", AZA, "20260901090000", mrn=old),
         order_msg("RX2", "NW", "RX1", AZA, "20260901090000"),  # the survivor's own copy of the order wins
         oru("L1", "20261001080000", alt("60"), mrn=old),
-        merge,
+        merge_msg("A1", "20261002080000", prior=old),
         oru("L2", "20261008080000", alt("62"), specimen="S2"),
     ]
     store = await backend.open()
