@@ -39,6 +39,17 @@ def merge_msg(control: str, when: str, *, prior: str, surviving: str = MRN) -> s
     ]) + "\r"
 
 
+# A sender's stray NUL bytes: in the sending facility, the control id and
+# two results. PostgreSQL's text cannot hold them (SQLite's can).
+WITH_NUL = (
+    b"MSH|^~\\&|LAB|GEN\x00HOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|N\x0001|P|2.5.1\r"
+    b"PID|1||H010001^^^GENHOSP^MR||TESTPATIENT^ALPHA\r"
+    b"OBR|1|O1|SPCN|24325-3^Hepatic function panel^LN|||20261020080000\r"
+    b"OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56|H|||F\r"
+    b"OBX|2|ST|NOTE^note^L||hae\x00molysed||||||F\r"
+)
+
+
 AZA = "1256^Azathioprine 50 MG Oral Tablet^RXNORM"
 ALLOPURINOL = "519^Allopurinol 100 MG Oral Tablet^RXNORM"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import WAIT, Backend
-from hl7kit import AZA, alt, merge_msg, order_msg, oru
+from hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -138,6 +138,19 @@ async def test_lists_reminders_and_prune_read_the_same_on_both(backend: Backend)
     await store.close()
     assert pruned.observations > 0
     assert backend.query("SELECT count(*) FROM orders") == [(1,)]  # orders are never pruned
+
+
+async def test_nul_bytes_in_fields_never_make_a_message_fail_for_ever(backend: Backend) -> None:
+    """Stored (the raw bytes as sent), evaluated, and a resend is still
+    recognised: not an AR that the sender would retry without end."""
+    store = await backend.open()
+    await store.transact(unit(ORDER))
+    first = await store.transact(unit(WITH_NUL))
+    again = await store.transact(unit(WITH_NUL))
+    await store.close()
+    assert (first.ack_code, first.duplicate, again.duplicate) == (AckCode.AA, False, True)
+    assert [c.alert.rule for c in first.changes] == [STOP]
+    assert backend.query("SELECT raw FROM messages WHERE message_type LIKE ?", ("ORU%",)) == [(WITH_NUL,)]
 
 
 async def test_a40_merge_moves_orders_history_and_alerts(backend: Backend) -> None:

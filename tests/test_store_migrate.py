@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import WAIT, free_port
+from hl7kit import WITH_NUL
 
 from hl7_alerts.alerts import AckRequest
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -420,3 +421,18 @@ async def test_a_store_newer_than_this_code_is_refused(tmp_path: Path, pg_dsn: s
     assert f"has schema version 999, newer than this hl7-alerts knows ({SCHEMA_VERSION})" in result.stderr
     with psycopg.connect(pg_dsn) as pg:  # nothing created in PostgreSQL
         assert pg.execute("SELECT to_regclass('messages')").fetchone() == (None,)
+
+
+async def test_nul_bytes_in_sqlite_text_do_not_stop_the_move(tmp_path: Path, pg_dsn: str) -> None:
+    """SQLite's text holds a sender's NUL bytes, PostgreSQL's cannot: they
+    arrive as U+FFFD, the raw message (BYTEA) exactly as it was sent."""
+    source = tmp_path / "s.sqlite3"
+    store = await SqliteStore.open(source)
+    await feed(store, WITH_NUL)
+    await store.close()
+    migrated(source, pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT sending_facility, control_id, raw FROM messages").fetchall()
+        notes = conn.execute("SELECT value_text FROM observations WHERE code = 'NOTE'").fetchall()
+    assert rows == [("GEN\ufffdHOSP", "N\ufffd01", WITH_NUL)]
+    assert notes == [("hae\ufffdmolysed",)]

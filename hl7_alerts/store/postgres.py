@@ -71,6 +71,30 @@ _INSERT_OBSERVATIONS = (
 _CONTENDED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
 
 
+def text_safe(values: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a sender's stray 0x00 in
+    a field would otherwise fail the message's every resend (AR for ever).
+    It becomes U+FFFD, as undecodable bytes do; the raw bytes (BYTEA) keep
+    the original. The common case, no NUL anywhere, returns ``values`` as is."""
+    if not any(_has_nul(v) for v in values):
+        return values
+    return [_without_nul(v) for v in values]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Bring the database's schema up to `SCHEMA_VERSION`, one transaction a
     version, under a session lock: a second daemon starting now waits, then
@@ -109,11 +133,11 @@ class PgTransaction(SqlTransaction):
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = sql.replace("?", "%s")
-        return self._conn.execute(text, params)
+        return self._conn.execute(text, text_safe(params))
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._conn.cursor() as cursor:
-            cursor.executemany(sql.replace("?", "%s"), rows)
+            cursor.executemany(sql.replace("?", "%s"), [text_safe(r) for r in rows])
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]

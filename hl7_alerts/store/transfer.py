@@ -43,6 +43,7 @@ from psycopg import sql
 
 from hl7_alerts.store.base import SchemaTooNewError, StoreError
 from hl7_alerts.store.postgres import migrate as migrate_postgres
+from hl7_alerts.store.postgres import text_safe
 from hl7_alerts.store.schema import SCHEMA_VERSION
 from hl7_alerts.store.sqlite import migrate as migrate_sqlite
 
@@ -330,7 +331,7 @@ def _copy_table(
         while batch := cursor.fetchmany(chunk):
             with out.copy(load) as copy:
                 for row in batch:
-                    copy.write_row(convert(row) if convert else row)
+                    copy.write_row(text_safe(convert(row) if convert else row))
             out.execute(merge)
             written += max(out.rowcount, 0)
             out.execute(empty)
