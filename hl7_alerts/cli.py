@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
+import structlog
 
 from hl7_alerts import logs, offline
 from hl7_alerts.alerts import AckRequest
@@ -50,7 +51,13 @@ def serve(config_path: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     logs.configure(config.logging.level, config.logging.format)
-    asyncio.run(_serve(config, config_path))
+    try:
+        asyncio.run(_serve(config, config_path))
+    except StoreError as exc:
+        # Unreachable database, unwritable folder, a schema too new: said in
+        # one line (systemd restarts us; the journal shows why), no traceback.
+        structlog.get_logger("hl7_alerts.cli").error("store_unavailable", error=str(exc))
+        raise click.ClickException(f"store unavailable: {exc}") from None
 
 
 async def _serve(config: Config, config_path: Path) -> None:

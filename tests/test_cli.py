@@ -89,6 +89,21 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
     assert f"{config}:2: hl7.timezone" in result.stderr
 
 
+def test_serve_with_an_unreachable_database_exits_nonzero_saying_so(tmp_path: Path) -> None:
+    """No traceback: one line naming the store and why (systemd restarts it)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"store:\n  dsn: postgresql://hl7:secret@127.0.0.1:{free_port()}/hl7alerts\n"
+        "mllp:\n  port: 0\nmetrics:\n  enabled: false\nlogging:\n  format: json\n"
+    )
+    result = subprocess.run([*CLI, "serve", "--config", str(config)], capture_output=True, text=True,
+                            timeout=WAIT, check=False, env={**os.environ})
+    assert result.returncode == 1
+    assert "Error: store unavailable: cannot connect to store.dsn" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr + result.stdout
+
+
 def test_config_yaml_shows_the_embedded_defaults() -> None:
     shipped = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     assert shipped.rules == Config().rules
