@@ -331,8 +331,9 @@ def acknowledge_alert(
         return "unknown_alert"
     # Another daemon may be recording the same ack or changing the alert:
     # read it again under its patient's lock.
-    tx.lock(patients=[record.alert.patient])
-    record = tx.alert_record(request.alert_id) or record
+    record = _locked_record(tx, record)
+    if record is None:
+        return "unknown_alert"
     alert, outcome = acknowledge(record.alert, record.tracking, request)
     if alert is None:
         tx.audit("ack_ignored", request.alert_id, at, detail=str(outcome))
@@ -361,8 +362,7 @@ def send_reminders(
     for candidate in due:
         # Read again under the patient's lock: another daemon's message may
         # have resolved or acknowledged it since the candidates were read.
-        tx.lock(patients=[candidate.alert.patient])
-        record = tx.alert_record(candidate.alert.alert_id)
+        record = _locked_record(tx, candidate)
         if record is None:
             continue
         alert = remind(record.alert, record.tracking, policy, now=now)
@@ -376,6 +376,18 @@ def send_reminders(
         _enqueue_carried(tx, record, alert, AlertEvent.REMINDER, body, settings=settings, at=now)
         sent.append(alert.alert_id)
     return sent
+
+
+def _locked_record(tx: Transaction, record: AlertRecord) -> AlertRecord | None:
+    """The alert as committed, read under its patient's lock. An ADT^A40
+    merge committed meanwhile may have moved it to another patient: then
+    that patient's lock is taken and it is read again."""
+    while True:
+        tx.lock(patients=[record.alert.patient])
+        fresh = tx.alert_record(record.alert.alert_id)
+        if fresh is None or fresh.alert.patient == record.alert.patient:
+            return fresh
+        record = fresh
 
 
 def next_reminder(tx: Transaction, *, policy: ReminderPolicy) -> datetime | None:
@@ -542,6 +554,9 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
         return []
     raised: list[str] = []
     for candidate in tx.due_schedules(None):
+        guess = next_due(candidate.start, candidate.last_panel, m)
+        if (guess.due, guess.fires_at) == (candidate.due, candidate.fires_at) and not guess.overdue(now):
+            continue  # nothing to write: no lock taken (most schedules, most ticks)
         # Read again under the patient's lock: another daemon may have moved
         # this schedule on (a panel) since the candidates were read.
         tx.lock(patients=[candidate.patient])

@@ -72,7 +72,9 @@ class Scheduler:
         def unit(tx: Transaction) -> tuple[list[str], list[str], datetime | None]:
             # Daemons sharing a store tick one at a time: each due reminder
             # or overdue alert fires once, whichever daemon's timer sees it.
-            tx.lock(timers=True)
+            # One that finds another ticking leaves it to that one.
+            if not tx.try_timers():
+                return [], [], None
             sent: list[str] = []
             due: list[datetime] = []
             if self._reminding:

@@ -7,6 +7,7 @@ that fire once, and a unit that must wait for another daemon's lock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +82,29 @@ async def test_a_failing_unit_rolls_back_alone_in_a_grouped_commit(backend: Back
     assert [c.alert.rule for c in results[2].changes] == [STOP]
     assert backend.query("SELECT control_id FROM messages ORDER BY id") == [("RX0001",), ("LAB0001",)]
     assert backend.query("SELECT count(*) FROM outbox") == [(2,)]
+
+
+async def test_a_unit_is_answered_as_committed_only_if_it_was(backend: Backend) -> None:
+    """A unit that swallows a database error: SQLite rolls back only that
+    statement; PostgreSQL aborts the transaction and answers its COMMIT with
+    a ROLLBACK, without an error. Either the unit's work is there, or the
+    caller hears that it is not (AR upstream); never an answer for nothing."""
+    store = await backend.open()
+
+    def careless(tx: Transaction) -> Outcome:
+        outcome = unit(ORDER)(tx)
+        with contextlib.suppress(Exception):
+            sql(tx)._x("INSERT INTO no_such_table VALUES (1)")
+        return outcome
+
+    try:
+        answered = await store.transact(careless)
+    except StoreError:
+        answered = None
+    await store.close()
+    stored = backend.query("SELECT count(*) FROM messages")[0][0]
+    assert (answered is not None) == (stored == 1)
+    assert stored == (1 if backend.name == "sqlite" else 0)
 
 
 async def test_a_resend_gets_the_first_answer_and_changes_nothing(backend: Backend) -> None:
@@ -261,7 +285,8 @@ async def test_timers_on_two_daemons_fire_once(shared: Backend) -> None:
     later = NOW + timedelta(hours=1)
 
     def tick(tx: Transaction) -> list[str]:
-        tx.lock(timers=True)
+        if not tx.try_timers():
+            return []
         return send_reminders(tx, policy=policy, settings=SETTINGS, now=later)
 
     results = await asyncio.gather(*(s.transact(tick) for s in (a, b, a, b)))

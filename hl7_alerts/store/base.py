@@ -174,14 +174,18 @@ PAGING_EVENTS = frozenset({AlertEvent.FIRING, AlertEvent.UPDATED, AlertEvent.ESC
 class Transaction(Protocol):
     """What a unit of work may do inside the store's transaction."""
 
-    def lock(
-        self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = (), timers: bool = False
-    ) -> None:
+    def lock(self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = ()) -> None:
         """Serialize with other daemons sharing the store: hold, until this
-        transaction ends, the lock of a dedup key, of patients, or of the
-        timers. A unit takes its locks first, before it reads. One writer
+        transaction ends, the lock of a dedup key and of patients. A unit
+        takes its locks first, before it reads what they protect. One writer
         (SQLite) has nothing to serialize with: a no-op there. May raise
         `LockBusy`, which the store handles."""
+        ...
+
+    def try_timers(self) -> bool:
+        """Take the timers lock if no other daemon holds it; False when one
+        does (it is ticking: this tick has nothing to add). Always True with
+        one writer."""
         ...
 
     def find_messages(self, key: DedupKey) -> list[PriorAck]: ...

@@ -194,18 +194,21 @@ class PgTransaction(SqlTransaction):
         self._first = first
         self._ingredients.clear()
 
-    def lock(
-        self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = (), timers: bool = False
-    ) -> None:
+    def lock(self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = ()) -> None:
         names = [f"patient:{p.key}" for p in patients]
         if message is not None:
             names.append(
                 f"message:{message.sending_application}|{message.sending_facility}|{message.control_id}"
             )
         keys = [lock_key(n) for n in names]
-        if timers:
-            keys.append(_TIMERS_LOCK)
         self._lock_keys(keys)
+
+    def try_timers(self) -> bool:
+        # Never waits: a daemon whose tick finds another ticking skips its own
+        # (and the batch it is in is not held up behind it).
+        self._holds_locks = True
+        row = self._x("SELECT pg_try_advisory_xact_lock(?)", (_TIMERS_LOCK,)).fetchone()
+        return bool(row[0])
 
     def _lock_keys(self, keys: Iterable[int]) -> None:
         ordered = sorted(set(keys))
@@ -276,6 +279,7 @@ class PostgresStore(BatchingStore):
     # A statement to the server per unit saved; a batch's at most 64 nested
     # savepoints are what PostgreSQL keeps in memory anyway (`max_batch`).
     _RELEASE_UNITS: ClassVar[bool] = False
+    _CLAIMS: ClassVar[bool] = True
 
     def __init__(
         self, dsn: str, *, owner: str, lease_seconds: float = 30.0, writers: int = 2, max_batch: int = 64
@@ -335,6 +339,10 @@ class PostgresStore(BatchingStore):
     def _in_transaction(self, tx: SqlTransaction) -> bool:
         conn: psycopg.Connection[Any] = tx._conn
         return conn.info.transaction_status != TransactionStatus.IDLE
+
+    def _committed(self, cursor: Any) -> bool:
+        # COMMIT of a transaction an error aborted answers ROLLBACK, no error.
+        return bool(cursor.statusmessage == "COMMIT")
 
     def _contended(self, exc: BaseException) -> bool:
         return isinstance(exc, _CONTENDED)

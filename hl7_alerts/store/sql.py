@@ -143,10 +143,11 @@ class SqlTransaction:
     def batch_rolled_back(self) -> None:
         """Nothing of the batch will commit."""
 
-    def lock(
-        self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = (), timers: bool = False
-    ) -> None:
+    def lock(self, *, message: DedupKey | None = None, patients: Iterable[PatientKey] = ()) -> None:
         """One writer has nothing to serialize with (see `Transaction.lock`)."""
+
+    def try_timers(self) -> bool:
+        return True
 
     def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
         rows = self._x(
@@ -658,6 +659,8 @@ class BatchingStore:
     # next unit's savepoint inside it, which is as correct ("ROLLBACK TO unit"
     # goes back to the newest of that name) and saves a round trip a unit.
     _RELEASE_UNITS: ClassVar[bool] = True
+    # Several publishers share the outbox: taking rows is a claim (a write).
+    _CLAIMS: ClassVar[bool] = False
 
     def __init__(self, *, max_batch: int = 512, writers: int = 1) -> None:
         self._max_batch = max_batch
@@ -701,6 +704,10 @@ class BatchingStore:
     def _close_connection(self, tx: SqlTransaction) -> None:
         tx._conn.close()
 
+    def _committed(self, cursor: Any) -> bool:
+        """Whether the COMMIT statement committed (SQLite raises when not)."""
+        return True
+
     def _contended(self, exc: BaseException) -> bool:
         """A unit's error that means "another daemon got in the way" (a
         deadlock the server broke): the unit is run again alone."""
@@ -719,10 +726,14 @@ class BatchingStore:
         return await self._submit(unit, write=False)
 
     async def pending_outbox(self, limit: int, *, after_id: int = 0) -> list[OutboxRow]:
-        return await self.transact(lambda tx: _sql(tx).pending_outbox(limit, after_id))
+        def unit(tx: Transaction) -> list[OutboxRow]:
+            return _sql(tx).pending_outbox(limit, after_id)
+
+        return await (self.transact(unit) if self._CLAIMS else self.read(unit))
 
     async def release_outbox(self) -> None:
-        await self.transact(lambda tx: _sql(tx).release_outbox())
+        if self._CLAIMS:
+            await self.transact(lambda tx: _sql(tx).release_outbox())
 
     async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
         def unit(tx: Transaction) -> None:
@@ -955,8 +966,16 @@ class BatchingStore:
             try:
                 tx._x("SAVEPOINT unit")
             except self._DB_ERRORS as exc:
-                outcomes.append((job, None, StoreError(str(exc))))
-                continue
+                # PostgreSQL aborts the whole transaction on a failed
+                # statement, this one included: nothing of the batch may be
+                # answered as committed.
+                log.error("store_savepoint_failed", error=str(exc))
+                tx.batch_rolled_back()
+                if self._in_transaction(tx):
+                    with contextlib.suppress(*self._DB_ERRORS):
+                        tx._x("ROLLBACK")
+                self._fail_all(batch, exc)
+                return []
             tx.unit_begun(first=first)
             try:
                 result = job.unit(tx)
@@ -988,9 +1007,13 @@ class BatchingStore:
                 tx.unit_released()
                 outcomes.append((job, result, None))
                 first = False
+        commit_failures: tuple[type[Exception], ...] = (StoreError, *self._DB_ERRORS)
         try:
-            tx._x("COMMIT")
-        except self._DB_ERRORS as exc:
+            if not self._committed(tx._x("COMMIT")):
+                # The server ended an aborted transaction with a ROLLBACK: an
+                # error went unseen. Nothing may be answered as committed.
+                raise StoreError("the transaction was rolled back at COMMIT")
+        except commit_failures as exc:
             tx.batch_rolled_back()
             try:
                 tx._x("ROLLBACK")
