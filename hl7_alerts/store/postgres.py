@@ -9,7 +9,7 @@ transactions and locks for what several writers need:
   (it holds nothing yet, so it cannot be part of a deadlock); a later unit
   only *tries*, and when another daemon holds the lock it is rolled back to
   its savepoint and run again alone once the batch has committed (`LockBusy`).
-  Several locks are always taken in ascending order. A deadlock the server
+  Locks asked for together are taken in ascending order. A deadlock the server
   still detects (row locks, say) sends the unit the same way.
 - **Outbox rows are claimed** (`pending_outbox`) by one daemon at a time,
   with ``FOR UPDATE SKIP LOCKED`` under a lease on the database's clock, and
