@@ -117,7 +117,6 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PgTransaction(SqlTransaction):
     """`Transaction` over the writer's PostgreSQL connection."""
 
-    _EARLIER: ClassVar[str] = "{col}::timestamptz < ?::timestamptz"
 
     def __init__(self, conn: psycopg.Connection[Any], *, owner: str, lease_seconds: float) -> None:
         super().__init__(conn)
@@ -280,6 +279,7 @@ class PostgresStore(BatchingStore):
     # savepoints are what PostgreSQL keeps in memory anyway (`max_batch`).
     _RELEASE_UNITS: ClassVar[bool] = False
     _CLAIMS: ClassVar[bool] = True
+    _EARLIER: ClassVar[str] = "{col}::timestamptz < ?::timestamptz"
 
     def __init__(
         self, dsn: str, *, owner: str, lease_seconds: float = 30.0, writers: int = 2, max_batch: int = 64

@@ -23,6 +23,7 @@ import json
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,8 +110,6 @@ class SqlTransaction:
     # SQLite picks the per-analyte index only when told; PostgreSQL's planner
     # needs no hint (and has no syntax for one).
     _ANALYTE_INDEX: ClassVar[str] = ""
-    # "column is before the parameter", both ISO 8601 texts, as a date.
-    _EARLIER: ClassVar[str] = "{col} < ?"
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -640,7 +639,7 @@ def _resolve_all(
         outbox_event.set()
 
 
-class BatchingStore:
+class BatchingStore(ABC):
     """`Store` with writer threads and grouped commits; a dialect supplies
     the connection (`_connect`, `_in_transaction`) and its errors.
 
@@ -655,6 +654,8 @@ class BatchingStore:
     # failure (StoreError, AR upstream), not a defect of ours.
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
     _BEGIN: ClassVar[str] = "BEGIN"
+    # "column is before the parameter", both ISO 8601 texts, as a date.
+    _EARLIER: ClassVar[str] = "{col} < ?"
     # Release each unit's savepoint once it succeeded. Not releasing nests the
     # next unit's savepoint inside it, which is as correct ("ROLLBACK TO unit"
     # goes back to the newest of that name) and saves a round trip a unit.
@@ -669,7 +670,6 @@ class BatchingStore:
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._outbox_event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tx: SqlTransaction | None = None
         self.commit_observer: Callable[[float], None] | None = None
 
     async def _start(self) -> None:
@@ -690,16 +690,17 @@ class BatchingStore:
 
     # -- dialect hooks ---------------------------------------------------------
 
+    @abstractmethod
     def _connect(self) -> SqlTransaction:
         """Open the connection, migrate, and return the transaction object."""
-        raise NotImplementedError
 
     def _reconnect_if_broken(self, tx: SqlTransaction) -> SqlTransaction:
         """Before a batch: a connection the server dropped is replaced."""
         return tx
 
+    @abstractmethod
     def _in_transaction(self, tx: SqlTransaction) -> bool:
-        raise NotImplementedError
+        """Whether the connection is inside a transaction (to roll back)."""
 
     def _close_connection(self, tx: SqlTransaction) -> None:
         tx._conn.close()
@@ -819,7 +820,7 @@ class BatchingStore:
                 if n < chunk:
                     return total
 
-        earlier = self._transaction_class()._EARLIER
+        earlier = self._EARLIER
         observations = await repeat(
             # Genotypes do not expire: a TPMT/NUDT15 result is what stands
             # between a poor metabolizer's next order and a full dose.
@@ -878,9 +879,6 @@ class BatchingStore:
         for thread in threads:
             await asyncio.to_thread(thread.join)
 
-    def _transaction_class(self) -> type[SqlTransaction]:
-        return type(self._tx) if self._tx is not None else SqlTransaction
-
     async def _submit(self, unit: Callable[[Transaction], T], *, write: bool) -> T:
         if not self._threads or self._loop is None:
             raise StoreError("store is closed")
@@ -900,7 +898,6 @@ class BatchingStore:
                 _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
             )
             return
-        self._tx = tx
         loop.call_soon_threadsafe(_resolve, ready, None, None)
         stopping = False
         while not stopping:
@@ -918,7 +915,7 @@ class BatchingStore:
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
             try:
-                tx = self._tx = self._reconnect_if_broken(tx)
+                tx = self._reconnect_if_broken(tx)
             except Exception as exc:
                 self._fail_all(batch, exc)
                 continue

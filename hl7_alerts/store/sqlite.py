@@ -63,7 +63,6 @@ class SqliteTransaction(SqlTransaction):
     COMMIT fails, leaves no trace in it."""
 
     _ANALYTE_INDEX: ClassVar[str] = "INDEXED BY observations_latest"
-    _EARLIER: ClassVar[str] = "julianday({col}) < julianday(?)"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(conn)
@@ -126,6 +125,7 @@ class SqliteStore(BatchingStore):
 
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
     _BEGIN: ClassVar[str] = "BEGIN IMMEDIATE"
+    _EARLIER: ClassVar[str] = "julianday({col}) < julianday(?)"
 
     def __init__(self, path: Path, *, max_batch: int = 512) -> None:
         super().__init__(max_batch=max_batch)
