@@ -117,7 +117,6 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PgTransaction(SqlTransaction):
     """`Transaction` over the writer's PostgreSQL connection."""
 
-
     def __init__(self, conn: psycopg.Connection[Any], *, owner: str, lease_seconds: float) -> None:
         super().__init__(conn)
         self.owner = owner
@@ -128,15 +127,19 @@ class PgTransaction(SqlTransaction):
         self._first = True
         self._holds_locks = False
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _pg(self, sql: str) -> str:
+        """The statement with psycopg's ``%s`` marks, converted once per text."""
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = sql.replace("?", "%s")
-        return self._conn.execute(text, text_safe(params))
+        return text
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._pg(sql), text_safe(params))
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._conn.cursor() as cursor:
-            cursor.executemany(sql.replace("?", "%s"), [text_safe(r) for r in rows])
+            cursor.executemany(self._pg(sql), [text_safe(r) for r in rows])
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
