@@ -935,12 +935,17 @@ class BatchingStore(ABC):
             # Never let the writer thread die: every later message would
             # wait forever for a commit and its sender for an ACK.
             log.exception("store_batch_crashed")
-            tx.batch_rolled_back()
-            if self._in_transaction(tx):
-                with contextlib.suppress(Exception):
-                    tx._x("ROLLBACK")
-            self._fail_all(batch, exc)
+            self._abandon(tx, batch, exc)
             return []
+
+    def _abandon(self, tx: SqlTransaction, batch: list[_Job], exc: BaseException) -> None:
+        """Nothing of this batch will commit: roll back what is left of its
+        transaction and answer every unit in it with a StoreError."""
+        tx.batch_rolled_back()
+        if self._in_transaction(tx):
+            with contextlib.suppress(Exception):
+                tx._x("ROLLBACK")
+        self._fail_all(batch, exc)
 
     def _run_batch(self, tx: SqlTransaction, batch: list[_Job], *, alone: bool = False) -> list[_Job]:
         """Run and commit one batch; return the units deferred for contention."""
@@ -953,10 +958,7 @@ class BatchingStore(ABC):
             tx._x(self._BEGIN)
             tx.batch_begun(alone=alone)
         except self._DB_ERRORS as exc:
-            if self._in_transaction(tx):
-                with contextlib.suppress(*self._DB_ERRORS):
-                    tx._x("ROLLBACK")
-            self._fail_all(batch, exc)
+            self._abandon(tx, batch, exc)
             return []
         first = True
         for job in batch:
@@ -967,11 +969,7 @@ class BatchingStore(ABC):
                 # statement, this one included: nothing of the batch may be
                 # answered as committed.
                 log.error("store_savepoint_failed", error=str(exc))
-                tx.batch_rolled_back()
-                if self._in_transaction(tx):
-                    with contextlib.suppress(*self._DB_ERRORS):
-                        tx._x("ROLLBACK")
-                self._fail_all(batch, exc)
+                self._abandon(tx, batch, exc)
                 return []
             tx.unit_begun(first=first)
             try:
@@ -988,11 +986,7 @@ class BatchingStore(ABC):
                     # (disk full, I/O error, connection lost): nothing of this
                     # batch will commit, so every unit in it fails (AR).
                     log.error("store_savepoint_lost", error=str(rollback_exc))
-                    tx.batch_rolled_back()
-                    if self._in_transaction(tx):
-                        with contextlib.suppress(*self._DB_ERRORS):
-                            tx._x("ROLLBACK")
-                    self._fail_all(batch, rollback_exc)
+                    self._abandon(tx, batch, rollback_exc)
                     return []
                 if not alone and (isinstance(exc, LockBusy) or self._contended(exc)):
                     deferred.append(job)
