@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from hl7_alerts.store.postgres import PostgresStore
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 WAIT = 10.0  # seconds: the ceiling for any condition a test waits on
+CLI = [sys.executable, "-m", "hl7_alerts"]  # the `hl7-alerts` command, as a process of its own
 ALERT_SCHEMA = json.loads((ROOT / "hl7_alerts" / "schema" / "alert.schema.json").read_text())
 jsonschema.Draft202012Validator.check_schema(ALERT_SCHEMA)
 ALERT_VALIDATOR = jsonschema.Draft202012Validator(ALERT_SCHEMA)

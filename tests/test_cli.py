@@ -8,16 +8,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import SAMPLES, WAIT, Broker, free_port, make_config, port_open, recording, running, wait_until
+from conftest import (
+    CLI,
+    SAMPLES,
+    WAIT,
+    Broker,
+    free_port,
+    make_config,
+    port_open,
+    recording,
+    running,
+    wait_until,
+)
 from test_integration import SEED_STORY, sample_messages
 
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 from hl7_alerts.mllp import MllpClient
-
-CLI = [sys.executable, "-m", "hl7_alerts"]
 
 
 def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) -> None:

@@ -56,7 +56,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -68,6 +67,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 from conftest import (
+    CLI,
     SAMPLES,
     WAIT,
     AsyncMllpClient,
@@ -80,7 +80,6 @@ from conftest import (
     wait_until,
 )
 
-CLI = [sys.executable, "-m", "hl7_alerts"]
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
 PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"

@@ -12,12 +12,12 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from conftest import (
+    CLI,
     SAMPLES,
     WAIT,
     AsyncMllpClient,
@@ -33,7 +33,6 @@ from conftest import (
 
 from hl7_alerts.mllp import frame
 
-CLI = [sys.executable, "-m", "hl7_alerts"]
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
 PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"

@@ -12,14 +12,13 @@ import asyncio
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
+from conftest import CLI, SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
 from hl7_alerts.messages import split_file
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, Oversize, frame
@@ -28,7 +27,6 @@ FRAMES = 100_000
 CONNECTIONS = 8
 SEED = 20261125
 TIME_LIMIT = 150.0  # seconds, a ceiling for slow shared CI machines; typically far less
-CLI = [sys.executable, "-m", "hl7_alerts"]
 CODES = {"AA", "AE", "AR", "CA", "CE", "CR"}
 SPICE = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\r\n", b"\x0b", b"\x1c", b"\x00", b"\xff", b"\xc3", b"MSH|", b"PID|"]
 

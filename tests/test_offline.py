@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import SAMPLES, WAIT
-
-CLI = [sys.executable, "-m", "hl7_alerts"]
+from conftest import CLI, SAMPLES, WAIT
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    CLI,
     WAIT,
     AsyncMllpClient,
     Broker,
@@ -35,8 +35,6 @@ from conftest import (
 
 from hl7_alerts.config import load_config
 from hl7_alerts.sdnotify import Notifier
-
-CLI = [sys.executable, "-m", "hl7_alerts"]
 
 
 def order(patient: str, control: str) -> bytes:

@@ -10,14 +10,12 @@ import contextlib
 import json
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
+from conftest import CLI, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
 from hl7_alerts.mllp import frame
 
-CLI = [sys.executable, "-m", "hl7_alerts"]
 CONNECTIONS = 4
 WINDOW = 4  # frames each connection keeps in flight
 

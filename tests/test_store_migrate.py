@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import WAIT, free_port
+from conftest import CLI, WAIT, free_port
 from hl7kit import WITH_NUL
 
 from hl7_alerts.alerts import AckRequest
@@ -32,7 +31,6 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = PipelineSettings()
-CLI = [sys.executable, "-m", "hl7_alerts"]
 NAMES = [t.name for t in TABLES]
 SEED_PATIENT = PatientKey(id="H010001", id_type="MR", authority="GENHOSP")  # samples 01-04
 RULE = "aza.hepatotoxicity.stop"
