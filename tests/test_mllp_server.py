@@ -17,7 +17,8 @@ from certs import Authority
 from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, make_config, running
 
 from hl7_alerts.config import ConfigError, parse_config
-from hl7_alerts.mllp import frame, peer_allowed
+from hl7_alerts.framer import frame
+from hl7_alerts.mllp import peer_allowed
 from hl7_alerts.store import StoreError
 
 ORU = (
