@@ -20,11 +20,12 @@ from hl7_alerts import logs, offline
 from hl7_alerts.alerts import AckRequest
 from hl7_alerts.config import Config, ConfigError, load_config
 from hl7_alerts.daemon import Daemon, system_clock
-from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
+from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
 from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
+from hl7_alerts.segments import MessageError, read_segments, split_file
 from hl7_alerts.store import AlertRecord, ScheduleRow, StoreError, open_store
 from hl7_alerts.timeutil import UTC_ZONE
 

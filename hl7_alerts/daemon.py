@@ -32,7 +32,7 @@ from structlog.contextvars import bound_contextvars
 from hl7_alerts.ack import AckError, ack_code_for, build_ack
 from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.config import Config, ConfigError
-from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
+from hl7_alerts.messages import parse_message, salvage_header
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
 from hl7_alerts.model import AckCode, Header
@@ -40,6 +40,7 @@ from hl7_alerts.pipeline import acknowledge_alert, process
 from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
+from hl7_alerts.segments import ErrorCode, MessageError
 from hl7_alerts.store import Pruned, Store, StoreError, open_store
 
 log = structlog.get_logger("hl7_alerts.daemon")

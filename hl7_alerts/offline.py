@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from hl7_alerts.alerts import payload
 from hl7_alerts.config import Config
-from hl7_alerts.messages import MessageError, parse_message, salvage_header, split_file
+from hl7_alerts.messages import parse_message, salvage_header
 from hl7_alerts.model import (
     Header,
     MedicationOrder,
@@ -35,6 +35,7 @@ from hl7_alerts.model import (
     PatientKey,
 )
 from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.segments import MessageError, split_file
 from hl7_alerts.store import ScheduleRow, SqliteStore, Store, Transaction
 from hl7_alerts.timeutil import parse_dtm, to_iso
 
