@@ -221,7 +221,7 @@ def orders_import(config_path: Path, file: Path) -> None:
 
 
 async def _import(config: Config, data: str, source: str) -> offline.ImportResult:
-    store = await open_store(config)
+    store = await open_store(config.store_settings())
     try:
         return await offline.import_orders(store, data, config, source=source, now=datetime.now(UTC))
     finally:
@@ -247,7 +247,7 @@ def orders_list(config_path: Path, patient_id: str, id_type: str | None, authori
 async def _list(
     config: Config, patient_id: str, id_type: str, authority: str | None
 ) -> list[tuple[PatientKey, OrderState]]:
-    store = await open_store(config)
+    store = await open_store(config.store_settings())
     try:
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:
@@ -273,7 +273,7 @@ def schedule_list(config_path: Path, include_stopped: bool) -> None:
     logs.configure("warning", "console")
 
     async def run() -> list[ScheduleRow]:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.list_schedules(include_stopped=include_stopped)
         finally:
@@ -318,7 +318,7 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
     config = _config_or_default(config_path)
 
     async def run() -> list[AlertRecord]:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.list_alerts(include_closed=include_closed, limit=limit)
         finally:
@@ -344,7 +344,7 @@ def show_alert(config_path: Path, alert_id: str) -> None:
     config = _config_or_default(config_path)
 
     async def run() -> Any:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.alert_detail(alert_id)
         finally:
@@ -384,7 +384,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     settings = config.pipeline_settings()
 
     async def run() -> str:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
         finally:

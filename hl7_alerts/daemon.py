@@ -37,7 +37,7 @@ from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.pipeline import acknowledge_alert, process
-from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
+from hl7_alerts.publisher import Publisher
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.segments import ErrorCode, MessageError
@@ -142,7 +142,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
-        store = await open_store(cfg)
+        store = await open_store(cfg.store_settings())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
         try:
@@ -163,28 +163,7 @@ class Daemon:
             )
             self.publisher = Publisher(
                 store,
-                MqttSettings(
-                    host=cfg.mqtt.host,
-                    port=cfg.mqtt.port,
-                    topic_prefix=cfg.mqtt.topic_prefix,
-                    client_id=cfg.mqtt.client_id,
-                    username=cfg.mqtt.username,
-                    password=cfg.mqtt.password,
-                    keepalive=cfg.mqtt.keepalive_seconds,
-                    reconnect_max=cfg.mqtt.reconnect_max_seconds,
-                    publish_timeout=cfg.mqtt.publish_timeout_seconds,
-                    session_expiry=cfg.mqtt.session_expiry_seconds,
-                    message_expiry=cfg.mqtt.message_expiry_seconds,
-                    max_inflight=cfg.mqtt.max_inflight,
-                    several_daemons=cfg.store.dsn is not None,
-                    shared_acks=cfg.mqtt.shared_acks,
-                    tls=None if cfg.mqtt.tls is None else TlsSettings(
-                        ca_file=cfg.mqtt.tls.ca_file,
-                        cert_file=cfg.mqtt.tls.cert_file,
-                        key_file=cfg.mqtt.tls.key_file,
-                        check_hostname=cfg.mqtt.tls.check_hostname,
-                    ),
-                ),
+                cfg.mqtt_settings(),
                 clock=self._clock,
                 on_ack=self.handle_ack,
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -24,7 +24,6 @@ from hl7_alerts.alerts import (
     AlertChange,
     AlertEvent,
     AlertState,
-    PhiPolicy,
     ReminderPolicy,
     Source,
     acknowledge,
@@ -52,23 +51,14 @@ from hl7_alerts.model import (
     ResultStatus,
 )
 from hl7_alerts.orders import STOPPING, apply_event
-from hl7_alerts.rules import RuleSettings
 from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
-from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
+from hl7_alerts.rules.monitoring import next_due, overdue_finding
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, ScheduleRow, Transaction
 from hl7_alerts.terminology import Analyte
 
 log = structlog.get_logger("hl7_alerts.pipeline")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PipelineSettings:
-    rules: RuleSettings = field(default_factory=RuleSettings)
-    topic_prefix: str = "hl7alerts"
-    phi: PhiPolicy = field(default_factory=PhiPolicy)
-    history_days: int = 400
-    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

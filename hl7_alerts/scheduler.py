@@ -22,13 +22,8 @@ from datetime import datetime
 import structlog
 
 from hl7_alerts.alerts import ReminderPolicy
-from hl7_alerts.pipeline import (
-    PipelineSettings,
-    fire_overdue,
-    next_overdue,
-    next_reminder,
-    send_reminders,
-)
+from hl7_alerts.pipeline import fire_overdue, next_overdue, next_reminder, send_reminders
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import Store, StoreError, Transaction
 
 log = structlog.get_logger("hl7_alerts.scheduler")

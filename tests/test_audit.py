@@ -12,9 +12,10 @@ import pytest
 from hl7_alerts.alerts import AckRequest, AlertEvent, ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import Severity
-from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, next_reminder, process
+from hl7_alerts.pipeline import acknowledge_alert, next_reminder, process
 from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, PGX_MISSING
 from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import MIGRATIONS, Dialect, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
 

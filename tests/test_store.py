@@ -11,8 +11,9 @@ import pytest
 
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode
-from hl7_alerts.pipeline import PipelineSettings, process
+from hl7_alerts.pipeline import process
 from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
 from hl7_alerts.terminology import Terminology
 
