@@ -25,10 +25,10 @@ from hl7_alerts.framer import DEFAULT_MAX_FRAME_BYTES, NEED_DATA, Frame, Framer,
 # ---------------------------------------------------------------------------
 # Server
 
-FrameHandler = Callable[[bytes, str], Awaitable[bytes]]
+FrameCallback = Callable[[bytes, str], Awaitable[bytes]]
 """Takes a frame's bytes and the peer's address; returns the ACK to send."""
 
-OversizeHandler = Callable[[bytes, int, str], Awaitable[bytes | None]]
+OversizeCallback = Callable[[bytes, int, str], Awaitable[bytes | None]]
 """Takes an oversize frame's head, its size and the peer; returns the AR to
 send, or None to close the connection without an answer."""
 
@@ -91,8 +91,8 @@ class MllpServer:
 
     def __init__(
         self,
-        handler: FrameHandler,
-        on_oversize: OversizeHandler,
+        handler: FrameCallback,
+        on_oversize: OversizeCallback,
         *,
         host: str,
         port: int,

@@ -343,7 +343,7 @@ class FailingStore:
 async def test_store_failure_is_ar_so_the_sender_resends(tmp_path: Path, broker: Broker, prefix: str) -> None:
     config = make_config(tmp_path, broker.port, prefix)
     async with running(config) as daemon:
-        daemon.daemon.store = FailingStore()  # type: ignore[assignment]
+        daemon.daemon.frames.store = FailingStore()  # type: ignore[union-attr,assignment]
         client = await AsyncMllpClient.connect(daemon.port)
         ack = ack_fields(await client.send(oru("ST1")))
         nak = ack_fields(await client.send(oru("ST2").replace(b"|P|", b"|X|")))  # a reject that cannot be kept
