@@ -53,7 +53,7 @@ from hl7_alerts.model import (
 from hl7_alerts.orders import STOPPING, apply_event
 from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
-from hl7_alerts.rules.monitoring import next_due, overdue_finding
+from hl7_alerts.rules.monitoring import ScheduleState, next_due, overdue_finding
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, ScheduleRow, Transaction
 from hl7_alerts.terminology import Analyte
@@ -288,7 +288,7 @@ def enqueue_change(
         OutboxItem(
             alert_id=change.alert.alert_id,
             version=change.alert.version,
-            event=str(change.event),
+            event=change.event,
             topic=topic(settings.topic_prefix, change.alert),
             payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
             patient=change.alert.patient.key,
@@ -417,7 +417,7 @@ def _enqueue_carried(
         OutboxItem(
             alert_id=alert.alert_id,
             version=alert.version,
-            event=str(event),
+            event=event,
             topic=topic(settings.topic_prefix, alert),
             payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
             patient=record.alert.patient.key,
@@ -461,8 +461,8 @@ def schedule_orders(
         at = max(at, event.transaction_time or received_at)
         row = rows.get(state.order_id)
         if event.control in STOPPING:
-            if row is not None and row.state != "stopped":
-                rows[state.order_id] = row = replace(row, state="stopped")
+            if row is not None and row.state is not ScheduleState.STOPPED:
+                rows[state.order_id] = row = replace(row, state=ScheduleState.STOPPED)
                 tx.put_schedule(row)
                 touched = True
             continue
@@ -471,12 +471,12 @@ def schedule_orders(
             due = next_due(start, None, m)
             row = ScheduleRow(
                 patient=patient, order_id=state.order_id, start=start, last_panel=None, due=due.due,
-                fires_at=due.fires_at, fired_due=None, state="active",
+                fires_at=due.fires_at, fired_due=None, state=ScheduleState.ACTIVE,
             )
-        if row.state == "stopped":
+        if row.state is ScheduleState.STOPPED:
             continue
         held = any(h.end is None for h in state.holds)
-        row = replace(row, state="paused" if held else "active")
+        row = replace(row, state=ScheduleState.PAUSED if held else ScheduleState.ACTIVE)
         rows[state.order_id] = row
         tx.put_schedule(row)
         touched = True
@@ -502,7 +502,7 @@ def advance_schedules(
     moved = False
     for row in tx.patient_schedules(message.patient):
         reference = row.last_panel or row.start
-        if row.state == "stopped" or panel_at <= reference:
+        if row.state is ScheduleState.STOPPED or panel_at <= reference:
             continue  # an older panel is history: the schedule counts from the latest
         due = next_due(row.start, panel_at, m)
         tx.put_schedule(replace(row, last_panel=panel_at, due=due.due, fires_at=due.fires_at))
@@ -524,7 +524,7 @@ def _settle_overdue(
     alert = tx.open_alerts(message.patient).get(MONITORING_OVERDUE)
     if alert is None:
         return []
-    if any(r.state == "active" and r.fired for r in tx.patient_schedules(message.patient)):
+    if any(r.state is ScheduleState.ACTIVE and r.fired for r in tx.patient_schedules(message.patient)):
         return []
     change = resolve(alert, at, _source(message.header))
     enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
@@ -553,7 +553,7 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
         stored = next(
             (r for r in tx.patient_schedules(candidate.patient) if r.order_id == candidate.order_id), None
         )
-        if stored is None or stored.state != "active" or stored.fired:
+        if stored is None or stored.state is not ScheduleState.ACTIVE or stored.fired:
             continue
         due = next_due(stored.start, stored.last_panel, m)
         row = replace(stored, due=due.due, fires_at=due.fires_at)

@@ -14,6 +14,7 @@ AST by default): what the rest of the panel holds does not matter.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +25,14 @@ from hl7_alerts.terminology import Analyte
 
 RECOMMENDATION = "Order ALT, AST, ALP, GGT, bilirubin"
 REFERENCE = "Seed: LFTs weekly for month 1, twice monthly months 2-3, monthly after (re)introduction"
+
+
+class ScheduleState(enum.StrEnum):
+    """Where an order's liver-test schedule stands."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"  # the order is on hold
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
