@@ -17,13 +17,13 @@ import click
 import structlog
 
 from hl7_alerts import logs, offline
-from hl7_alerts.alerts import AckRequest
+from hl7_alerts.alerts import AckOutcome, AckRequest
 from hl7_alerts.config import Config, ConfigError, load_config
 from hl7_alerts.daemon import Daemon, system_clock
+from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
-from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.segments import MessageError, read_segments, split_file
 from hl7_alerts.store import AlertRecord, ScheduleRow, StoreError, open_store
@@ -383,7 +383,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
         raise click.BadParameter("must not be empty", param_hint="--by")
     settings = config.pipeline_settings()
 
-    async def run() -> str:
+    async def run() -> AckOutcome:
         store = await open_store(config.store_settings())
         try:
             return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
@@ -395,7 +395,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     except StoreError as exc:
         raise click.ClickException(f"store unavailable: {exc}") from None
     click.echo(f"{alert_id}\t{outcome}")
-    if outcome == "unknown_alert":
+    if outcome is AckOutcome.UNKNOWN_ALERT:
         sys.exit(1)
 
 

@@ -25,10 +25,11 @@ from structlog.contextvars import bound_contextvars
 
 from hl7_alerts.ack import AckError, ack_code_for, build_ack
 from hl7_alerts.alerts import InvalidAck, parse_ack
+from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.metrics import Metrics
 from hl7_alerts.model import AckCode, Header, Message
-from hl7_alerts.pipeline import Outcome, acknowledge_alert, process
+from hl7_alerts.pipeline import Outcome, process
 from hl7_alerts.segments import ErrorCode, MessageError
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import Store, StoreError
@@ -239,7 +240,7 @@ class FrameHandler:
             # redelivering the same ack would only repeat it.
             log.exception("ack_failed", alert_id=request.alert_id)
             return True
-        log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
+        log.info("ack_received", alert_id=request.alert_id, outcome=str(outcome))
         return True
 
     def _ack_id(self) -> str:

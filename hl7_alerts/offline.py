@@ -37,6 +37,7 @@ from hl7_alerts.model import (
     PatientKey,
 )
 from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.rules.monitoring import ScheduleState
 from hl7_alerts.segments import split_file
 from hl7_alerts.store import ScheduleRow, SqliteStore, Store, Transaction
 from hl7_alerts.timeutil import parse_dtm, to_iso
@@ -271,7 +272,7 @@ def order_rows(orders: Iterable[tuple[PatientKey, OrderState]], now: datetime) -
                 o.dose,
                 to_iso(o.start) or "",
                 to_iso(o.stop) or "",
-                o.status_at(now),
+                str(o.status_at(now)),
                 holds,
             ]
         )
@@ -286,14 +287,14 @@ def schedule_rows(schedules: Iterable[ScheduleRow], now: datetime) -> list[list[
     rows = [["patient", "id_type", "authority", "order_id", "state", "last_panel", "next_due", "alert_at",
              "overdue", "fired"]]
     for r in schedules:
-        overdue = r.state == "active" and now >= r.fires_at
+        overdue = r.state is ScheduleState.ACTIVE and now >= r.fires_at
         rows.append(
             [
                 r.patient.id,
                 r.patient.id_type,
                 r.patient.authority,
                 r.order_id,
-                r.state,
+                str(r.state),
                 to_iso(r.last_panel) or "",
                 to_iso(r.due) or "",
                 to_iso(r.fires_at) or "",

@@ -18,9 +18,10 @@ from conftest import WAIT, Backend
 from hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
+from hl7_alerts.lifecycle import send_reminders
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode, Severity
-from hl7_alerts.pipeline import Outcome, process, send_reminders
+from hl7_alerts.pipeline import Outcome, process
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Transaction
