@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hl7_alerts.publisher import MqttSettings, Publisher
+from hl7_alerts.publisher import Publisher
+from hl7_alerts.settings import MqttSettings
 from hl7_alerts.store import OutboxItem, SqliteStore, Transaction
 
 WINDOWS = (1, 5, 20)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hl7_alerts.messages import ErrorCode, MessageError, codec_for
 from hl7_alerts.model import AckCode, Header
+from hl7_alerts.segments import ErrorCode, MessageError, codec_for
 from hl7_alerts.timeutil import format_dtm
 
 _ENHANCED = {AckCode.AA: AckCode.CA, AckCode.AE: AckCode.CE, AckCode.AR: AckCode.CR}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from hl7_alerts.model import PatientDemographics, PatientKey, Severity
+from hl7_alerts.model import Header, PatientDemographics, PatientKey, Severity
 from hl7_alerts.rules.common import Evidence, Finding
 from hl7_alerts.rules.engine import PanelVerdict
 from hl7_alerts.timeutil import to_iso
@@ -65,6 +65,14 @@ class Source:
     control_id: str
     sending_application: str
     sending_facility: str
+
+    @classmethod
+    def of(cls, header: Header) -> Source:
+        return cls(
+            control_id=header.control_id,
+            sending_application=header.sending_application,
+            sending_facility=header.sending_facility,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,7 +298,7 @@ def payload(
         medication = {
             "drug": order.ingredient or order.drug_text,
             "dose": order.dose,
-            "status": order.status_at(finding.occurred_at),
+            "status": str(order.status_at(finding.occurred_at)),
             "start": to_iso(order.start),
             "stop": to_iso(order.stop),
             "order_id": order.order_id,
@@ -423,9 +431,12 @@ def parse_ack(data: bytes) -> AckRequest:
 
 
 class AckOutcome(enum.StrEnum):
+    """What a pager's acknowledgement did."""
+
     ACKNOWLEDGED = "acknowledged"
     ALREADY = "already_acknowledged"
     CLOSED = "alert_closed"
+    UNKNOWN_ALERT = "unknown_alert"  # no alert has that id (the store's answer, never `acknowledge`'s)
 
 
 def acknowledge(alert: Alert, tracking: Tracking, request: AckRequest) -> tuple[Alert | None, AckOutcome]:

@@ -17,14 +17,15 @@ import click
 import structlog
 
 from hl7_alerts import logs, offline
-from hl7_alerts.alerts import AckRequest
+from hl7_alerts.alerts import AckOutcome, AckRequest
 from hl7_alerts.config import Config, ConfigError, load_config
 from hl7_alerts.daemon import Daemon, system_clock
-from hl7_alerts.messages import MessageError, read_segments, salvage_header, split_file
+from hl7_alerts.lifecycle import acknowledge_alert
+from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.model import OrderState, PatientKey
-from hl7_alerts.pipeline import acknowledge_alert
 from hl7_alerts.sdnotify import Notifier
+from hl7_alerts.segments import MessageError, read_segments, split_file
 from hl7_alerts.store import AlertRecord, ScheduleRow, StoreError, open_store
 from hl7_alerts.timeutil import UTC_ZONE
 
@@ -220,7 +221,7 @@ def orders_import(config_path: Path, file: Path) -> None:
 
 
 async def _import(config: Config, data: str, source: str) -> offline.ImportResult:
-    store = await open_store(config)
+    store = await open_store(config.store_settings())
     try:
         return await offline.import_orders(store, data, config, source=source, now=datetime.now(UTC))
     finally:
@@ -246,7 +247,7 @@ def orders_list(config_path: Path, patient_id: str, id_type: str | None, authori
 async def _list(
     config: Config, patient_id: str, id_type: str, authority: str | None
 ) -> list[tuple[PatientKey, OrderState]]:
-    store = await open_store(config)
+    store = await open_store(config.store_settings())
     try:
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:
@@ -272,7 +273,7 @@ def schedule_list(config_path: Path, include_stopped: bool) -> None:
     logs.configure("warning", "console")
 
     async def run() -> list[ScheduleRow]:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.list_schedules(include_stopped=include_stopped)
         finally:
@@ -317,7 +318,7 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
     config = _config_or_default(config_path)
 
     async def run() -> list[AlertRecord]:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.list_alerts(include_closed=include_closed, limit=limit)
         finally:
@@ -343,7 +344,7 @@ def show_alert(config_path: Path, alert_id: str) -> None:
     config = _config_or_default(config_path)
 
     async def run() -> Any:
-        store = await open_store(config)
+        store = await open_store(config.store_settings())
         try:
             return await store.alert_detail(alert_id)
         finally:
@@ -382,8 +383,8 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
         raise click.BadParameter("must not be empty", param_hint="--by")
     settings = config.pipeline_settings()
 
-    async def run() -> str:
-        store = await open_store(config)
+    async def run() -> AckOutcome:
+        store = await open_store(config.store_settings())
         try:
             return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
         finally:
@@ -394,7 +395,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     except StoreError as exc:
         raise click.ClickException(f"store unavailable: {exc}") from None
     click.echo(f"{alert_id}\t{outcome}")
-    if outcome == "unknown_alert":
+    if outcome is AckOutcome.UNKNOWN_ALERT:
         sys.exit(1)
 
 

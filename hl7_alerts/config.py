@@ -29,11 +29,10 @@ from pydantic import (
 
 from hl7_alerts.alerts import PhiPolicy, ReminderPolicy
 from hl7_alerts.messages import ParseOptions
-from hl7_alerts.mllp import tls_context
 from hl7_alerts.model import Severity
-from hl7_alerts.pipeline import PipelineSettings
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
 from hl7_alerts.rules.monitoring import MonitoringSettings
+from hl7_alerts.settings import MqttSettings, MqttTlsSettings, PipelineSettings, StoreSettings
 from hl7_alerts.terminology import Analyte, Ingredient, Terminology
 
 
@@ -442,6 +441,42 @@ class Config(_Section):
             monitoring=self.rules.monitoring.settings(),
         )
 
+    def mqtt_settings(self) -> MqttSettings:
+        m = self.mqtt
+        return MqttSettings(
+            host=m.host,
+            port=m.port,
+            topic_prefix=m.topic_prefix,
+            client_id=m.client_id,
+            username=m.username,
+            password=m.password,
+            keepalive=m.keepalive_seconds,
+            reconnect_max=m.reconnect_max_seconds,
+            publish_timeout=m.publish_timeout_seconds,
+            session_expiry=m.session_expiry_seconds,
+            message_expiry=m.message_expiry_seconds,
+            max_inflight=m.max_inflight,
+            several_daemons=self.store.dsn is not None,
+            shared_acks=m.shared_acks,
+            tls=None if m.tls is None else MqttTlsSettings(
+                ca_file=m.tls.ca_file,
+                cert_file=m.tls.cert_file,
+                key_file=m.tls.key_file,
+                check_hostname=m.tls.check_hostname,
+            ),
+        )
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(
+            path=self.store.path,
+            dsn=self.store.dsn,
+            # The MQTT client id is unique per daemon (the broker insists): it
+            # names this daemon's outbox claims too.
+            owner=self.mqtt.client_id,
+            lease_seconds=self.store.lease_seconds,
+            writers=self.store.writers,
+        )
+
 
 def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
     if isinstance(node, yaml.MappingNode):
@@ -526,6 +561,10 @@ def _check_tls(
         if not path.is_file():
             line = _nearest_line(("mllp", "tls", name), lines)
             raise ConfigError(f"{source}:{line}: mllp.tls.{name}: no such file: {path}")
+    # The listener's own loader, so what passes here is what serve loads; imported
+    # only when TLS is configured, so validating a config loads no server code.
+    from hl7_alerts.mllp import tls_context  # noqa: PLC0415
+
     try:
         tls_context(resolved["cert"], resolved["key"], resolved.get("client_ca"))
     except (ssl.SSLError, OSError) as exc:

@@ -4,9 +4,9 @@ Start: store (migrations) → MLLP listener → publisher. Stop: stop accepting 
 let in-flight messages commit and get their ACKs (bounded by
 ``mllp.shutdown_grace_seconds``) → stop the publisher → close the store.
 Everything runs under one `asyncio.TaskGroup`; signals are handled by the
-caller (`cli.serve`), never below it. No business logic here: a frame goes to
-`messages.parse_message`, then `pipeline.process` inside `store.transact`,
-and the outcome becomes an ACK.
+caller (`cli.serve`), never below it. No business logic here: frames and
+pagers' acks are answered by `frames.FrameHandler`, which this module wires
+to the listener and the publisher.
 
 Operations live here too: systemd notifications (READY once the store is open
 and the listener bound, WATCHDOG from a task on this loop so a stalled loop
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,17 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
-from hl7_alerts.ack import AckError, ack_code_for, build_ack
-from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.config import Config, ConfigError
-from hl7_alerts.messages import ErrorCode, MessageError, parse_message, salvage_header
+from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
-from hl7_alerts.model import AckCode, Header
-from hl7_alerts.pipeline import acknowledge_alert, process
-from hl7_alerts.publisher import MqttSettings, Publisher, TlsSettings
+from hl7_alerts.publisher import Publisher
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import Pruned, Store, StoreError, open_store
@@ -98,6 +91,10 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
+def _frame_settings(config: Config) -> FrameSettings:
+    return FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
+
+
 def _tls(config: Config) -> ssl.SSLContext | None:
     tls = config.mllp.tls
     if tls.cert is None or tls.key is None:
@@ -113,11 +110,9 @@ class Daemon:
     ) -> None:
         self.config = config
         self._clock = clock
-        self._options = config.parse_options()
-        self._settings = config.pipeline_settings()
-        self._ack_ids = itertools.count(1)
-        self._ack_prefix = f"{os.getpid():x}{int(clock().timestamp()):x}"
+        self._current = _frame_settings(config)
         self.store: Store | None = None
+        self.frames: FrameHandler | None = None
         self.server: MllpServer | None = None
         self.publisher: Publisher | None = None
         self.scheduler: Scheduler | None = None
@@ -141,13 +136,21 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
-        store = await open_store(cfg)
+        store = await open_store(cfg.store_settings())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
+        frames = FrameHandler(
+            store,
+            lambda: self._current,
+            self.metrics,
+            self._clock,
+            max_message_bytes=cfg.mllp.max_message_bytes,
+        )
+        self.frames = frames
         try:
             self.server = MllpServer(
-                self.handle_frame,
-                self.handle_oversize,
+                frames.handle_frame,
+                frames.handle_oversize,
                 host=cfg.mllp.host,
                 port=cfg.mllp.port,
                 limits=ServerLimits(
@@ -162,33 +165,12 @@ class Daemon:
             )
             self.publisher = Publisher(
                 store,
-                MqttSettings(
-                    host=cfg.mqtt.host,
-                    port=cfg.mqtt.port,
-                    topic_prefix=cfg.mqtt.topic_prefix,
-                    client_id=cfg.mqtt.client_id,
-                    username=cfg.mqtt.username,
-                    password=cfg.mqtt.password,
-                    keepalive=cfg.mqtt.keepalive_seconds,
-                    reconnect_max=cfg.mqtt.reconnect_max_seconds,
-                    publish_timeout=cfg.mqtt.publish_timeout_seconds,
-                    session_expiry=cfg.mqtt.session_expiry_seconds,
-                    message_expiry=cfg.mqtt.message_expiry_seconds,
-                    max_inflight=cfg.mqtt.max_inflight,
-                    several_daemons=cfg.store.dsn is not None,
-                    shared_acks=cfg.mqtt.shared_acks,
-                    tls=None if cfg.mqtt.tls is None else TlsSettings(
-                        ca_file=cfg.mqtt.tls.ca_file,
-                        cert_file=cfg.mqtt.tls.cert_file,
-                        key_file=cfg.mqtt.tls.key_file,
-                        check_hostname=cfg.mqtt.tls.check_hostname,
-                    ),
-                ),
+                cfg.mqtt_settings(),
                 clock=self._clock,
-                on_ack=self.handle_ack,
+                on_ack=frames.handle_ack,
             )
             self.scheduler = Scheduler(
-                store, policy=cfg.alerts.reminder_policy(), settings=self._settings, clock=self._clock
+                store, policy=cfg.alerts.reminder_policy(), settings=self._current.pipeline, clock=self._clock
             )
             await self.server.start()
             await self._start_ops()
@@ -277,8 +259,8 @@ class Daemon:
         """Apply a new config to the messages that arrive from now on.
 
         Connections stay open. Parse options and pipeline settings are swapped
-        together in one synchronous step, and `handle_frame` reads both
-        before its first await, so no message sees half of each. Keys in
+        together as one `FrameSettings` value, which the frame handler reads
+        once per frame, so no message sees half of each. Keys in
         `RESTART_ONLY` keep their running values and are reported.
         """
         old = self.config
@@ -292,11 +274,11 @@ class Daemon:
                 needs_restart += [f"{section}.{n}" for n in differ]
                 kept[section] = new_section.model_copy(update={n: getattr(old_section, n) for n in differ})
         effective = new.model_copy(update=kept)
-        options, settings = effective.parse_options(), effective.pipeline_settings()
+        current = _frame_settings(effective)
         applied = _changed_keys(old, effective)
-        self.config, self._options, self._settings = effective, options, settings
+        self.config, self._current = effective, current
         if self.scheduler is not None:
-            self.scheduler.update_settings(settings)
+            self.scheduler.update_settings(current.pipeline)
         self.metrics.record_reload(True)
         log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
         if needs_restart:
@@ -366,157 +348,3 @@ class Daemon:
             except Exception:
                 log.exception("retention_failed")
             last = self._clock()
-
-    def _ack_id(self) -> str:
-        return f"{self._ack_prefix}{next(self._ack_ids):x}"
-
-    def _answer(
-        self, header: Header | None, code: AckCode, *, text: str = "", error: AckError | None = None
-    ) -> bytes:
-        self.metrics.message_answered(header.type_code if header else "", str(ack_code_for(header, code)))
-        return build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
-
-    async def handle_frame(self, data: bytes, peer: str) -> bytes:
-        """One MLLP frame in, its ACK out; the ACK is sent only after commit.
-
-        Always answers: a defect of ours anywhere on the way (even in building
-        the ACK) becomes an AR without an echoed header, never a dropped
-        connection, so the sender keeps the message and resends it."""
-        try:
-            return await self._handle_frame(data, peer)
-        except Exception:
-            with bound_contextvars(peer=peer):
-                log.exception("frame_handling_failed")
-            return self._answer(
-                None,
-                AckCode.AR,
-                text="internal error, resend later",
-                error=AckError(reason="internal error", error_code=ErrorCode.INTERNAL_ERROR),
-            )
-
-    async def _handle_frame(self, data: bytes, peer: str) -> bytes:
-        received_at = self._clock()
-        store = self.store
-        assert store is not None
-        with bound_contextvars(peer=peer):
-            try:
-                message = parse_message(data, self._options)
-            except MessageError as exc:
-                return await self._reject(data, exc, received_at)
-            except Exception:
-                log.exception("parse_crashed")
-                error = MessageError(
-                    "receiver could not read this message",
-                    ack_code=AckCode.AE,
-                    error_code=ErrorCode.INTERNAL_ERROR,
-                )
-                return await self._reject(data, error, received_at)
-            header = message.header
-            with bound_contextvars(control_id=header.control_id, msg_type=header.type_code):
-                settings = self._settings
-                try:
-                    outcome = await store.transact(
-                        lambda tx: process(tx, message, data, received_at=received_at, settings=settings)
-                    )
-                except StoreError as exc:
-                    log.error("store_unavailable", error=str(exc))
-                    return self._answer(
-                        header,
-                        AckCode.AR,
-                        text="store unavailable, resend later",
-                        error=AckError(reason=str(exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
-                    )
-                except Exception as exc:
-                    # A defect of ours on this message: never AA (it is not
-                    # stored), and AR so the sender keeps it and resends.
-                    log.exception("pipeline_failed")
-                    return self._answer(
-                        header,
-                        AckCode.AR,
-                        text="internal error, resend later",
-                        error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
-                    )
-                self.metrics.alert_changes(outcome.changes)
-                # Debug, not info: one JSON line per message was a tenth of the
-                # daemon's CPU at load (bench/). Rejections and warnings stay.
-                log.debug(
-                    "message_processed",
-                    ack=str(outcome.ack_code),
-                    duplicate=outcome.duplicate,
-                    alert_changes=len(outcome.changes),
-                )
-                return self._answer(header, outcome.ack_code, text=outcome.ack_text)
-
-    async def _reject(self, data: bytes, exc: MessageError, received_at: datetime) -> bytes:
-        """Keep the raw bytes of a message we will not process, then NAK it."""
-        header = salvage_header(data, self._options.timezone, self._options.fallback_charset)
-        store = self.store
-        assert store is not None
-        self.metrics.parse_error(str(exc.ack_code), str(exc.error_code))
-        with bound_contextvars(control_id=header.control_id if header else None):
-            log.warning(
-                "message_rejected",
-                ack=str(exc.ack_code),
-                reason=exc.reason,
-                segment=exc.segment,
-                field=exc.field,
-            )
-            try:
-                await store.transact(
-                    lambda tx: tx.insert_rejected(
-                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
-                    )
-                )
-            except StoreError as store_exc:
-                log.error("store_unavailable", error=str(store_exc))
-                return self._answer(
-                    header,
-                    AckCode.AR,
-                    text="store unavailable, resend later",
-                    error=AckError(reason=str(store_exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
-                )
-            return self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
-
-    async def handle_ack(self, data: bytes) -> bool:
-        """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
-        unreadable or unknown ones are logged and ignored. False (not
-        handled: let the broker redeliver it) only when the store failed."""
-        store = self.store
-        assert store is not None
-        try:
-            request = parse_ack(data)
-        except InvalidAck as exc:
-            log.warning("ack_invalid", reason=str(exc))
-            return True
-        settings, at = self._settings, self._clock()
-        try:
-            outcome = await store.transact(
-                lambda tx: acknowledge_alert(tx, request, settings=settings, at=at)
-            )
-        except StoreError as exc:
-            log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
-            return False
-        except Exception:
-            # A defect of ours must not take the MQTT session (and alerts) down;
-            # redelivering the same ack would only repeat it.
-            log.exception("ack_failed", alert_id=request.alert_id)
-            return True
-        log.info("ack_received", alert_id=request.alert_id, outcome=outcome)
-        return True
-
-    async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
-        """AR for a frame over ``mllp.max_message_bytes``, echoing its MSH when
-        that is readable."""
-        header = salvage_header(head, self._options.timezone, self._options.fallback_charset)
-        limit = self.config.mllp.max_message_bytes
-        reason = f"message exceeds the limit of {limit} bytes"
-        with bound_contextvars(peer=peer, control_id=header.control_id if header else None):
-            log.warning("message_oversize", bytes=size, limit=limit, msh_readable=header is not None)
-        # Even without a readable MSH the sender gets its one answer per frame
-        # (an AR with an empty MSA-2), so it never waits on silence.
-        return self._answer(
-            header,
-            AckCode.AR,
-            text=reason,
-            error=AckError(reason=reason, error_code=ErrorCode.INTERNAL_ERROR, segment="MSH"),
-        )

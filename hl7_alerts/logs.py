@@ -1,9 +1,10 @@
 """One logging setup: structlog, JSON when not on a terminal.
 
 Per-message context (``peer``, ``control_id``, ``msg_type``) is bound with
-``bound_contextvars`` by the daemon. A redacting processor drops any key that
-could carry patient data or raw message text, so a careless log call cannot
-leak it: patient identifiers and HL7 text never reach a log line.
+``bound_contextvars`` by the frame handler (`frames.py`). A redacting
+processor drops any key that could carry patient data or raw message text, so
+a careless log call cannot leak it: patient identifiers and HL7 text never
+reach a log line.
 """
 
 from __future__ import annotations

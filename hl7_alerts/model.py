@@ -179,6 +179,15 @@ class MedicationOrder:
     transaction_time: datetime | None
 
 
+class OrderStatus(enum.StrEnum):
+    """Where an order stands at a given time (`OrderState.status_at`)."""
+
+    ACTIVE = "active"
+    HELD = "held"
+    STOPPED = "stopped"
+    PENDING = "pending"  # its start is still ahead (or unknown)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HoldPeriod:
     start: datetime
@@ -205,12 +214,13 @@ class OrderState:
             return False
         return not any(h.start <= at and (h.end is None or at < h.end) for h in self.holds)
 
-    def status_at(self, at: datetime) -> str:
+    def status_at(self, at: datetime) -> OrderStatus:
+        """Where the order stands at ``at`` (stopped wins over held)."""
         if self.stop is not None and at >= self.stop:
-            return "stopped"
+            return OrderStatus.STOPPED
         if any(h.start <= at and (h.end is None or at < h.end) for h in self.holds):
-            return "held"
-        return "active" if self.start is not None and self.start <= at else "pending"
+            return OrderStatus.HELD
+        return OrderStatus.ACTIVE if self.start is not None and self.start <= at else OrderStatus.PENDING
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

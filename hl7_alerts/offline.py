@@ -1,8 +1,9 @@
 """Work without a broker or an interface engine: try messages, import orders.
 
-`check` runs HL7 files through the same `pipeline.process` the daemon runs,
-against a throwaway SQLite store, and returns every alert event it would
-publish, so a clinician can try a scenario at a desk. `import_orders` feeds
+`check` runs HL7 files through the daemon's own frame handler
+(`frames.FrameHandler`: parse, `pipeline.process`, the answer) against a
+throwaway SQLite store, and returns every alert event it would publish, so a
+clinician can try a scenario at a desk. `import_orders` feeds
 a pharmacy CSV (sites without a pharmacy feed) through the same pipeline as
 an NW order message per row, so order rules run and a second import of the
 same file is a resend that changes nothing. `list_orders` reads a patient's
@@ -24,7 +25,8 @@ from zoneinfo import ZoneInfo
 
 from hl7_alerts.alerts import payload
 from hl7_alerts.config import Config
-from hl7_alerts.messages import MessageError, parse_message, salvage_header, split_file
+from hl7_alerts.frames import FrameHandler, FrameSettings
+from hl7_alerts.metrics import Metrics
 from hl7_alerts.model import (
     Header,
     MedicationOrder,
@@ -35,46 +37,50 @@ from hl7_alerts.model import (
     PatientKey,
 )
 from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.rules.monitoring import ScheduleState
+from hl7_alerts.segments import split_file
 from hl7_alerts.store import ScheduleRow, SqliteStore, Store, Transaction
 from hl7_alerts.timeutil import parse_dtm, to_iso
 
 
 async def check(paths: Sequence[Path], config: Config, *, now: datetime) -> list[dict[str, Any]]:
     """Every alert event (and every rejected message) the files cause, in
-    order, as JSON-ready dicts. Nothing is published; the store is deleted."""
-    options = config.parse_options()
-    settings = config.pipeline_settings()
+    order, as JSON-ready dicts. Nothing is published; the store is deleted.
+
+    Each message goes through the daemon's own `frames.FrameHandler`, as if
+    it had arrived at its MSH-7 (else at ``now``)."""
+    current = FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hl7-alerts-check-") as folder:
         store = await SqliteStore.open(Path(folder) / "check.sqlite3")
         try:
+            frames = FrameHandler(
+                store,
+                lambda: current,
+                Metrics(),
+                lambda: now,
+                max_message_bytes=config.mllp.max_message_bytes,
+                replay=True,
+            )
             for path in paths:
                 for raw in split_file(path.read_bytes()):
-                    try:
-                        message = parse_message(raw, options)
-                    except MessageError as exc:
-                        header = salvage_header(raw, options.timezone)
+                    answer = await frames.answer(raw, peer=str(path))
+                    if answer.outcome is None:
+                        # Rejected, or not processed at all (the throwaway
+                        # store failed, or we did): what the sender would read.
+                        header, rejection = answer.header, answer.rejection
                         out.append(
                             {
                                 "file": str(path),
                                 "control_id": header.control_id if header else None,
-                                "ack": str(exc.ack_code),
-                                "error": exc.reason,
+                                "ack": str(rejection.ack_code if rejection else answer.code),
+                                "error": rejection.reason if rejection else answer.text,
                             }
                         )
                         continue
-                    received = message.header.message_time or now
-
-                    def unit(
-                        tx: Transaction, m: Any = message, r: bytes = raw, t: datetime = received
-                    ) -> Outcome:
-                        return process(tx, m, r, received_at=t, settings=settings)
-
-                    outcome = await store.transact(unit)
-                    demographics = getattr(message, "demographics", None)
-                    out.extend(
-                        payload(c, demographics=demographics, phi=settings.phi) for c in outcome.changes
-                    )
+                    demographics = getattr(answer.message, "demographics", None)
+                    phi = current.pipeline.phi
+                    out.extend(payload(c, demographics=demographics, phi=phi) for c in answer.outcome.changes)
         finally:
             await store.close()
     return out
@@ -266,7 +272,7 @@ def order_rows(orders: Iterable[tuple[PatientKey, OrderState]], now: datetime) -
                 o.dose,
                 to_iso(o.start) or "",
                 to_iso(o.stop) or "",
-                o.status_at(now),
+                str(o.status_at(now)),
                 holds,
             ]
         )
@@ -281,14 +287,14 @@ def schedule_rows(schedules: Iterable[ScheduleRow], now: datetime) -> list[list[
     rows = [["patient", "id_type", "authority", "order_id", "state", "last_panel", "next_due", "alert_at",
              "overdue", "fired"]]
     for r in schedules:
-        overdue = r.state == "active" and now >= r.fires_at
+        overdue = r.state is ScheduleState.ACTIVE and now >= r.fires_at
         rows.append(
             [
                 r.patient.id,
                 r.patient.id_type,
                 r.patient.authority,
                 r.order_id,
-                r.state,
+                str(r.state),
                 to_iso(r.last_panel) or "",
                 to_iso(r.due) or "",
                 to_iso(r.fires_at) or "",

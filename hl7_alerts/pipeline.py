@@ -2,43 +2,27 @@
 
 Reads as the list of stages DESIGN.md draws: dedup on (MSH-3, MSH-4, MSH-10)
 → raw message → orders or observations → rules → alert reconciliation →
-outbox rows. Everything it touches goes through the `store.Transaction` it is
-given, so the whole message commits or none of it does; what it returns is
-what the ACK will say. No SQL, no asyncio, no clock: the caller passes time.
+outbox rows (`outbox.enqueue_change`). Orders and results also keep the
+liver-test schedules (`overdue`), and a merge announces the alerts it folded
+(`lifecycle.announce_folded`), in the same unit. Everything it touches goes
+through the `store.Transaction` it is given, so the whole message commits or
+none of it does; what it returns is what the ACK will say. No SQL, no
+asyncio, no clock: the caller passes time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from hl7_alerts.alerts import (
-    AckOutcome,
-    AckRequest,
-    Alert,
-    AlertChange,
-    AlertEvent,
-    AlertState,
-    PhiPolicy,
-    ReminderPolicy,
-    Source,
-    acknowledge,
-    carried_payload,
-    payload,
-    reconcile,
-    remind,
-    reminder_due,
-    resolve,
-    topic,
-)
+from hl7_alerts.alerts import AlertChange, Source, reconcile
+from hl7_alerts.lifecycle import announce_folded
 from hl7_alerts.model import (
     AckCode,
-    Header,
     MedicationOrder,
     MergeMessage,
     Message,
@@ -51,24 +35,15 @@ from hl7_alerts.model import (
     ResultMessage,
     ResultStatus,
 )
-from hl7_alerts.orders import STOPPING, apply_event
-from hl7_alerts.rules import RuleSettings
+from hl7_alerts.orders import apply_event
+from hl7_alerts.outbox import enqueue_change
+from hl7_alerts.overdue import advance_schedules, schedule_orders
 from hl7_alerts.rules.engine import Finding, PanelVerdict, assess, evaluate_orders
-from hl7_alerts.rules.ids import MONITORING_OVERDUE
-from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
-from hl7_alerts.store import AlertRecord, DedupKey, OutboxItem, ScheduleRow, Transaction
+from hl7_alerts.settings import PipelineSettings
+from hl7_alerts.store import DedupKey, Transaction
 from hl7_alerts.terminology import Analyte
 
 log = structlog.get_logger("hl7_alerts.pipeline")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PipelineSettings:
-    rules: RuleSettings = field(default_factory=RuleSettings)
-    topic_prefix: str = "hl7alerts"
-    phi: PhiPolicy = field(default_factory=PhiPolicy)
-    history_days: int = 400
-    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,13 +116,16 @@ def process(
         # before anything reads the patient's history.
         tx.supersede(message.patient, [o for o in message.observations if o.status in _REPLACING])
         tx.insert_observations(message_id, message.patient, message.observations)
+        if not has_thiopurine_order(tx, message.patient, settings):
+            # Every rule and every schedule needs a thiopurine order, current or past.
+            return Outcome(ack_code=AckCode.AA)
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
         changes += advance_schedules(tx, message, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
     if isinstance(message, MergeMessage):
         folded = tx.merge_patient(message.prior, message.patient)
         for alert_id in folded:
-            _announce_folded(tx, alert_id, settings=settings, at=received_at)
+            announce_folded(tx, alert_id, settings=settings, at=received_at)
         log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
 
@@ -195,9 +173,8 @@ def _context(
 def _evaluate(
     tx: Transaction, message: ResultMessage, *, received_at: datetime, settings: PipelineSettings
 ) -> list[AlertChange]:
+    """Panel rules on a result message of a patient with a thiopurine order."""
     patient = message.patient
-    if not has_thiopurine_order(tx, message.patient, settings):
-        return []  # every rule needs a thiopurine order, current or past
     orders = tx.patient_orders(patient)
     earliest = min(o.observed_at for o in message.observations) if message.observations else received_at
     ctx = _context(tx, patient, orders, message.demographics, earliest=earliest, settings=settings)
@@ -255,7 +232,7 @@ def _reconcile(
         findings,
         open_alerts,
         patient=message.patient,
-        source=_source(message.header),
+        source=Source.of(message.header),
         next_episode=tx.next_episodes(message.patient),
         verdicts=verdicts,
         corrected=corrected,
@@ -281,319 +258,3 @@ def has_thiopurine_order(tx: Transaction, patient: PatientKey, settings: Pipelin
     in-memory index, so most results (patients on no thiopurine) cost only
     their write. Their results stay on file for rules an order triggers later."""
     return not tx.ordered_ingredients(patient).isdisjoint(settings.rules.thiopurines)
-
-
-def enqueue_change(
-    tx: Transaction,
-    change: AlertChange,
-    demographics: PatientDemographics | None,
-    *,
-    settings: PipelineSettings,
-    at: datetime,
-) -> None:
-    """Persist an alert's new state and its outbox row, in the caller's transaction."""
-    body = payload(change, demographics=demographics, phi=settings.phi)
-    tx.save_alert(change.alert, body)
-    tx.enqueue(
-        OutboxItem(
-            alert_id=change.alert.alert_id,
-            version=change.alert.version,
-            event=str(change.event),
-            topic=topic(settings.topic_prefix, change.alert),
-            payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-            patient=change.alert.patient.key,
-        ),
-        at,
-    )
-
-
-def _source(header: Header) -> Source:
-    return Source(
-        control_id=header.control_id,
-        sending_application=header.sending_application,
-        sending_facility=header.sending_facility,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Units of work for alert events that come without a new finding. They carry
-# the alert's last payload forward (no rules re-run) and go out through the
-# same outbox, so ordering, audit and retries are the same as for findings.
-
-
-def acknowledge_alert(
-    tx: Transaction, request: AckRequest, *, settings: PipelineSettings, at: datetime
-) -> str:
-    """Record a pager's acknowledgement once; return what happened
-    (an `AckOutcome`, or ``unknown_alert``). Repeats change nothing."""
-    record = tx.alert_record(request.alert_id)
-    if record is None:
-        return "unknown_alert"
-    # Another daemon may be recording the same ack or changing the alert:
-    # read it again under its patient's lock.
-    record = _locked_record(tx, record)
-    if record is None:
-        return "unknown_alert"
-    alert, outcome = acknowledge(record.alert, record.tracking, request)
-    if alert is None:
-        tx.audit("ack_ignored", request.alert_id, at, detail=str(outcome))
-        return str(outcome)
-    tx.record_ack(alert.alert_id, request)
-    tx.audit(
-        "acknowledged", alert.alert_id, at, version=alert.version, event=str(AlertEvent.ACKNOWLEDGED),
-        detail=json.dumps({"by": request.by, "at": request.at.isoformat()}, ensure_ascii=False),
-    )
-    body = carried_payload(record.payload, alert, AlertEvent.ACKNOWLEDGED, acknowledged=request)
-    _enqueue_carried(tx, record, alert, AlertEvent.ACKNOWLEDGED, body, settings=settings, at=at)
-    return str(AckOutcome.ACKNOWLEDGED)
-
-
-def send_reminders(
-    tx: Transaction, *, policy: ReminderPolicy, settings: PipelineSettings, now: datetime
-) -> list[str]:
-    """Enqueue a ``reminder`` for every alert whose reminder is due at ``now``;
-    return their alert ids."""
-    due = tx.reminder_candidates(
-        [str(s) for s in policy.severities],
-        policy.max_reminders,
-        now - timedelta(seconds=policy.after_seconds),
-    )
-    sent: list[str] = []
-    for candidate in due:
-        # Read again under the patient's lock: another daemon's message may
-        # have resolved or acknowledged it since the candidates were read.
-        record = _locked_record(tx, candidate)
-        if record is None:
-            continue
-        alert = remind(record.alert, record.tracking, policy, now=now)
-        if alert is None:
-            continue
-        number = record.tracking.reminders_sent + 1
-        tx.record_reminder(alert.alert_id)
-        body = carried_payload(
-            record.payload, alert, AlertEvent.REMINDER, reminder=number, reminder_max=policy.max_reminders
-        )
-        _enqueue_carried(tx, record, alert, AlertEvent.REMINDER, body, settings=settings, at=now)
-        sent.append(alert.alert_id)
-    return sent
-
-
-def _locked_record(tx: Transaction, record: AlertRecord) -> AlertRecord | None:
-    """The alert as committed, read under its patient's lock. An ADT^A40
-    merge committed meanwhile may have moved it to another patient: then
-    that patient's lock is taken and it is read again."""
-    while True:
-        tx.lock(patients=[record.alert.patient])
-        fresh = tx.alert_record(record.alert.alert_id)
-        if fresh is None or fresh.alert.patient == record.alert.patient:
-            return fresh
-        record = fresh
-
-
-def next_reminder(tx: Transaction, *, policy: ReminderPolicy) -> datetime | None:
-    """When the earliest pending reminder falls due (None: nothing pending)."""
-    candidates = tx.reminder_candidates([str(s) for s in policy.severities], policy.max_reminders, None)
-    times = [t for r in candidates if (t := reminder_due(r.alert, r.tracking, policy)) is not None]
-    return min(times, default=None)
-
-
-def _announce_folded(tx: Transaction, alert_id: str, *, settings: PipelineSettings, at: datetime) -> None:
-    """A merge closed the prior record's alert in favour of the survivor's open
-    one of the same rule: pagers holding it get its ``resolved`` event, or it
-    would stay firing on their screens for ever."""
-    record = tx.alert_record(alert_id)
-    if record is None:
-        return
-    alert = replace(record.alert, state=AlertState.RESOLVED, version=record.alert.version + 1)
-    body = carried_payload(record.payload, alert, AlertEvent.RESOLVED)
-    body["patient"] = {**body.get("patient", {}), "id": alert.patient.id, "id_type": alert.patient.id_type,
-                       "authority": alert.patient.authority}
-    body["summary"] = "Patient records merged (ADT^A40): continued in the surviving record's open alert"
-    _enqueue_carried(tx, record, alert, AlertEvent.RESOLVED, body, settings=settings, at=at)
-
-
-def _enqueue_carried(
-    tx: Transaction,
-    record: AlertRecord,
-    alert: Alert,
-    event: AlertEvent,
-    body: dict[str, object],
-    *,
-    settings: PipelineSettings,
-    at: datetime,
-) -> None:
-    tx.save_alert(alert, body)
-    tx.enqueue(
-        OutboxItem(
-            alert_id=alert.alert_id,
-            version=alert.version,
-            event=str(event),
-            topic=topic(settings.topic_prefix, alert),
-            payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-            patient=record.alert.patient.key,
-        ),
-        at,
-    )
-
-
-# ---------------------------------------------------------------------------
-# aza.monitoring.overdue: the liver-test schedule of each thiopurine order
-# (rules/monitoring.py computes the due times). Orders and results maintain
-# it inside their message's unit of work; the scheduler's timer raises the
-# overdue alert in its own unit of work, marking the row fired for that due
-# time in the same transaction, so a restart never raises it twice.
-
-_SCHEDULER_SOURCE = Source(control_id="", sending_application="hl7-alerts", sending_facility="")
-
-
-def schedule_orders(
-    tx: Transaction,
-    message: OrderMessage,
-    events: Sequence[tuple[MedicationOrder, OrderState]],
-    *,
-    received_at: datetime,
-    settings: PipelineSettings,
-) -> list[AlertChange]:
-    """Start, pause, resume or stop the schedule of each thiopurine order the
-    message touched. NW starts one (a new order is a start or reintroduction);
-    HD pauses it, RL resumes it; DC/OD/CA/OC stop it. XO/SC keep it. An
-    overdue alert no active order still supports is resolved."""
-    m = settings.monitoring
-    if not m.enabled:
-        return []
-    patient = message.patient
-    rows = {r.order_id: r for r in tx.patient_schedules(patient)}
-    touched = False
-    at = received_at
-    for event, state in events:
-        if state.ingredient not in settings.rules.thiopurines:
-            continue
-        at = max(at, event.transaction_time or received_at)
-        row = rows.get(state.order_id)
-        if event.control in STOPPING:
-            if row is not None and row.state != "stopped":
-                rows[state.order_id] = row = replace(row, state="stopped")
-                tx.put_schedule(row)
-                touched = True
-            continue
-        if row is None:
-            start = state.start or event.transaction_time or received_at
-            due = next_due(start, None, m)
-            row = ScheduleRow(
-                patient=patient, order_id=state.order_id, start=start, last_panel=None, due=due.due,
-                fires_at=due.fires_at, fired_due=None, state="active",
-            )
-        if row.state == "stopped":
-            continue
-        held = any(h.end is None for h in state.holds)
-        row = replace(row, state="paused" if held else "active")
-        rows[state.order_id] = row
-        tx.put_schedule(row)
-        touched = True
-    return _settle_overdue(tx, message, at, settings, received_at=received_at) if touched else []
-
-
-def advance_schedules(
-    tx: Transaction, message: ResultMessage, *, received_at: datetime, settings: PipelineSettings
-) -> list[AlertChange]:
-    """A liver panel (any result for a configured liver analyte, not a
-    cancellation) moves the schedule of every open order on to its next due
-    time and resolves an overdue alert it answers."""
-    m = settings.monitoring
-    if not m.enabled or not has_thiopurine_order(tx, message.patient, settings):
-        return []
-    times = [
-        o.observed_at for o in message.observations
-        if o.analyte in m.liver_analytes and o.status not in (ResultStatus.CANCELLED, ResultStatus.DELETED)
-    ]
-    if not times:
-        return []
-    panel_at = max(times)
-    moved = False
-    for row in tx.patient_schedules(message.patient):
-        reference = row.last_panel or row.start
-        if row.state == "stopped" or panel_at <= reference:
-            continue  # an older panel is history: the schedule counts from the latest
-        due = next_due(row.start, panel_at, m)
-        tx.put_schedule(replace(row, last_panel=panel_at, due=due.due, fires_at=due.fires_at))
-        moved = True
-    return _settle_overdue(tx, message, panel_at, settings, received_at=received_at) if moved else []
-
-
-def _settle_overdue(
-    tx: Transaction,
-    message: ResultMessage | OrderMessage,
-    at: datetime,
-    settings: PipelineSettings,
-    *,
-    received_at: datetime,
-) -> list[AlertChange]:
-    """Resolve the patient's open overdue alert (as of ``at``, the panel's or
-    order event's time) when no active schedule is still overdue (fired for
-    its current due time)."""
-    alert = tx.open_alerts(message.patient).get(MONITORING_OVERDUE)
-    if alert is None:
-        return []
-    if any(r.state == "active" and r.fired for r in tx.patient_schedules(message.patient)):
-        return []
-    change = resolve(alert, at, _source(message.header))
-    enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
-    return [change]
-
-
-def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) -> list[str]:
-    """Raise `aza.monitoring.overdue` for every active schedule whose alert
-    time has passed and that has not fired for its due time; mark each fired
-    in the same transaction. Return the alert ids raised or updated.
-
-    Due times are recomputed with the settings in force (a reload that
-    shortens an interval applies at the next tick), so every pending row is
-    read: one small indexed table, once per tick."""
-    m = settings.monitoring
-    if not m.enabled:
-        return []
-    raised: list[str] = []
-    for candidate in tx.due_schedules(None):
-        guess = next_due(candidate.start, candidate.last_panel, m)
-        if (guess.due, guess.fires_at) == (candidate.due, candidate.fires_at) and not guess.overdue(now):
-            continue  # nothing to write: no lock taken (most schedules, most ticks)
-        # Read again under the patient's lock: another daemon may have moved
-        # this schedule on (a panel) since the candidates were read.
-        tx.lock(patients=[candidate.patient])
-        stored = next(
-            (r for r in tx.patient_schedules(candidate.patient) if r.order_id == candidate.order_id), None
-        )
-        if stored is None or stored.state != "active" or stored.fired:
-            continue
-        due = next_due(stored.start, stored.last_panel, m)
-        row = replace(stored, due=due.due, fires_at=due.fires_at)
-        if row != stored:
-            tx.put_schedule(row)
-        if not due.overdue(now):
-            continue
-        tx.put_schedule(replace(row, fired_due=due.due))
-        order = tx.get_order(row.patient, row.order_id)
-        if order is None or not order.active_at(now):
-            continue  # stopped or held without our seeing it: nothing to remind about
-        existing = tx.open_alerts(row.patient).get(MONITORING_OVERDUE)
-        changes = reconcile(
-            [overdue_finding(order, due)],
-            {} if existing is None else {MONITORING_OVERDUE: existing},
-            patient=row.patient,
-            source=replace(_SCHEDULER_SOURCE, sending_facility=row.patient.authority),
-            next_episode=tx.next_episodes(row.patient),
-        )
-        for change in changes:
-            enqueue_change(tx, change, None, settings=settings, at=now)
-            raised.append(change.alert.alert_id)
-    return raised
-
-
-def next_overdue(tx: Transaction, *, settings: PipelineSettings) -> datetime | None:
-    """When the earliest unfired schedule raises its alert, with the settings
-    in force (None: none pending)."""
-    m = settings.monitoring
-    if not m.enabled:
-        return None
-    times = [next_due(r.start, r.last_panel, m).fires_at for r in tx.due_schedules(None)]
-    return min(times, default=None)

@@ -29,9 +29,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -41,14 +39,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from hl7_alerts.settings import MqttSettings, MqttTlsSettings
 from hl7_alerts.store import OutboxRow, Store, StoreError
 from hl7_alerts.timeutil import utc_stamp
 
 log = structlog.get_logger("hl7_alerts.publisher")
-
-# Daemons sharing a store share the pagers' acks: each ack goes to one of
-# them, and is recorded once whichever it is.
-ACK_SHARE_GROUP = "hl7-alerts"
 
 # MQTT v5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65535.
 _DEFAULT_RECEIVE_MAXIMUM = 65535
@@ -63,71 +58,13 @@ class PublishError(Exception):
     """The broker could not be reached or did not acknowledge a publish."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsSettings:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    check_hostname: bool = True
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        ctx.check_hostname = self.check_hostname
-        if self.cert_file is not None:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
-        return ctx
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    topic_prefix: str = "hl7alerts"
-    client_id: str = "hl7-alerts"
-    username: str | None = None
-    password: str | None = None
-    keepalive: int = 30
-    publish_timeout: float = 10.0
-    reconnect_min: float = 0.5
-    reconnect_max: float = 30.0
-    batch: int = 100
-    session_expiry: int = 3600
-    message_expiry: int | None = 86400
-    max_inflight: int = 20
-    tls: TlsSettings | None = None
-    # Rows written by another process (``hl7-alerts alerts ack``, another
-    # daemon on the same PostgreSQL) raise no in-process signal; the outbox
-    # is looked at again after this long idle.
-    outbox_recheck: float = 5.0
-    # Several daemons share the store (PostgreSQL): each pager ack goes to
-    # one of them (an MQTT v5 shared subscription), and each keeps its own
-    # retained status, so one daemon's last will does not say "offline"
-    # for a site whose other daemon is serving.
-    several_daemons: bool = False
-    # ... and of those, whether the acks subscription is shared (each ack to
-    # one daemon) or plain (every daemon reads every ack; recorded once).
-    shared_acks: bool = True
-    # Stopping with a shared acks subscription: after leaving the group, acks
-    # already routed to us are handled until none came for ``acks_quiet``
-    # seconds (at most ``acks_settle_max``).
-    acks_quiet: float = 0.5
-    acks_settle_max: float = 10.0
-
-    @property
-    def status_topic(self) -> str:
-        if self.several_daemons:
-            return f"{self.topic_prefix}/status/{self.client_id}"
-        return f"{self.topic_prefix}/status"
-
-    @property
-    def acks_topic(self) -> str:
-        return f"{self.topic_prefix}/acks"
-
-    @property
-    def acks_subscription(self) -> str:
-        if not (self.several_daemons and self.shared_acks):
-            return self.acks_topic
-        return f"$share/{ACK_SHARE_GROUP}/{self.acks_topic}"
+def _tls_context(tls: MqttTlsSettings) -> ssl.SSLContext:
+    """The broker connection's TLS context, built where it is used (settings stay plain values)."""
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.check_hostname = tls.check_hostname
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return ctx
 
 
 def _status(state: str, at: datetime, client_id: str) -> bytes:
@@ -246,7 +183,7 @@ class Publisher:
             properties=connect,
             # paho never queues behind our window (it would re-send on its own).
             max_inflight_messages=s.max_inflight,
-            tls_context=s.tls.context() if s.tls is not None else None,
+            tls_context=_tls_context(s.tls) if s.tls is not None else None,
             # Pipelined small publishes would otherwise wait on Nagle and the
             # broker's delayed ACK (about 40 ms per window).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),

@@ -4,11 +4,11 @@
 The timer's state lives in the store, not in memory: each alert keeps the time
 it last paged someone and how many reminders went out, so a reminder that fell
 due while the daemon was down is sent at the first tick after it starts. A
-tick is one unit of work in the store's transaction (`pipeline.send_reminders`)
+tick is one unit of work in the store's transaction (`lifecycle.send_reminders`)
 and the reminders go out through the outbox like every other event. The clock
 is injected; `tick()` is what tests drive, `run()` only decides how long to
 wait between ticks. Overdue liver tests work the same way: each schedule row
-remembers the due time it fired for (`pipeline.fire_overdue`), so a due time
+remembers the due time it fired for (`overdue.fire_overdue`), so a due time
 that passed while the daemon was down fires once, at the first tick.
 """
 
@@ -22,13 +22,9 @@ from datetime import datetime
 import structlog
 
 from hl7_alerts.alerts import ReminderPolicy
-from hl7_alerts.pipeline import (
-    PipelineSettings,
-    fire_overdue,
-    next_overdue,
-    next_reminder,
-    send_reminders,
-)
+from hl7_alerts.lifecycle import next_reminder, send_reminders
+from hl7_alerts.overdue import fire_overdue, next_overdue
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import Store, StoreError, Transaction
 
 log = structlog.get_logger("hl7_alerts.scheduler")

@@ -31,13 +31,14 @@ import aiomqtt
 import jsonschema
 import psycopg
 import pytest
+import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.pgserver import PgServer, PgServerError
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
-from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
+from hl7_alerts.framer import NEED_DATA, Frame, Framer, frame
 from hl7_alerts.store import SqliteStore
 from hl7_alerts.store.postgres import PostgresStore
 
@@ -402,3 +403,13 @@ def prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix (and MQTT client id) unique to this test."""
     digest = hashlib.blake2b(request.node.nodeid.encode(), digest_size=5).hexdigest()
     return f"t{digest}{os.getpid()}"
+
+
+@pytest.fixture(autouse=True)
+def structlog_defaults() -> Iterator[None]:
+    """Every test starts from structlog's defaults. A command run in-process
+    (CliRunner) configures logging for the whole process (`logs.configure`,
+    level warning for most commands), and a later test's `capture_logs`
+    would then miss every info event the configured level filters out."""
+    yield
+    structlog.reset_defaults()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from hl7_alerts.ack import AckError, build_ack
-from hl7_alerts.messages import ErrorCode, read_header, read_segments
+from hl7_alerts.messages import read_header
 from hl7_alerts.model import AckCode, Header
+from hl7_alerts.segments import ErrorCode, read_segments
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hl7_alerts.alerts import AckRequest, AlertEvent, ReminderPolicy
-from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.alerts import AckOutcome, AckRequest, AlertEvent, ReminderPolicy
+from hl7_alerts.lifecycle import acknowledge_alert, next_reminder
+from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import Severity
-from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, next_reminder, process
+from hl7_alerts.pipeline import process
 from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, PGX_MISSING
+from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import MIGRATIONS, Dialect, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
 
@@ -72,6 +75,20 @@ async def test_an_escalation_needs_a_fresh_acknowledgement(tmp_path: Path) -> No
     due = await store.transact(lambda tx: next_reminder(tx, policy=policy))
     assert due is not None
     assert (due - NOW).total_seconds() == 600
+    await store.close()
+
+
+async def test_acknowledge_alert_answers_with_an_ack_outcome_member(tmp_path: Path) -> None:
+    store, alert_id = await _fired(tmp_path)
+    settings = PipelineSettings()
+
+    async def ack(alert_id: str) -> AckOutcome:
+        request = AckRequest(alert_id=alert_id, by="dr.a", at=NOW)
+        return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=NOW))
+
+    assert await ack("no-such-alert") is AckOutcome.UNKNOWN_ALERT
+    assert await ack(alert_id) is AckOutcome.ACKNOWLEDGED
+    assert await ack(alert_id) is AckOutcome.ALREADY
     await store.close()
 
 

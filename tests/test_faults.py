@@ -31,7 +31,7 @@ from conftest import (
     wait_until,
 )
 
-from hl7_alerts.mllp import frame
+from hl7_alerts.framer import frame
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()

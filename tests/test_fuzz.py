@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI, SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
-from hl7_alerts.messages import split_file
-from hl7_alerts.mllp import NEED_DATA, Frame, Framer, Oversize, frame
+from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
+from hl7_alerts.segments import split_file
 
 FRAMES = 100_000
 CONNECTIONS = 8

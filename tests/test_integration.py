@@ -17,8 +17,8 @@ from conftest import (
     running,
 )
 
-from hl7_alerts.messages import split_file
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
+from hl7_alerts.segments import split_file
 
 SEED_STORY = [
     "01_seed_order_azathioprine.hl7",

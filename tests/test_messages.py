@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hl7_alerts.messages import (
-    MessageError,
-    ParseOptions,
-    decode,
-    parse_message,
-    split_file,
-)
+from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import (
     AckCode,
     MergeMessage,
@@ -23,6 +17,7 @@ from hl7_alerts.model import (
     ResultMessage,
     ResultStatus,
 )
+from hl7_alerts.segments import MessageError, decode, split_file
 from hl7_alerts.terminology import Analyte, Terminology
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

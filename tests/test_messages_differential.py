@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.gen import Generator
-from hl7_alerts.messages import read_segments, split_file
+from hl7_alerts.segments import read_segments, split_file
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # python-hl7 and we agree on these escapes; formatting ones (\H\, \.br\) are

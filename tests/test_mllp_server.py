@@ -17,7 +17,8 @@ from certs import Authority
 from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, make_config, running
 
 from hl7_alerts.config import ConfigError, parse_config
-from hl7_alerts.mllp import frame, peer_allowed
+from hl7_alerts.framer import frame
+from hl7_alerts.mllp import peer_allowed
 from hl7_alerts.store import StoreError
 
 ORU = (
@@ -342,7 +343,7 @@ class FailingStore:
 async def test_store_failure_is_ar_so_the_sender_resends(tmp_path: Path, broker: Broker, prefix: str) -> None:
     config = make_config(tmp_path, broker.port, prefix)
     async with running(config) as daemon:
-        daemon.daemon.store = FailingStore()  # type: ignore[assignment]
+        daemon.daemon.frames.store = FailingStore()  # type: ignore[union-attr,assignment]
         client = await AsyncMllpClient.connect(daemon.port)
         ack = ack_fields(await client.send(oru("ST1")))
         nak = ack_fields(await client.send(oru("ST2").replace(b"|P|", b"|X|")))  # a reject that cannot be kept

@@ -19,8 +19,10 @@ from hl7kit import ALP, AST, AZA, alt, order_msg, oru, result
 from hl7_alerts.cli import main
 from hl7_alerts.config import ConfigError, parse_config
 from hl7_alerts.messages import ParseOptions, parse_message
-from hl7_alerts.pipeline import PipelineSettings, fire_overdue, next_overdue, process
+from hl7_alerts.overdue import fire_overdue, next_overdue
+from hl7_alerts.pipeline import process
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import ScheduleRow, SqliteStore
 from hl7_alerts.terminology import Terminology
 

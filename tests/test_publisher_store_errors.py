@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from conftest import Broker, recording
 
-from hl7_alerts.publisher import MqttSettings, Publisher
+from hl7_alerts.publisher import Publisher
+from hl7_alerts.settings import MqttSettings
 from hl7_alerts.store import OutboxItem, OutboxRow, SqliteStore, StoreError, Transaction
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)

@@ -10,7 +10,7 @@ from rulekit import PATIENT, T0, context, obs, order
 
 from hl7_alerts.alerts import Alert, AlertChange, AlertState, Source, reconcile
 from hl7_alerts.model import Severity
-from hl7_alerts.rules import RuleSettings
+from hl7_alerts.rules.common import RuleSettings
 from hl7_alerts.rules.engine import Assessment, assess
 from hl7_alerts.terminology import Analyte
 

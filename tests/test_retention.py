@@ -110,7 +110,7 @@ async def test_prune_keeps_tpmt_and_nudt15_results(tmp_path: Path) -> None:
     old = datetime(2020, 1, 1, tzinfo=UTC)
 
     def seed(tx: object) -> None:
-        conn = tx._conn  # type: ignore[attr-defined]
+        conn = tx.connection  # type: ignore[attr-defined]
         conn.execute(
             "INSERT INTO messages (id, sending_application, sending_facility, control_id, message_type, version,"
             " received_at, digest, raw, ack_code) VALUES (1, 'LAB', 'H', 'M1', 'ORU^R01', '2.5', ?, 'd', X'41', 'AA')",

@@ -12,9 +12,8 @@ import pytest
 from rulekit import T0, coded, context, obs, order, past
 
 from hl7_alerts.model import Severity
-from hl7_alerts.rules import RuleSettings, evaluate
-from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange
-from hl7_alerts.rules.engine import evaluate_orders
+from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
+from hl7_alerts.rules.engine import evaluate, evaluate_orders
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
 from hl7_alerts.rules.pharmacogenomics import Metabolizer, metabolizer
 from hl7_alerts.terminology import Analyte

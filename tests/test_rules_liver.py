@@ -9,7 +9,8 @@ import pytest
 from rulekit import T0, context, obs, order
 
 from hl7_alerts.model import ResultStatus, Severity
-from hl7_alerts.rules import RuleSettings, evaluate
+from hl7_alerts.rules.common import RuleSettings
+from hl7_alerts.rules.engine import evaluate
 from hl7_alerts.terminology import Analyte
 
 A = Analyte

@@ -1,5 +1,6 @@
 """aza.monitoring.overdue, the pure part: the seed's schedule as a table, both
-sides of every boundary (phase changes at day 30 and day 90, grace periods)."""
+sides of every boundary (phase changes at day 30 and day 90, grace periods),
+and how order events move a schedule (`transition`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rulekit import order
 
-from hl7_alerts.model import Severity
+from hl7_alerts.model import OrderControl, Severity
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
-from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
+from hl7_alerts.rules.monitoring import (
+    MonitoringSettings,
+    ScheduleState,
+    next_due,
+    overdue_finding,
+    transition,
+)
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 S = MonitoringSettings()
@@ -79,3 +86,42 @@ def test_the_finding_is_a_warning_with_the_catalog_recommendation() -> None:
     assert "start of the order" in f.summary
     later = overdue_finding(o, next_due(START, day(7), S))
     assert "last liver panel" in later.summary
+
+
+ACTIVE, PAUSED, STOPPED = ScheduleState.ACTIVE, ScheduleState.PAUSED, ScheduleState.STOPPED
+C = OrderControl
+
+# (id, state before, order event, order on hold after it, state to record or None)
+TRANSITIONS = [
+    ("nw-starts", None, C.NEW, False, ACTIVE),
+    ("nw-of-a-held-order-starts-paused", None, C.NEW, True, PAUSED),
+    ("resent-nw-keeps-active", ACTIVE, C.NEW, False, ACTIVE),
+    ("resent-nw-keeps-a-hold", PAUSED, C.NEW, True, PAUSED),
+    ("hd-pauses", ACTIVE, C.HOLD, True, PAUSED),
+    ("hd-without-a-time-opens-no-hold", ACTIVE, C.HOLD, False, ACTIVE),
+    ("rl-resumes", PAUSED, C.RELEASE, False, ACTIVE),
+    ("xo-keeps-active", ACTIVE, C.CHANGE, False, ACTIVE),
+    ("sc-keeps-paused", PAUSED, C.STATUS_CHANGED, True, PAUSED),
+    ("first-seen-mid-stream-on-hold", None, C.HOLD, True, PAUSED),
+    ("first-seen-mid-stream-xo", None, C.CHANGE, False, ACTIVE),
+    ("dc-stops-active", ACTIVE, C.DISCONTINUE, False, STOPPED),
+    ("od-stops-paused", PAUSED, C.DISCONTINUED, True, STOPPED),
+    ("ca-stops", ACTIVE, C.CANCEL, False, STOPPED),
+    ("oc-stops", ACTIVE, C.CANCELLED, False, STOPPED),
+    ("stop-of-an-unscheduled-order-starts-nothing", None, C.DISCONTINUE, False, None),
+    ("stopped-again-records-nothing", STOPPED, C.DISCONTINUE, False, None),
+    ("stopped-is-final-nw", STOPPED, C.NEW, False, None),
+    ("stopped-is-final-rl", STOPPED, C.RELEASE, False, None),
+]
+
+
+@pytest.mark.parametrize(("state", "control", "on_hold", "expected"), [c[1:] for c in TRANSITIONS],
+                         ids=[c[0] for c in TRANSITIONS])
+def test_order_events_move_the_schedule(
+    state: ScheduleState | None, control: OrderControl, on_hold: bool, expected: ScheduleState | None
+) -> None:
+    assert transition(state, control, on_hold=on_hold) is expected
+
+
+def test_schedule_states_keep_their_stored_text() -> None:
+    assert [str(s) for s in ScheduleState] == ["active", "paused", "stopped"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import CLI, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
-from hl7_alerts.mllp import frame
+from hl7_alerts.framer import frame
 
 CONNECTIONS = 4
 WINDOW = 4  # frames each connection keeps in flight

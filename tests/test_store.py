@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode
-from hl7_alerts.pipeline import PipelineSettings, process
+from hl7_alerts.pipeline import process
+from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
 from hl7_alerts.terminology import Terminology
 
@@ -154,7 +156,7 @@ async def test_orders_moved_by_plain_sql_reach_the_index(tmp_path: Path) -> None
     await store.transact(lambda tx: process(tx, order, raw, received_at=NOW, settings=PipelineSettings()))
 
     def merge(tx: Transaction) -> frozenset[str]:
-        tx._conn.execute(  # type: ignore[attr-defined]
+        tx.connection.execute(  # type: ignore[attr-defined]
             "UPDATE orders SET patient = ? WHERE patient = ?", (survivor.key, order.patient.key)  # type: ignore[union-attr]
         )
         return tx.ordered_ingredients(survivor)
@@ -209,7 +211,7 @@ async def test_a_transaction_sqlite_rolled_back_itself_fails_its_batch_and_the_w
     store = await SqliteStore.open(tmp_path / "s.db")
 
     def lost(tx: Transaction) -> None:
-        tx._conn.execute("ROLLBACK")  # type: ignore[attr-defined]  # what SQLite does on SQLITE_FULL
+        tx.connection.execute("ROLLBACK")  # type: ignore[attr-defined]  # what SQLite does on SQLITE_FULL
         raise sqlite3.OperationalError("database or disk is full")
 
     with pytest.raises(StoreError):

@@ -18,12 +18,15 @@ from conftest import WAIT, Backend
 from hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
-from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.lifecycle import send_reminders
+from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode, Severity
-from hl7_alerts.pipeline import Outcome, PipelineSettings, process, send_reminders
+from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Transaction
 from hl7_alerts.store.postgres import PostgresStore
-from hl7_alerts.store.sql import SqlTransaction
+from hl7_alerts.store.queries import SqlTransaction
 from hl7_alerts.terminology import Terminology
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -94,7 +97,7 @@ async def test_a_unit_is_answered_as_committed_only_if_it_was(backend: Backend) 
     def careless(tx: Transaction) -> Outcome:
         outcome = unit(ORDER)(tx)
         with contextlib.suppress(Exception):
-            sql(tx)._x("INSERT INTO no_such_table VALUES (1)")
+            sql(tx).execute("INSERT INTO no_such_table VALUES (1)")
         return outcome
 
     try:
@@ -138,9 +141,9 @@ async def test_the_audit_trail_is_append_only(backend: Backend) -> None:
     store = await backend.open()
     await store.transact(unit(ORDER))
     with pytest.raises(StoreError, match="append-only"):
-        await store.transact(lambda tx: sql(tx)._x("UPDATE audit SET detail = 'x'"))
+        await store.transact(lambda tx: sql(tx).execute("UPDATE audit SET detail = 'x'"))
     with pytest.raises(StoreError, match="append-only"):
-        await store.transact(lambda tx: sql(tx)._x("DELETE FROM audit"))
+        await store.transact(lambda tx: sql(tx).execute("DELETE FROM audit"))
     await store.close()
 
 

@@ -18,9 +18,12 @@ from conftest import CLI, WAIT, free_port
 from hl7kit import WITH_NUL
 
 from hl7_alerts.alerts import AckRequest
-from hl7_alerts.messages import ParseOptions, parse_message, split_file
+from hl7_alerts.lifecycle import acknowledge_alert
+from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode, OrderState, PatientKey
-from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, process
+from hl7_alerts.pipeline import process
+from hl7_alerts.segments import split_file
+from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import MIGRATIONS, SCHEMA_VERSION, Dialect, SqliteStore, Store, Transaction
 from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.schema import statements

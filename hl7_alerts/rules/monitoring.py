@@ -9,21 +9,52 @@ reference time (the latest liver panel observed after the start, else the
 start), with the interval of the phase the reference falls in; the alert
 fires when the due time plus that phase's grace period has passed without a
 panel. A *liver panel* is any result for one of ``liver_analytes`` (ALT or
-AST by default): what the rest of the panel holds does not matter.
+AST by default): what the rest of the panel holds does not matter. How an
+order's events move its schedule between active, paused and stopped is
+`transition`, a pure function of the state and the event.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from hl7_alerts.model import OrderState, Severity
+from hl7_alerts.model import OrderControl, OrderState, Severity
+from hl7_alerts.orders import STOPPING
 from hl7_alerts.rules.common import Finding
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.terminology import Analyte
 
 RECOMMENDATION = "Order ALT, AST, ALP, GGT, bilirubin"
 REFERENCE = "Seed: LFTs weekly for month 1, twice monthly months 2-3, monthly after (re)introduction"
+
+
+class ScheduleState(enum.StrEnum):
+    """Where an order's liver-test schedule stands."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"  # the order is on hold
+    STOPPED = "stopped"
+
+
+def transition(state: ScheduleState | None, control: OrderControl, *, on_hold: bool) -> ScheduleState | None:
+    """The schedule state to record after one event of a thiopurine order, or
+    None when there is nothing to record.
+
+    ``state`` is the schedule's state before the event (None: the order has
+    no schedule yet); ``on_hold`` says whether the order is on hold after the
+    event (HD opens a hold, RL closes it, see `orders.apply_event`). A stop
+    (DC, OD, CA, OC) stops a schedule, and starts none. Any other event (NW;
+    XO, SC, HD or RL of an order first seen mid-stream) starts one if there
+    is none; from then on the schedule is paused while the order is on hold
+    and active otherwise. Stopped is final: no later event revives it.
+    """
+    if state is ScheduleState.STOPPED:
+        return None
+    if control in STOPPING:
+        return None if state is None else ScheduleState.STOPPED
+    return ScheduleState.PAUSED if on_hold else ScheduleState.ACTIVE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

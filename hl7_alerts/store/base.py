@@ -4,38 +4,25 @@ Every backend (SQLite, the embedded default; PostgreSQL, for sites running
 several daemons) implements `Store` and hands units of work a `Transaction`.
 Callers never see SQL: they pass a plain function of a `Transaction`, the
 store runs it inside its write transaction and answers once that is durable.
-This module holds the contract and the values that cross it; dialects live
-in `sql.py` (shared), `sqlite.py` and `postgres.py`.
+This module holds the contract and the values that cross it: `rows.py` maps
+them to and from rows, `queries.py` is every query (one transaction class),
+`writer.py` runs units of work with grouped commits, and `sqlite.py` and
+`postgres.py` are the two dialects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import structlog
-
-from hl7_alerts.alerts import AckRequest, Alert, AlertEvent, AlertState, Tracking
-from hl7_alerts.model import (
-    AckCode,
-    Header,
-    HoldPeriod,
-    Observation,
-    OrderState,
-    PastAlert,
-    PatientKey,
-    ResultStatus,
-    Severity,
-)
-from hl7_alerts.timeutil import from_iso
+from hl7_alerts.alerts import AckRequest, Alert, AlertEvent, Tracking
+from hl7_alerts.model import AckCode, Header, Observation, OrderState, PastAlert, PatientKey
+from hl7_alerts.rules.monitoring import ScheduleState
 
 T = TypeVar("T")
-
-log = structlog.get_logger("hl7_alerts.store")
 
 
 class StoreError(Exception):
@@ -85,9 +72,11 @@ class PriorAck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxItem:
+    """An alert event to publish, as a unit of work queues it."""
+
     alert_id: str
     version: int
-    event: str
+    event: AlertEvent
     topic: str
     payload: str
     patient: str
@@ -95,10 +84,12 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxRow:
+    """A queued alert event, as the publisher reads it back."""
+
     id: int
     alert_id: str
     version: int
-    event: str
+    event: AlertEvent
     topic: str
     payload: str
     created_at: str
@@ -135,7 +126,6 @@ class AlertRecord:
 class ScheduleRow:
     """The liver-test schedule of one thiopurine order (`aza.monitoring.overdue`).
 
-    ``state`` is ``active``, ``paused`` (order on hold) or ``stopped``;
     ``fired_due`` is the due time an overdue alert was last raised for, so the
     timer raises one alert per due time however often it runs or restarts."""
 
@@ -146,7 +136,7 @@ class ScheduleRow:
     due: datetime
     fires_at: datetime
     fired_due: datetime | None
-    state: str
+    state: ScheduleState
 
     @property
     def fired(self) -> bool:
@@ -227,7 +217,6 @@ class Transaction(Protocol):
         transaction sees it, answered from memory: the fast path that lets a
         result for a patient without a thiopurine order cost only its write."""
         ...
-
 
     def patient_history(
         self, patient: PatientKey, since: datetime | None, *, analytes: Sequence[str] | None = None
@@ -373,112 +362,4 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-
-
-_SCHEDULE_COLUMNS = (
-    "patient_id, patient_id_type, patient_authority, order_id, start, last_panel, due, fires_at, "
-    "fired_due, state"
-)
-
-
-def _schedule_from_row(r: Sequence[Any]) -> ScheduleRow:
-    def when(text: str) -> datetime:
-        value = from_iso(text)
-        assert value is not None
-        return value
-
-    return ScheduleRow(
-        patient=PatientKey(id=r[0], id_type=r[1], authority=r[2]),
-        order_id=r[3],
-        start=when(r[4]),
-        last_panel=from_iso(r[5]),
-        due=when(r[6]),
-        fires_at=when(r[7]),
-        fired_due=from_iso(r[8]),
-        state=r[9],
-    )
-
-
-def _order_from_row(row: Sequence[Any]) -> OrderState:
-    holds = tuple(
-        HoldPeriod(start=start, end=from_iso(end))
-        for s, end in json.loads(row[6])
-        if (start := from_iso(s)) is not None
-    )
-    return OrderState(
-        order_id=row[0],
-        ingredient=row[1],
-        drug_text=row[2],
-        dose=row[3],
-        start=from_iso(row[4]),
-        stop=from_iso(row[5]),
-        holds=holds,
-    )
-
-
-def _observation_from_row(r: Sequence[Any]) -> Observation:
-    observed = from_iso(r[14])
-    assert observed is not None
-    return Observation(
-        analyte=r[0],
-        code=r[1],
-        code_system=r[2],
-        text=r[3],
-        value_type=r[4],
-        value_text=r[5],
-        value=r[6],
-        comparator=r[7],
-        unit=r[8],
-        ref_low=r[9],
-        ref_high=r[10],
-        ref_text=r[11],
-        flag=r[12],
-        status=ResultStatus(r[13]),
-        observed_at=observed,
-        specimen_id=r[15],
-        set_id=r[16],
-    )
-
-
-# What `_alert_from_row` reads, in its order.
-_ALERT_COLUMNS = (
-    "alert_id, patient_id, patient_id_type, patient_authority, rule, episode, state, severity, version, "
-    "opened_at, evidence_at, rests_on, evidence_key, payload"
-)
-_RECORD_COLUMNS = f"acknowledged_by, acknowledged_at, notified_at, reminders_sent, payload, {_ALERT_COLUMNS}"
-
-
-def _record_from_row(r: Sequence[Any]) -> AlertRecord:
-    return AlertRecord(
-        alert=_alert_from_row(r[5:]),
-        tracking=Tracking(
-            acknowledged_by=r[0],
-            acknowledged_at=from_iso(r[1]),
-            notified_at=from_iso(r[2]),
-            reminders_sent=r[3],
-        ),
-        payload=json.loads(r[4]),
-    )
-
-
-def _alert_from_row(r: Sequence[Any]) -> Alert:
-    opened, evidence = from_iso(r[9]), from_iso(r[10])
-    assert opened is not None
-    assert evidence is not None
-    return Alert(
-        alert_id=r[0],
-        patient=PatientKey(id=r[1], id_type=r[2], authority=r[3]),
-        rule=r[4],
-        episode=r[5],
-        state=AlertState(r[6]),
-        severity=Severity(r[7]),
-        version=r[8],
-        opened_at=opened,
-        evidence_at=evidence,
-        rests_on=tuple(a for a in r[11].split(",") if a) if len(r) > 11 else (),
-        evidence_key=r[12] if len(r) > 12 else "",
-        title=str(json.loads(r[13]).get("title", "")) if len(r) > 13 else "",
-    )
 

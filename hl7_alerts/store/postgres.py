@@ -1,6 +1,6 @@
 """PostgreSQL: the store for sites running several daemons on one database.
 
-Same `Transaction` queries as SQLite (`sql.py`), same writer (one thread,
+Same `Transaction` queries as SQLite (`queries.py`), same writer (`writer.py`: one thread,
 one connection, grouped commits, a SAVEPOINT per unit), and PostgreSQL's own
 transactions and locks for what several writers need:
 
@@ -31,22 +31,27 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import psycopg
+import structlog
 from psycopg import errors
 from psycopg.pq import TransactionStatus
 
 from hl7_alerts.model import Observation, OrderState, PatientKey
-from hl7_alerts.store.base import DedupKey, LockBusy, OutboxRow, StoreError, _observation_from_row, log
-from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version
-from hl7_alerts.store.sql import (
-    _OBSERVATION_INSERT,
-    _OBSERVATION_TYPES,
+from hl7_alerts.store.base import DedupKey, LockBusy, OutboxRow, StoreError
+from hl7_alerts.store.queries import SqlTransaction
+from hl7_alerts.store.rows import (
     OBSERVATION_COLUMNS,
-    BatchingStore,
-    SqlTransaction,
-    _observation_rows,
-    _outbox_row,
+    OBSERVATION_INSERT,
+    OBSERVATION_TYPES,
+    OUTBOX_COLUMNS,
+    observation_from_row,
+    observation_rows,
+    outbox_from_row,
 )
+from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version
+from hl7_alerts.store.writer import BatchingStore
 from hl7_alerts.terminology import Analyte
+
+log = structlog.get_logger("hl7_alerts.store")
 
 
 def lock_key(name: str) -> int:
@@ -63,8 +68,8 @@ _TIMERS_LOCK = lock_key("hl7-alerts:timers")
 LOCK_TIMEOUT_MS = 10_000
 
 _INSERT_OBSERVATIONS = (
-    f"INSERT INTO observations ({_OBSERVATION_INSERT}) SELECT * FROM unnest("  # noqa: S608 (constants)
-    + ", ".join(f"?::{kind}[]" for _, kind in _OBSERVATION_TYPES)
+    f"INSERT INTO observations ({OBSERVATION_INSERT}) SELECT * FROM unnest("  # noqa: S608 (constants)
+    + ", ".join(f"?::{kind}[]" for _, kind in OBSERVATION_TYPES)
     + ")"
 )
 
@@ -117,6 +122,8 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 class PgTransaction(SqlTransaction):
     """`Transaction` over the writer's PostgreSQL connection."""
 
+    EARLIER: ClassVar[str] = "{col}::timestamptz < ?::timestamptz"
+
     def __init__(self, conn: psycopg.Connection[Any], *, owner: str, lease_seconds: float) -> None:
         super().__init__(conn)
         self.owner = owner
@@ -134,11 +141,11 @@ class PgTransaction(SqlTransaction):
             text = self._sql[sql] = sql.replace("?", "%s")
         return text
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(self._pg(sql), text_safe(params))
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.connection.execute(self._pg(sql), text_safe(params))
 
-    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._conn.cursor() as cursor:
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.connection.cursor() as cursor:
             cursor.executemany(self._pg(sql), [text_safe(r) for r in rows])
 
     def insert_observations(
@@ -147,9 +154,9 @@ class PgTransaction(SqlTransaction):
         # A panel in one statement of one array per column: one prepared
         # statement and one round trip, where executemany costs a pipeline
         # sync and a parameter conversion per row.
-        rows = _observation_rows(message_id, patient, observations)
+        rows = observation_rows(message_id, patient, observations)
         if rows:
-            self._x(_INSERT_OBSERVATIONS, [list(column) for column in zip(*rows, strict=True)])
+            self.execute(_INSERT_OBSERVATIONS, [list(column) for column in zip(*rows, strict=True)])
 
     def ordered_ingredients(self, patient: PatientKey) -> frozenset[str]:
         # Asked twice per result message (rules, schedules): the answer holds
@@ -172,7 +179,7 @@ class PgTransaction(SqlTransaction):
     ) -> tuple[Observation, ...]:
         # The same indexed probe per analyte as SQLite's, in one statement:
         # one round trip to the server instead of one per analyte.
-        rows = self._x(
+        rows = self.execute(
             f"SELECT o.* FROM unnest(?::text[]) AS a(analyte) CROSS JOIN LATERAL ("  # noqa: S608 (constants)
             f"SELECT {OBSERVATION_COLUMNS} FROM observations WHERE patient = ? AND analyte = a.analyte "
             "AND observed_ts < ? AND observed_ts >= ? AND superseded = 0 AND status IN ('F', 'C', 'P') "
@@ -184,7 +191,7 @@ class PgTransaction(SqlTransaction):
                 since.timestamp() if since is not None else float("-inf"),
             ),
         ).fetchall()
-        return tuple(sorted((_observation_from_row(r) for r in rows), key=lambda o: o.observed_at))
+        return tuple(sorted((observation_from_row(r) for r in rows), key=lambda o: o.observed_at))
 
     # -- locks between daemons ---------------------------------------------------
 
@@ -209,7 +216,7 @@ class PgTransaction(SqlTransaction):
         # Never waits: a daemon whose tick finds another ticking skips its own
         # (and the batch it is in is not held up behind it).
         self._holds_locks = True
-        row = self._x("SELECT pg_try_advisory_xact_lock(?)", (_TIMERS_LOCK,)).fetchone()
+        row = self.execute("SELECT pg_try_advisory_xact_lock(?)", (_TIMERS_LOCK,)).fetchone()
         return bool(row[0])
 
     def _lock_keys(self, keys: Iterable[int]) -> None:
@@ -221,9 +228,11 @@ class PgTransaction(SqlTransaction):
         self._holds_locks = True
         if may_wait:
             # unnest yields the array in order: the locks are taken ascending.
-            self._x("SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) AS k", (ordered,)).fetchall()
+            self.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) AS k", (ordered,)
+            ).fetchall()
             return
-        row = self._x(
+        row = self.execute(
             "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest(?::bigint[]) AS k", (ordered,)
         ).fetchone()
         if not row[0]:
@@ -240,15 +249,15 @@ class PgTransaction(SqlTransaction):
         patient is claimed with it or in flight here. Claimers take one lock
         in turn, so two of them never split a patient's rows between them."""
         self._lock_keys([_OUTBOX_LOCK])
-        now = self._x("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+        now = self.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
         until = now + self.lease_seconds
         me = self.owner
-        self._x(
+        self.execute(
             "UPDATE outbox SET claimed_until = ? WHERE claimed_by = ? AND delivered_at IS NULL AND id <= ?",
             (until, me, after_id),
         )
-        rows = self._x(
-            "WITH c AS ("
+        rows = self.execute(
+            "WITH c AS ("  # noqa: S608 (constant columns)
             " SELECT o.id, o.patient FROM outbox o"
             " WHERE o.delivered_at IS NULL"
             " AND (o.claimed_by IS NULL OR o.claimed_until <= ? OR (o.claimed_by = ? AND o.id > ?))"
@@ -260,14 +269,13 @@ class PgTransaction(SqlTransaction):
             "  AND e.delivered_at IS NULL AND e.id < c.id AND e.id NOT IN (SELECT id FROM c)"
             "  AND (e.claimed_by IS DISTINCT FROM ? OR e.id > ?))"
             ") UPDATE outbox SET claimed_by = ?, claimed_until = ? FROM ok WHERE outbox.id = ok.id"
-            " RETURNING outbox.id, outbox.alert_id, outbox.version, outbox.event, outbox.topic,"
-            " outbox.payload, outbox.created_at",
+            " RETURNING " + ", ".join(f"outbox.{c}" for c in OUTBOX_COLUMNS.split(", ")),
             (now, me, after_id, me, now, limit, me, after_id, me, until),
         ).fetchall()
-        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.id)
+        return sorted((outbox_from_row(r) for r in rows), key=lambda r: r.id)
 
     def release_outbox(self) -> None:
-        self._x(
+        self.execute(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
             "WHERE claimed_by = ? AND delivered_at IS NULL",
             (self.owner,),
@@ -282,7 +290,6 @@ class PostgresStore(BatchingStore):
     # savepoints are what PostgreSQL keeps in memory anyway (`max_batch`).
     _RELEASE_UNITS: ClassVar[bool] = False
     _CLAIMS: ClassVar[bool] = True
-    _EARLIER: ClassVar[str] = "{col}::timestamptz < ?::timestamptz"
 
     def __init__(
         self, dsn: str, *, owner: str, lease_seconds: float = 30.0, writers: int = 2, max_batch: int = 64
@@ -332,7 +339,7 @@ class PostgresStore(BatchingStore):
         return PgTransaction(conn, owner=self.owner, lease_seconds=self.lease_seconds)
 
     def _reconnect_if_broken(self, tx: SqlTransaction) -> SqlTransaction:
-        conn: psycopg.Connection[Any] = tx._conn
+        conn: psycopg.Connection[Any] = tx.connection
         if not (conn.closed or conn.broken):
             return tx
         log.warning("store_reconnecting")
@@ -340,7 +347,7 @@ class PostgresStore(BatchingStore):
         return self._connect()
 
     def _in_transaction(self, tx: SqlTransaction) -> bool:
-        conn: psycopg.Connection[Any] = tx._conn
+        conn: psycopg.Connection[Any] = tx.connection
         return conn.info.transaction_status != TransactionStatus.IDLE
 
     def _committed(self, cursor: Any) -> bool:

@@ -1,6 +1,6 @@
 """SQLite: the embedded default store, for one daemon on one machine.
 
-WAL mode with ``synchronous=FULL`` on the writer thread of `BatchingStore`
+WAL mode with ``synchronous=FULL`` on the writer thread of `BatchingStore` (`writer.py`)
 (``BEGIN IMMEDIATE`` takes the write lock for the whole batch, so there is
 nothing to serialize between units: `lock` is a no-op). The ingredients
 ordered per patient are kept in memory (`ordered_ingredients`): loaded at
@@ -15,10 +15,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
+
 from hl7_alerts.model import PatientKey
-from hl7_alerts.store.base import log
+from hl7_alerts.store.queries import SqlTransaction
 from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version, statements
-from hl7_alerts.store.sql import BatchingStore, SqlTransaction
+from hl7_alerts.store.writer import BatchingStore
+
+log = structlog.get_logger("hl7_alerts.store")
 
 _ORDER_WRITTEN = "hl7_alerts_order_written"
 
@@ -63,6 +67,7 @@ class SqliteTransaction(SqlTransaction):
     COMMIT fails, leaves no trace in it."""
 
     _ANALYTE_INDEX: ClassVar[str] = "INDEXED BY observations_latest"
+    EARLIER: ClassVar[str] = "julianday({col}) < julianday(?)"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(conn)
@@ -80,12 +85,12 @@ class SqliteTransaction(SqlTransaction):
         last look (`hl7-alerts orders import` while the daemon runs, say):
         SQLite's data_version moves only for other connections' commits, so
         this costs one pragma per batch and a reload only when it matters."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self.connection.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
         self._data_version = version
         ordered: dict[str, set[str]] = {}
-        for patient, ingredient in self._conn.execute(
+        for patient, ingredient in self.connection.execute(
             "SELECT DISTINCT patient, ingredient FROM orders WHERE ingredient IS NOT NULL"
         ):
             ordered.setdefault(patient, set()).add(ingredient)
@@ -125,7 +130,6 @@ class SqliteStore(BatchingStore):
 
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
     _BEGIN: ClassVar[str] = "BEGIN IMMEDIATE"
-    _EARLIER: ClassVar[str] = "julianday({col}) < julianday(?)"
 
     def __init__(self, path: Path, *, max_batch: int = 512) -> None:
         super().__init__(max_batch=max_batch)
@@ -153,5 +157,5 @@ class SqliteStore(BatchingStore):
             raise
 
     def _in_transaction(self, tx: SqlTransaction) -> bool:
-        conn: Any = tx._conn
+        conn: Any = tx.connection
         return bool(conn.in_transaction)

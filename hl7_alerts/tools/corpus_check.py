@@ -19,8 +19,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hl7_alerts.messages import MessageError, read_segments, salvage_header
-from hl7_alerts.mllp import NEED_DATA, Frame, Framer, MllpClient, Oversize, frame
+from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
+from hl7_alerts.messages import salvage_header
+from hl7_alerts.mllp import MllpClient
+from hl7_alerts.segments import MessageError, read_segments
 from hl7_alerts.timeutil import UTC_ZONE
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hl7_alerts.mllp import NEED_DATA, Event, Frame, Framer, Junk, Oversize, frame
+from hl7_alerts.framer import NEED_DATA, Event, Frame, Framer, Junk, Oversize, frame
 
 MSG1 = b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5\rPID|1||X^^^H^MR\r"
 MSG2 = b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|2|P|2.5\nPID|1||Y^^^H^MR\n"

@@ -1,0 +1,255 @@
+"""Answering frames: an MLLP frame in, its ACK out, after the commit.
+
+Owns the path DESIGN.md draws from a frame to its answer: parse
+(`messages.parse_message`), `pipeline.process` inside `store.transact`, then
+the ACK (`ack.build_ack`). A message we will not process is kept raw
+(``rejected_messages``) and NAKed with the code it deserves; an over-size
+frame gets an AR; a pager's acknowledgement from MQTT is recorded through the
+same store. The rule it keeps: every frame gets exactly one answer, AA/CA
+only once the message and its alerts are durable, and a store that fails or a
+defect of ours is an AR (the sender keeps the message and resends), never a
+dropped connection. The daemon answers its listener with it, and
+`offline.check` runs archived files through it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from hl7_alerts.ack import AckError, ack_code_for, build_ack
+from hl7_alerts.alerts import InvalidAck, parse_ack
+from hl7_alerts.lifecycle import acknowledge_alert
+from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
+from hl7_alerts.metrics import Metrics
+from hl7_alerts.model import AckCode, Header, Message
+from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.segments import ErrorCode, MessageError
+from hl7_alerts.settings import PipelineSettings
+from hl7_alerts.store import Store, StoreError
+
+log = structlog.get_logger("hl7_alerts.frames")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameSettings:
+    """What answering a frame reads from the config, as one value: a reload
+    replaces it whole, and each frame reads it once, so no message sees the
+    parse options of one config and the pipeline settings of another."""
+
+    options: ParseOptions
+    pipeline: PipelineSettings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """A frame's answer and what it came to.
+
+    ``code`` and ``text`` are what the ACK says (``code`` before the enhanced
+    mode mapping of `ack.ack_code_for`). ``outcome`` is set when the message
+    was processed and committed; ``rejection`` when it was not processed
+    through its own fault (or our parser's), and was kept raw. Neither: the
+    store failed or we did, and the answer is an AR.
+    """
+
+    ack: bytes
+    code: AckCode
+    text: str = ""
+    header: Header | None = None
+    message: Message | None = None
+    outcome: Outcome | None = None
+    rejection: MessageError | None = None
+
+
+class FrameHandler:
+    """Answers frames against one store.
+
+    ``settings`` is read once per frame (see `FrameSettings`). ``replay``
+    is for archived files (`offline.check`), which carry no arrival time: a
+    message counts as received at its MSH-7, else at the clock.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Callable[[], FrameSettings],
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        max_message_bytes: int,
+        replay: bool = False,
+    ) -> None:
+        self.store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._max_message_bytes = max_message_bytes
+        self._replay = replay
+        self._ack_ids = itertools.count(1)
+        self._ack_prefix = f"{os.getpid():x}{int(clock().timestamp()):x}"
+
+    async def handle_frame(self, data: bytes, peer: str) -> bytes:
+        """One MLLP frame in, its ACK out (`mllp.MllpServer`'s handler)."""
+        return (await self.answer(data, peer=peer)).ack
+
+    async def answer(self, data: bytes, *, peer: str = "") -> Answer:
+        """One frame's answer; the ACK is built only after the commit.
+
+        Always answers: a defect of ours anywhere on the way (even in building
+        the ACK) becomes an AR without an echoed header, never an exception,
+        so the sender keeps the message and resends it."""
+        try:
+            return await self._answer_frame(data, peer)
+        except Exception:
+            with bound_contextvars(peer=peer):
+                log.exception("frame_handling_failed")
+            return self._answer(
+                None,
+                AckCode.AR,
+                text="internal error, resend later",
+                error=AckError(reason="internal error", error_code=ErrorCode.INTERNAL_ERROR),
+            )
+
+    async def _answer_frame(self, data: bytes, peer: str) -> Answer:
+        received_at = self._clock()
+        current = self._settings()
+        with bound_contextvars(peer=peer):
+            try:
+                message = parse_message(data, current.options)
+            except MessageError as exc:
+                return await self._reject(data, exc, received_at, current.options)
+            except Exception:
+                log.exception("parse_crashed")
+                error = MessageError(
+                    "receiver could not read this message",
+                    ack_code=AckCode.AE,
+                    error_code=ErrorCode.INTERNAL_ERROR,
+                )
+                return await self._reject(data, error, received_at, current.options)
+            header = message.header
+            if self._replay:
+                received_at = header.message_time or received_at
+            settings = current.pipeline
+            with bound_contextvars(control_id=header.control_id, msg_type=header.type_code):
+                try:
+                    outcome = await self.store.transact(
+                        lambda tx: process(tx, message, data, received_at=received_at, settings=settings)
+                    )
+                except StoreError as exc:
+                    return self._store_unavailable(header, exc)
+                except Exception as exc:
+                    # A defect of ours on this message: never AA (it is not
+                    # stored), and AR so the sender keeps it and resends.
+                    log.exception("pipeline_failed")
+                    return self._answer(
+                        header,
+                        AckCode.AR,
+                        text="internal error, resend later",
+                        error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
+                    )
+                self._metrics.alert_changes(outcome.changes)
+                # Debug, not info: one JSON line per message was a tenth of the
+                # daemon's CPU at load (bench/). Rejections and warnings stay.
+                log.debug(
+                    "message_processed",
+                    ack=str(outcome.ack_code),
+                    duplicate=outcome.duplicate,
+                    alert_changes=len(outcome.changes),
+                )
+                answer = self._answer(header, outcome.ack_code, text=outcome.ack_text)
+                return replace(answer, message=message, outcome=outcome)
+
+    async def _reject(
+        self, data: bytes, exc: MessageError, received_at: datetime, options: ParseOptions
+    ) -> Answer:
+        """Keep the raw bytes of a message we will not process, then NAK it."""
+        header = salvage_header(data, options.timezone, options.fallback_charset)
+        self._metrics.parse_error(str(exc.ack_code), str(exc.error_code))
+        with bound_contextvars(control_id=header.control_id if header else None):
+            log.warning(
+                "message_rejected",
+                ack=str(exc.ack_code),
+                reason=exc.reason,
+                segment=exc.segment,
+                field=exc.field,
+            )
+            try:
+                await self.store.transact(
+                    lambda tx: tx.insert_rejected(
+                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
+                    )
+                )
+            except StoreError as store_exc:
+                return self._store_unavailable(header, store_exc)
+            answer = self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
+            return replace(answer, rejection=exc)
+
+    def _store_unavailable(self, header: Header | None, exc: StoreError) -> Answer:
+        """AR: a transient failure of ours, which the sender should retry."""
+        log.error("store_unavailable", error=str(exc))
+        return self._answer(
+            header,
+            AckCode.AR,
+            text="store unavailable, resend later",
+            error=AckError(reason=str(exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
+        )
+
+    async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
+        """AR for a frame over ``mllp.max_message_bytes``, echoing its MSH when
+        that is readable."""
+        options = self._settings().options
+        header = salvage_header(head, options.timezone, options.fallback_charset)
+        limit = self._max_message_bytes
+        reason = f"message exceeds the limit of {limit} bytes"
+        with bound_contextvars(peer=peer, control_id=header.control_id if header else None):
+            log.warning("message_oversize", bytes=size, limit=limit, msh_readable=header is not None)
+        # Even without a readable MSH the sender gets its one answer per frame
+        # (an AR with an empty MSA-2), so it never waits on silence.
+        return self._answer(
+            header,
+            AckCode.AR,
+            text=reason,
+            error=AckError(reason=reason, error_code=ErrorCode.INTERNAL_ERROR, segment="MSH"),
+        ).ack
+
+    async def handle_ack(self, data: bytes) -> bool:
+        """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
+        unreadable or unknown ones are logged and ignored. False (not
+        handled: let the broker redeliver it) only when the store failed."""
+        try:
+            request = parse_ack(data)
+        except InvalidAck as exc:
+            log.warning("ack_invalid", reason=str(exc))
+            return True
+        settings, at = self._settings().pipeline, self._clock()
+        try:
+            outcome = await self.store.transact(
+                lambda tx: acknowledge_alert(tx, request, settings=settings, at=at)
+            )
+        except StoreError as exc:
+            log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
+            return False
+        except Exception:
+            # A defect of ours must not take the MQTT session (and alerts) down;
+            # redelivering the same ack would only repeat it.
+            log.exception("ack_failed", alert_id=request.alert_id)
+            return True
+        log.info("ack_received", alert_id=request.alert_id, outcome=str(outcome))
+        return True
+
+    def _ack_id(self) -> str:
+        return f"{self._ack_prefix}{next(self._ack_ids):x}"
+
+    def _answer(
+        self, header: Header | None, code: AckCode, *, text: str = "", error: AckError | None = None
+    ) -> Answer:
+        self._metrics.message_answered(header.type_code if header else "", str(ack_code_for(header, code)))
+        ack = build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
+        return Answer(ack=ack, code=code, text=text, header=header)
+

@@ -1,0 +1,383 @@
+"""The writer: units of work on writer threads, with grouped commits.
+
+One thread, one connection (PostgreSQL may run several writers); units
+queued while a commit is in progress run together and commit together
+(group commit), each inside its own SAVEPOINT so one failing unit rolls
+back alone. A unit's awaiter is answered only after the COMMIT that covers
+it has returned: that is what makes ACK-after-commit true. A unit that
+would have to wait for another daemon's lock while its batch holds locks
+(`LockBusy`) is rolled back to its savepoint and run again alone, after the
+batch commits. `BatchingStore` implements `Store` by running `queries.py`'s
+methods as units: no query text here beyond the transaction's own
+BEGIN/SAVEPOINT/ROLLBACK/COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+import structlog
+
+from hl7_alerts.store.base import (
+    AlertRecord,
+    AuditRow,
+    LockBusy,
+    OutboxBacklog,
+    OutboxRow,
+    Pruned,
+    ScheduleRow,
+    StoreError,
+    Transaction,
+)
+from hl7_alerts.store.queries import SqlTransaction
+
+T = TypeVar("T")
+
+log = structlog.get_logger("hl7_alerts.store")
+
+
+@dataclass(slots=True)
+class _Job:
+    unit: Callable[[SqlTransaction], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    write: bool
+
+
+_STOP = object()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # the awaiter went away (cancelled); the work is done regardless
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _resolve_all(
+    outcomes: list[tuple[_Job, Any, BaseException | None]], outbox_event: asyncio.Event | None
+) -> None:
+    for job, result, error in outcomes:
+        _resolve(job.future, result, error)
+    if outbox_event is not None:
+        outbox_event.set()
+
+
+class BatchingStore(ABC):
+    """`Store` with writer threads and grouped commits; a dialect supplies
+    the connection (`_connect`, `_in_transaction`) and its errors.
+
+    SQLite has one writer (it has one write lock). PostgreSQL may have
+    several, each its own connection taking batches from the same queue: a
+    writer spends most of its time waiting for the server, and the locks that
+    keep several daemons apart keep a daemon's writers apart just as well.
+    Messages on one MLLP connection still go one at a time (the next is read
+    only once the previous one is answered)."""
+
+    # The driver's errors: a unit failing with one of these is the store's
+    # failure (StoreError, AR upstream), not a defect of ours.
+    _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
+    _BEGIN: ClassVar[str] = "BEGIN"
+    # Release each unit's savepoint once it succeeded. Not releasing nests the
+    # next unit's savepoint inside it, which is as correct ("ROLLBACK TO unit"
+    # goes back to the newest of that name) and saves a round trip a unit.
+    _RELEASE_UNITS: ClassVar[bool] = True
+    # Several publishers share the outbox: taking rows is a claim (a write).
+    _CLAIMS: ClassVar[bool] = False
+
+    def __init__(self, *, max_batch: int = 512, writers: int = 1) -> None:
+        self._max_batch = max_batch
+        self._writers = writers
+        self._threads: list[threading.Thread] = []
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._outbox_event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commit_observer: Callable[[float], None] | None = None
+
+    async def _start(self) -> None:
+        """Connect (creating and migrating as needed) and start the writers,
+        one after the other: the first one migrates."""
+        self._loop = asyncio.get_running_loop()
+        for number in range(self._writers):
+            ready: asyncio.Future[None] = self._loop.create_future()
+            name = "store-writer" if number == 0 else f"store-writer-{number + 1}"
+            thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
+            thread.start()
+            try:
+                await ready
+            except BaseException:
+                await self.close()
+                raise
+            self._threads.append(thread)
+
+    # -- dialect hooks ---------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self) -> SqlTransaction:
+        """Open the connection, migrate, and return the transaction object."""
+
+    def _reconnect_if_broken(self, tx: SqlTransaction) -> SqlTransaction:
+        """Before a batch: a connection the server dropped is replaced."""
+        return tx
+
+    @abstractmethod
+    def _in_transaction(self, tx: SqlTransaction) -> bool:
+        """Whether the connection is inside a transaction (to roll back)."""
+
+    def _close_connection(self, tx: SqlTransaction) -> None:
+        tx.connection.close()
+
+    def _committed(self, cursor: Any) -> bool:
+        """Whether the COMMIT statement committed (SQLite raises when not)."""
+        return True
+
+    def _contended(self, exc: BaseException) -> bool:
+        """A unit's error that means "another daemon got in the way" (a
+        deadlock the server broke): the unit is run again alone."""
+        return False
+
+    # -- the Store interface -----------------------------------------------------
+
+    def outbox_signal(self) -> asyncio.Event:
+        return self._outbox_event
+
+    async def transact(self, unit: Callable[[Transaction], T]) -> T:
+        return await self._submit(unit, write=True)
+
+    async def read(self, unit: Callable[[Transaction], T]) -> T:
+        """Run a read-only unit on the writer's connection (no commit needed)."""
+        return await self._submit(unit, write=False)
+
+    async def pending_outbox(self, limit: int, *, after_id: int = 0) -> list[OutboxRow]:
+        # Several publishers share the outbox: taking rows is a claim (a write).
+        return await self._submit(lambda tx: tx.pending_outbox(limit, after_id), write=self._CLAIMS)
+
+    async def release_outbox(self) -> None:
+        if self._CLAIMS:
+            await self._submit(lambda tx: tx.release_outbox(), write=True)
+
+    async def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
+        await self._submit(lambda tx: tx.mark_delivered(ids, at), write=True)
+
+    async def record_delivery(self, ids: Sequence[int], kind: str, at: datetime, detail: str = "") -> None:
+        await self._submit(lambda tx: tx.audit_outbox(ids, kind, at, detail), write=True)
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        return await self._submit(lambda tx: tx.outbox_backlog(), write=False)
+
+    async def probe_write(self, at: datetime) -> None:
+        """Write (and commit) one row: proves the store takes writes now."""
+        await self._submit(lambda tx: tx.probe_write(at), write=True)
+
+    async def last_run(self, task: str) -> datetime | None:
+        """When the periodic ``task`` last ran (`mark_run`), if ever."""
+        return await self._submit(lambda tx: tx.last_run(task), write=False)
+
+    async def mark_run(self, task: str, at: datetime) -> None:
+        await self._submit(lambda tx: tx.mark_run(task, at), write=True)
+
+    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+        """Retention: remove what is older than ``before`` (`SqlTransaction`'s
+        prune steps say what each keeps), a chunk per transaction."""
+
+        async def repeat(step: Callable[[SqlTransaction, datetime, int], int]) -> int:
+            total = 0
+            while True:
+                n = await self._submit(lambda tx: step(tx, before, chunk), write=True)
+                total += n
+                if n < chunk:
+                    return total
+
+        return Pruned(
+            observations=await repeat(SqlTransaction.prune_observations),
+            messages=await repeat(SqlTransaction.prune_messages),
+            raw_cleared=await repeat(SqlTransaction.clear_raw),
+            rejected_messages=await repeat(SqlTransaction.prune_rejected),
+        )
+
+    async def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
+        """Liver-test schedules, earliest alert time first (stopped ones only when asked)."""
+        return await self._submit(lambda tx: tx.list_schedules(include_stopped=include_stopped), write=False)
+
+    async def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
+        """Alerts, newest first (open ones only unless ``include_closed``)."""
+        return await self._submit(
+            lambda tx: tx.list_alerts(include_closed=include_closed, limit=limit), write=False
+        )
+
+    async def alert_detail(self, alert_id: str) -> tuple[AlertRecord, list[AuditRow]] | None:
+        """One alert and its audit trail, oldest line first."""
+
+        def unit(tx: SqlTransaction) -> tuple[AlertRecord, list[AuditRow]] | None:
+            record = tx.alert_record(alert_id)
+            return None if record is None else (record, tx.audit_trail(alert_id))
+
+        return await self._submit(unit, write=False)
+
+    async def close(self) -> None:
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(_STOP)  # each writer takes one and ends
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+
+    async def _submit(self, unit: Callable[[SqlTransaction], T], *, write: bool) -> T:
+        if not self._threads or self._loop is None:
+            raise StoreError("store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(_Job(unit=unit, future=future, loop=self._loop, write=write))
+        return await future
+
+    # -- writer thread -------------------------------------------------------
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            tx = self._connect()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(
+                _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
+            )
+            return
+        loop.call_soon_threadsafe(_resolve, ready, None, None)
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is _STOP:
+                break
+            batch: list[_Job] = [first]  # type: ignore[list-item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)  # type: ignore[arg-type]
+            try:
+                tx = self._reconnect_if_broken(tx)
+            except Exception as exc:
+                self._fail_all(batch, exc)
+                continue
+            deferred = self._guarded_batch(tx, batch, alone=False)
+            # A deferred unit runs alone: first in its transaction, it may
+            # wait for the other daemon's lock without risking a deadlock.
+            for job in deferred:
+                for again in self._guarded_batch(tx, [job], alone=True):
+                    self._fail_all([again], StoreError("lock contention persisted; try again"))
+        with contextlib.suppress(Exception):
+            self._close_connection(tx)
+
+    def _guarded_batch(self, tx: SqlTransaction, batch: list[_Job], *, alone: bool) -> list[_Job]:
+        try:
+            return self._run_batch(tx, batch, alone=alone)
+        except Exception as exc:
+            # Never let the writer thread die: every later message would
+            # wait forever for a commit and its sender for an ACK.
+            log.exception("store_batch_crashed")
+            self._abandon(tx, batch, exc)
+            return []
+
+    def _abandon(self, tx: SqlTransaction, batch: list[_Job], exc: BaseException) -> None:
+        """Nothing of this batch will commit: roll back what is left of its
+        transaction and answer every unit in it with a StoreError."""
+        tx.batch_rolled_back()
+        if self._in_transaction(tx):
+            with contextlib.suppress(Exception):
+                tx.execute("ROLLBACK")
+        self._fail_all(batch, exc)
+
+    def _run_batch(self, tx: SqlTransaction, batch: list[_Job], *, alone: bool = False) -> list[_Job]:
+        """Run and commit one batch; return the units deferred for contention."""
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        deferred: list[_Job] = []
+        tx.enqueued = 0
+        started = time.perf_counter()
+        tx.batch_rolled_back()
+        try:
+            tx.execute(self._BEGIN)
+            tx.batch_begun(alone=alone)
+        except self._DB_ERRORS as exc:
+            self._abandon(tx, batch, exc)
+            return []
+        first = True
+        for job in batch:
+            try:
+                tx.execute("SAVEPOINT unit")
+            except self._DB_ERRORS as exc:
+                # PostgreSQL aborts the whole transaction on a failed
+                # statement, this one included: nothing of the batch may be
+                # answered as committed.
+                log.error("store_savepoint_failed", error=str(exc))
+                self._abandon(tx, batch, exc)
+                return []
+            tx.unit_begun(first=first)
+            try:
+                result = job.unit(tx)
+            except Exception as exc:
+                tx.unit_rolled_back()
+                failure = StoreError(str(exc)) if isinstance(exc, self._DB_ERRORS) else exc
+                try:
+                    tx.execute("ROLLBACK TO unit")
+                    if self._RELEASE_UNITS:
+                        tx.execute("RELEASE unit")
+                except self._DB_ERRORS as rollback_exc:
+                    # The server already rolled the whole transaction back
+                    # (disk full, I/O error, connection lost): nothing of this
+                    # batch will commit, so every unit in it fails (AR).
+                    log.error("store_savepoint_lost", error=str(rollback_exc))
+                    self._abandon(tx, batch, rollback_exc)
+                    return []
+                if not alone and (isinstance(exc, LockBusy) or self._contended(exc)):
+                    deferred.append(job)
+                    continue
+                outcomes.append((job, None, failure))
+            else:
+                if self._RELEASE_UNITS:
+                    tx.execute("RELEASE unit")
+                tx.unit_released()
+                outcomes.append((job, result, None))
+                first = False
+        commit_failures: tuple[type[Exception], ...] = (StoreError, *self._DB_ERRORS)
+        try:
+            if not self._committed(tx.execute("COMMIT")):
+                # The server ended an aborted transaction with a ROLLBACK: an
+                # error went unseen. Nothing may be answered as committed.
+                raise StoreError("the transaction was rolled back at COMMIT")
+        except commit_failures as exc:
+            tx.batch_rolled_back()
+            try:
+                tx.execute("ROLLBACK")
+            except self._DB_ERRORS:
+                log.exception("store_rollback_failed")
+            self._fail_all(batch, exc)
+            return []
+        observer = self.commit_observer
+        if observer is not None and any(job.write for job in batch):
+            observer(time.perf_counter() - started)
+        tx.batch_committed()
+        # One wake-up of the event loop per batch, not one per unit: each
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        outbox_event = self._outbox_event if tx.enqueued else None
+        if outcomes:
+            batch[0].loop.call_soon_threadsafe(_resolve_all, outcomes, outbox_event)
+        return deferred
+
+    @staticmethod
+    def _fail_all(batch: Iterable[_Job], exc: BaseException) -> None:
+        log.error("store_commit_failed", error=str(exc))
+        for job in batch:
+            job.loop.call_soon_threadsafe(_resolve, job.future, None, StoreError(str(exc)))
