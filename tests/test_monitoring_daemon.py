@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AsyncMllpClient, Broker, ack_fields, make_config, recording, running
-from hl7kit import AZA, alt, order_msg, oru
 from test_delivery import FakeClock
+
+from tests.support.hl7kit import AZA, alt, order_msg, oru
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 D = timedelta(days=1)

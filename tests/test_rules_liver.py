@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rulekit import T0, context, obs, order
 
 from hl7_alerts.model import ResultStatus, Severity
 from hl7_alerts.rules import RuleSettings, evaluate
 from hl7_alerts.terminology import Analyte
+from tests.support.rulekit import T0, context, obs, order
 
 A = Analyte
 SETTINGS = RuleSettings()

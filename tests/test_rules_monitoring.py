@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from rulekit import order
 
 from hl7_alerts.model import Severity
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.rules.monitoring import MonitoringSettings, next_due, overdue_finding
+from tests.support.rulekit import order
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 S = MonitoringSettings()
