@@ -11,10 +11,10 @@ The daemon is measured once per store in ``--stores``: ``sqlite`` (a store
 file), ``pg1`` (one daemon on PostgreSQL) and ``pg2`` (two daemon processes
 on one PostgreSQL database, the load client's connections split between
 their ports: msg/s is the two together, latency over every ACK). The
-PostgreSQL server is the benchmark's own (`bench.pgserver.PgServer`, a free
-port, removed afterwards), durable like production: ``fsync`` and
-``synchronous_commit`` on, ``full_page_writes`` at its default (on); each
-configuration gets a fresh database.
+PostgreSQL server is the benchmark's own (`tests.support.pgserver.PgServer`,
+shared with the tests; a free port, removed afterwards), durable like
+production: ``fsync`` and ``synchronous_commit`` on, ``full_page_writes`` at
+its default (on); each configuration gets a fresh database.
 
     .venv/bin/python -m bench.run --quick      # about a minute and a half
     .venv/bin/python -m bench.run              # the figures in the README
@@ -47,7 +47,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from bench.pgserver import PgServer
+from tests.support.pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"

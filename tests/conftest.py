@@ -34,12 +34,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.pgserver import PgServer, PgServerError
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, frame
 from hl7_alerts.store import SqliteStore
 from hl7_alerts.store.postgres import PostgresStore
+from tests.support.pgserver import PgServer, PgServerError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
