@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import assert_valid_alert
 
 from hl7_alerts.alerts import (
     AckOutcome,
@@ -34,6 +33,7 @@ from hl7_alerts.alerts import (
 from hl7_alerts.model import PatientDemographics, Severity
 from hl7_alerts.rules.common import Evidence, Finding
 from hl7_alerts.terminology import Analyte
+from tests.support.mqtt import assert_valid_alert
 from tests.support.rulekit import PATIENT, T0, obs
 
 SOURCE = Source(control_id="LAB1", sending_application="LAB", sending_facility="GENHOSP")

@@ -10,22 +10,14 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    Broker,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-    wait_until,
-)
-from test_integration import SEED_STORY, sample_messages
-
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 from hl7_alerts.mllp import MllpClient
+from tests.support.broker import Broker
+from tests.support.daemon import CLI, make_config, running
+from tests.support.mqtt import recording
+from tests.support.ports import free_port, port_open
+from tests.support.samples import SAMPLES, SEED_STORY, sample_messages
+from tests.support.waiting import WAIT, eventually_sync
 
 
 def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) -> None:
@@ -38,7 +30,7 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=log, stdout=log)
     try:
-        wait_until(lambda: port_open(port) or daemon.poll() is not None, what="daemon listening")
+        eventually_sync(lambda: port_open(port) or daemon.poll() is not None, what="daemon listening")
         assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
         sent = subprocess.run(
             [*CLI, "send", "--port", str(port), *sorted(str(p) for p in SAMPLES.glob("*.hl7"))],

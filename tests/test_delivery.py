@@ -12,23 +12,15 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import AsyncMllpClient, Backend, Broker, make_config, recording, running
 from structlog.testing import capture_logs
-from test_integration import SEED_STORY, sample_messages
 
-
-class FakeClock:
-    """The daemon's clock, moved by the test (no waiting for real time)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
+from tests.support.backends import Backend
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import make_config, running
+from tests.support.mllp import send_all
+from tests.support.mqtt import events, recording
+from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
 
 START = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
@@ -46,28 +38,14 @@ def audit(path: Path, alert_id: str | None = None) -> list[tuple[str, int | None
     return [tuple(r) for r in rows]
 
 
-async def send_all(port: int, messages: list[bytes]) -> None:
-    client = await AsyncMllpClient.connect(port)
-    for m in messages:
-        await client.send(m)
-    await client.close()
-
-
 def ack(alert_id: str, by: str = "dr.oncall", at: str = "2026-11-24T20:05:00Z") -> bytes:
     return json.dumps({"alert_id": alert_id, "by": by, "at": at}).encode()
 
 
-# The seed order and its critical panel, without the later messages that stop
-# the drug and resolve the alert: the critical alert stays open (reminders and
-# acks are about it). The order, with no TPMT/NUDT15 on file, also raises the
-# info-severity aza.pgx.missing first, which gets no reminders.
-OPEN_CRITICAL = SEED_STORY[:2]
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
+# OPEN_CRITICAL: the critical alert stays open (reminders and acks are about
+# it). The order, with no TPMT/NUDT15 on file, also raises the info-severity
+# aza.pgx.missing first, which gets no reminders.
 NO_MONITORING: dict[str, Any] = {"monitoring": {"enabled": False}}
-
-
-def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
-    return [(a["patient"]["id"], a["rule"], a["event"], a["version"]) for a in alerts]
 
 
 async def test_ack_is_recorded_once_and_bad_acks_are_ignored(

@@ -66,19 +66,14 @@ from typing import Any, LiteralString
 
 import psycopg
 import pytest
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    MqttRecorder,
-    ack_fields,
-    free_port,
-    port_open,
-    recording,
-    wait_until,
-)
+
+from tests.support.broker import Broker
+from tests.support.daemon import CLI
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import MqttRecorder, recording
+from tests.support.ports import free_port, port_open
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT, eventually_sync
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
@@ -167,7 +162,7 @@ async def wait_listening(*daemons: Served) -> None:
         def up(d: Served = d) -> bool:
             return port_open(d.port) or d.process.poll() is not None
 
-        await asyncio.to_thread(wait_until, up, what=f"daemon {d.name} listening")
+        await asyncio.to_thread(eventually_sync, up, what=f"daemon {d.name} listening")
         assert d.process.poll() is None, await asyncio.to_thread(d.log.read_text)
 
 
@@ -269,7 +264,7 @@ async def test_daemon_killed_with_alerts_in_the_outbox_the_other_daemon_publishe
             await after.wait_for(lambda _: firing(received + after.alerts()) >= expected,
                                  timeout=DELIVERY_DEADLINE)
             all_delivered_at = time.monotonic()
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
                                     what="every outbox row marked delivered")
         received += after.alerts()
         assert b.process.poll() is None, "daemon B died"
@@ -335,7 +330,7 @@ async def test_one_message_sent_to_both_daemons_at_once_is_processed_once(
                 await to_a.close()
                 await to_b.close()
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected, timeout=WAIT)
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
                                     what="every outbox row marked delivered")
             assert a.process.poll() is None, "daemon A died"
             assert b.process.poll() is None, "daemon B died"
@@ -420,7 +415,7 @@ async def fire(mqtt: MqttRecorder, dsn: str, daemons: tuple[Served, ...], patien
         await send_all(daemons[i % len(daemons)].port, [order_for(pid), panel_for(pid)])
     expected = {(pid, rule) for pid in patients for rule in (PGX, STOP)}
     await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-    await asyncio.to_thread(wait_until, lambda: undelivered(dsn) == 0, what="every outbox row marked delivered")
+    await asyncio.to_thread(eventually_sync, lambda: undelivered(dsn) == 0, what="every outbox row marked delivered")
     rows = await asyncio.to_thread(query, dsn, "SELECT alert_id FROM alerts ORDER BY patient_id, rule")
     assert len(rows) == len(expected)
     return [alert_id for (alert_id,) in rows]
@@ -434,7 +429,7 @@ async def publish_acks(mqtt: MqttRecorder, prefix: str, alert_ids: list[str]) ->
 async def wait_acks_read(dsn: str, want: Counter[str], why: str) -> None:
     """The audit shows exactly ``want`` acks read, within the deadline."""
     try:
-        await asyncio.to_thread(wait_until, lambda: ack_audit(dsn) == want, what=f"acks read: {dict(want)}")
+        await asyncio.to_thread(eventually_sync, lambda: ack_audit(dsn) == want, what=f"acks read: {dict(want)}")
         return
     except TimeoutError:
         got = await asyncio.to_thread(ack_audit, dsn)
@@ -508,7 +503,7 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
                 frozen_at = time.monotonic()
                 await send_all(a.port, [m for pid in patients for m in (order_for(pid), panel_for(pid))])
                 await asyncio.to_thread(
-                    wait_until, lambda: bool(live_claims(pg_dsn, a.client_id)),
+                    eventually_sync, lambda: bool(live_claims(pg_dsn, a.client_id)),
                     timeout=TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
                 os.kill(a.process.pid, signal.SIGKILL)
                 killed_wall, killed_at = time.time(), time.monotonic()
@@ -526,7 +521,7 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
             early_polls, taken = await watch_lease(
                 pg_dsn, a.client_id, leases, timeout=TAKEOVER_LEASE + WAIT)
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
                                     what="every outbox row marked delivered")
             assert b.process.poll() is None, "daemon B died"
             published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
@@ -674,7 +669,7 @@ async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_
             assert again.process.poll() is None, "daemon A (restarted) died"
             acknowledged_rows = await asyncio.to_thread(
                 query, pg_dsn, "SELECT alert_id, count(*) FROM outbox WHERE event = 'acknowledged' GROUP BY 1")
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
+            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
                                     what="every outbox row marked delivered")
         received = mqtt.alerts()
 

@@ -16,22 +16,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    ack_fields,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-    wait_until,
-)
-
 from hl7_alerts.mllp import frame
+from tests.support.broker import Broker
+from tests.support.daemon import CLI, make_config, running
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
+from tests.support.ports import free_port, port_open
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT, eventually_sync
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
@@ -127,7 +119,7 @@ def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    await asyncio.to_thread(wait_until, lambda: port_open(port) or process.poll() is not None,
+    await asyncio.to_thread(eventually_sync, lambda: port_open(port) or process.poll() is not None,
                             what="daemon listening")
     assert process.poll() is None, await asyncio.to_thread(log.read_text)
 
@@ -219,7 +211,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
         for m in messages[:2]:  # alerts through, so the publisher is draining
             await client.send(m)
         await mqtt.wait_alerts(1)
-        await asyncio.to_thread(wait_until, lambda: publisher.published >= 1, what="first alert marked delivered")
+        await asyncio.to_thread(eventually_sync, lambda: publisher.published >= 1, what="first alert marked delivered")
         own_broker.process.send_signal(signal.SIGSTOP)
         try:
             for m in messages[2:]:
@@ -230,7 +222,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
                 with sqlite3.connect(tmp_path / "store.sqlite3") as db:
                     return int(db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0])
 
-            await asyncio.to_thread(wait_until, lambda: failed() > 0, what="a publish audited as failed")
+            await asyncio.to_thread(eventually_sync, lambda: failed() > 0, what="a publish audited as failed")
             assert not publisher.connected
         finally:
             own_broker.process.send_signal(signal.SIGCONT)

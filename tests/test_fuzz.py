@@ -18,10 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
 from hl7_alerts.messages import split_file
 from hl7_alerts.mllp import NEED_DATA, Frame, Framer, Oversize, frame
+from tests.support.broker import Broker
+from tests.support.daemon import CLI
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.ports import free_port, port_open
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT, eventually_sync
 
 FRAMES = 100_000
 CONNECTIONS = 8
@@ -149,7 +154,7 @@ async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
         daemon = await asyncio.create_subprocess_exec(*CLI, "serve", "--config", str(config), stdout=log, stderr=log)
     try:
         await asyncio.to_thread(
-            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
+            eventually_sync, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
         )
         started = time.monotonic()
         async with asyncio.timeout(TIME_LIMIT):

@@ -13,19 +13,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, free_port, make_config, recording, running
 from prometheus_client.parser import text_string_to_metric_families
-from test_integration import sample_messages
+
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import make_config, running
+from tests.support.hl7kit import BAD_NO_MRN
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
+from tests.support.ports import free_port
+from tests.support.samples import OPEN_CRITICAL, sample_messages
+from tests.support.waiting import WAIT
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-BAD_NO_MRN = (
-    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|BAD001|P|2.5.1\r"
-    b"PID|1||900123456^^^SSA^SS||TESTPATIENT^DELTA\r"
-    b"OBR|1|O1|S1|24325-3^Hepatic function panel^LN|||20261020080000\r"
-    b"OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56|H|||F\r"
-)
-ORDER_AND_LIVER_PANEL = ("01_seed_order_azathioprine.hl7", "02_seed_liver_panel_above_3xuln.hl7")
 
 
 def _get(port: int, target: str | urllib.request.Request) -> tuple[int, str, bytes]:
@@ -79,14 +80,6 @@ async def healthz(port: int) -> tuple[int, dict[str, object]]:
     return status, json.loads(body)
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, broker: Broker, prefix: str) -> None:
     config = make_config(tmp_path, broker.port, prefix)
     async with recording(broker, prefix) as mqtt, running(config) as run:
@@ -94,7 +87,7 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
         assert port is not None
         assert port != 0
         client = await AsyncMllpClient.connect(run.port)
-        codes = [ack_fields(await client.send(m))["code"] for m in sample_messages(*ORDER_AND_LIVER_PANEL)]
+        codes = [ack_fields(await client.send(m))["code"] for m in sample_messages(*OPEN_CRITICAL)]
         codes.append(ack_fields(await client.send(BAD_NO_MRN))["code"])
         assert codes == ["CA", "AA", "AE"]
         await mqtt.wait_alerts(1)
@@ -128,14 +121,14 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
 
 
 async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str) -> None:
-    clock = Clock(datetime(2026, 10, 20, 10, 0, tzinfo=UTC))
+    clock = FakeClock(datetime(2026, 10, 20, 10, 0, tzinfo=UTC))
     no_broker = free_port()
     config = make_config(tmp_path, no_broker, prefix, health={"max_outbox_age_seconds": 600})
     async with running(config, clock=clock) as run:
         port = run.daemon.metrics_port
         assert port is not None
         client = await AsyncMllpClient.connect(run.port)
-        for m in sample_messages(*ORDER_AND_LIVER_PANEL):
+        for m in sample_messages(*OPEN_CRITICAL):
             assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
         await client.close()
         status, health = await healthz(port)

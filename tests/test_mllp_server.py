@@ -13,12 +13,15 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, make_config, running
 
 from hl7_alerts.config import ConfigError, parse_config
 from hl7_alerts.mllp import frame, peer_allowed
 from hl7_alerts.store import StoreError
+from tests.support.broker import Broker
 from tests.support.certs import Authority
+from tests.support.daemon import make_config, running
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.waiting import WAIT
 
 ORU = (
     b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020093000||ORU^R01|{id}|P|2.5.1{msh_tail}\r"

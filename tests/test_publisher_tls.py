@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Broker, free_port, make_config, recording, running
-from test_delivery import OPEN_CRITICAL, PGX, STOP, events, send_all
-from test_integration import sample_messages
+
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running
+from tests.support.mllp import send_all
+from tests.support.mqtt import events, recording
+from tests.support.ports import free_port
+from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -19,22 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    CLI,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    MqttRecorder,
-    ack_fields,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-)
 
 from hl7_alerts.config import load_config
 from hl7_alerts.sdnotify import Notifier
+from tests.support.broker import Broker
+from tests.support.daemon import CLI, make_config, running
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import MqttRecorder, recording
+from tests.support.ports import free_port, port_open
+from tests.support.waiting import WAIT
 
 
 def order(patient: str, control: str) -> bytes:

@@ -12,9 +12,12 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from conftest import CLI, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
-
 from hl7_alerts.mllp import frame
+from tests.support.broker import Broker
+from tests.support.daemon import CLI
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.ports import free_port, port_open
+from tests.support.waiting import WAIT, eventually_sync
 
 CONNECTIONS = 4
 WINDOW = 4  # frames each connection keeps in flight
@@ -70,7 +73,7 @@ async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, 
         )
     try:
         await asyncio.to_thread(
-            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
+            eventually_sync, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
         )
         assert daemon.returncode is None, log_path.read_text()
         acked: dict[str, str] = {}
@@ -87,7 +90,7 @@ async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, 
         # signal can take a while to be handled, and a connection made before
         # then is rightly served.
         await asyncio.to_thread(
-            wait_until, lambda: '"daemon_stopping"' in log_path.read_text(), what="daemon_stopping logged"
+            eventually_sync, lambda: '"daemon_stopping"' in log_path.read_text(), what="daemon_stopping logged"
         )
         late_answer = None
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT, Backend
 
 from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -24,7 +23,9 @@ from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Tran
 from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.sql import SqlTransaction
 from hl7_alerts.terminology import Terminology
+from tests.support.backends import Backend
 from tests.support.hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
+from tests.support.waiting import WAIT
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)

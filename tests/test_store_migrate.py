@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CLI, WAIT, free_port
 
 from hl7_alerts.alerts import AckRequest
 from hl7_alerts.messages import ParseOptions, parse_message, split_file
@@ -25,7 +24,10 @@ from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.schema import statements
 from hl7_alerts.store.transfer import NOT_COPIED, TABLES
 from hl7_alerts.terminology import Terminology
+from tests.support.daemon import CLI
 from tests.support.hl7kit import WITH_NUL
+from tests.support.ports import free_port
+from tests.support.waiting import WAIT
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)

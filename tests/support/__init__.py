@@ -4,9 +4,19 @@ Test files import from here, never from each other or from conftest (which
 holds fixtures only). Nothing here is a fixture, and this file imports
 nothing, so ``bench`` can take the PostgreSQL server without loading MQTT.
 
+- ``waiting``: ``WAIT`` and ``eventually`` (its blocking twin
+  ``eventually_sync``): every wait is on a condition with a deadline.
+- ``clock``: ``FakeClock``, the one clock a test moves by hand.
 - ``ports``: ``port_open``, and ``free_port`` for the few servers that
   cannot bind port 0 and tell us what they got.
+- ``broker``: ``Broker``, a Mosquitto the test starts, stops and restarts.
 - ``pgserver``: ``PgServer``, a throwaway PostgreSQL (the benchmark's too).
+- ``daemon``: the daemon in the test's event loop (``make_config``,
+  ``running``) and the ``hl7-alerts`` command line (``CLI``).
+- ``mllp``: ``AsyncMllpClient``, ``send_all`` and ``ack_fields``.
+- ``mqtt``: ``recording`` (an ``MqttRecorder``) and the alert JSON Schema check.
+- ``backends``: ``Backend``, SQLite or PostgreSQL for one test.
+- ``samples``: the sample files (``SAMPLES``, ``SEED_STORY``, ``sample_messages``).
 - ``hl7kit``, ``rulekit``: builders for synthetic messages and rule inputs.
 - ``certs``: a throwaway CA and certificates for the TLS tests.
 """
