@@ -6,32 +6,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 from hl7_alerts.mllp import MllpClient
 from tests.support.broker import Broker
-from tests.support.daemon import CLI, make_config, running
+from tests.support.daemon import CLI, make_config, running, serve
 from tests.support.mqtt import recording
-from tests.support.ports import free_port, port_open
+from tests.support.ports import free_port
 from tests.support.samples import SAMPLES, SEED_STORY, sample_messages
-from tests.support.waiting import WAIT, eventually_sync
+from tests.support.waiting import WAIT
 
 
 def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"mllp:\n  port: {port}\nstore:\n  path: data/store.sqlite3\n"
+        f"mllp:\n  port: 0\nmetrics:\n  port: 0\nstore:\n  path: data/store.sqlite3\n"
         f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
     )
-    log = (tmp_path / "daemon.log").open("wb")
-    daemon = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=log, stdout=log)
-    try:
-        eventually_sync(lambda: port_open(port) or daemon.poll() is not None, what="daemon listening")
-        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+    with serve(config) as daemon:
+        port = daemon.port
         sent = subprocess.run(
             [*CLI, "send", "--port", str(port), *sorted(str(p) for p in SAMPLES.glob("*.hl7"))],
             capture_output=True, text=True, timeout=WAIT * 3, check=False,
@@ -49,10 +44,7 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
                                   capture_output=True, text=True, timeout=WAIT, check=False)
         assert rejected.returncode == 1
         assert rejected.stdout.startswith("BAD9\tAE\tPID-3 has no patient identifier of type MR")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=WAIT) == 0
-        log.close()
+        assert daemon.stop() == 0  # SIGTERM: a clean exit
     assert (tmp_path / "data" / "store.sqlite3").exists()  # relative to the config file
     events = [json.loads(line)["event"] for line in (tmp_path / "daemon.log").read_text().splitlines()
               if line.startswith("{")]

@@ -12,7 +12,8 @@ nothing, so ``bench`` can take the PostgreSQL server without loading MQTT.
 - ``broker``: ``Broker``, a Mosquitto the test starts, stops and restarts.
 - ``pgserver``: ``PgServer``, a throwaway PostgreSQL (the benchmark's too).
 - ``daemon``: the daemon in the test's event loop (``make_config``,
-  ``running``) and the ``hl7-alerts`` command line (``CLI``).
+  ``running``), or as an ``hl7-alerts serve`` process on port 0 that reads
+  its ports from the daemon's log (``serve``, ``write_config``).
 - ``mllp``: ``AsyncMllpClient``, ``send_all`` and ``ack_fields``.
 - ``mqtt``: ``recording`` (an ``MqttRecorder``) and the alert JSON Schema check.
 - ``backends``: ``Backend``, SQLite or PostgreSQL for one test.
