@@ -11,17 +11,15 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from hl7_alerts.mllp import frame
 from tests.support.broker import Broker
-from tests.support.daemon import CLI, make_config, running
+from tests.support.daemon import make_config, running, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import recording
-from tests.support.ports import free_port, port_open
 from tests.support.samples import SAMPLES
 from tests.support.waiting import WAIT, eventually_sync
 
@@ -113,58 +111,33 @@ async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
     print(f"publishes audited as failed: {failed}")
 
 
-def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
-
-
-async def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    await asyncio.to_thread(eventually_sync, lambda: port_open(port) or process.poll() is not None,
-                            what="daemon listening")
-    assert process.poll() is None, await asyncio.to_thread(log.read_text)
-
-
 async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_alert(
     tmp_path: Path, broker: Broker, prefix: str
 ) -> None:
     patients = 40
     messages = replay(patients)
-    port = free_port()
-    config = tmp_path / "config.yaml"
     # The replayed orders began months ago: after the restart their liver-test
     # schedules would raise aza.monitoring.overdue (tested in test_monitoring*.py).
-    config.write_text(
-        f"mllp:\n  port: {port}\nstore:\n  path: store.sqlite3\n"
-        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
-        f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
-        f"rules:\n  monitoring:\n    enabled: false\n"
-    )
-    log = tmp_path / "daemon.log"
+    config = write_config(tmp_path / "config.yaml", broker.port, prefix, rules={"monitoring": {"enabled": False}})
+    log = tmp_path / "daemon.log"  # both runs append to it
     acked: list[bytes] = []
     kill_after = len(messages) // 2
     async with recording(broker, prefix) as mqtt:
-        first = _serve(config, log)
-        try:
-            await _wait_listening(port, first, log)
-            client = await AsyncMllpClient.connect(port)
+        async with serve(config, log=log, name="first daemon") as first:
+            client = await AsyncMllpClient.connect(first.port)
             for m in messages[:kill_after]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
                 acked.append(m)
             # Two more in flight, then the process dies without a goodbye.
             await client.send_raw(frame(messages[kill_after]) + frame(messages[kill_after + 1]))
             os.kill(first.pid, signal.SIGKILL)
-            assert await asyncio.to_thread(first.wait, WAIT) == -signal.SIGKILL
+            assert await asyncio.to_thread(first.exit_code) == -signal.SIGKILL
             await client.close()
-        finally:
-            if first.poll() is None:
-                first.kill()
         # The broker publishes the retained last will: pagers know it is down.
         await mqtt.wait_for(lambda ms: any(t == f"{prefix}/status" and b["state"] == "offline" for t, b in ms))
 
-        second = _serve(config, log)
-        try:
-            await _wait_listening(port, second, log)
-            client = await AsyncMllpClient.connect(port)
+        async with serve(config, log=log, name="restarted daemon") as second:
+            client = await AsyncMllpClient.connect(second.port)
             # The interface engine resends what was not acknowledged, then goes on.
             for m in messages[kill_after:]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
@@ -176,9 +149,7 @@ async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_ale
                 lambda _: {(a["alert_id"], a["version"]) for a in mqtt.alerts()} >= expected, timeout=30
             )
             received = mqtt.alerts()
-        finally:
-            second.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(second.wait, WAIT) == 0
+            assert await asyncio.to_thread(second.stop) == 0  # SIGTERM: a clean exit
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         stored = {r[0] for r in db.execute("SELECT control_id FROM messages")}
         alert_rows = db.execute("SELECT patient_id, rule, count(*) FROM alerts GROUP BY patient_id, rule").fetchall()
