@@ -68,10 +68,9 @@ import psycopg
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.daemon import CLI
+from tests.support.daemon import ServeProcess, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import MqttRecorder, recording
-from tests.support.ports import free_port, port_open
 from tests.support.samples import SAMPLES
 from tests.support.waiting import WAIT, eventually_sync
 
@@ -105,65 +104,57 @@ def control_id(message: bytes) -> str:
 
 @dataclass
 class Served:
-    """One ``hl7-alerts serve`` subprocess and what it was started with."""
+    """One of the daemons: its name, its MQTT client id and its process."""
 
     name: str
     client_id: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
+    daemon: ServeProcess
+
+    @property
+    def port(self) -> int:
+        return self.daemon.port
+
+    @property
+    def log(self) -> Path:
+        return self.daemon.log
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.daemon.process is not None
+        return self.daemon.process
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and entry.get("event") == event:
-                    out.append(entry)
-        return out
+        return self.daemon.events(event)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
+        self.daemon.kill()
 
 
-def serve(
+def start(
     tmp_path: Path, name: str, broker: Broker, prefix: str, dsn: str, **sections: dict[str, Any]
 ) -> Served:
-    """Write this daemon's config (JSON is YAML), with ``sections`` merged
-    over the defaults below, and start it."""
-    client_id = f"{prefix}-{name}"
-    port = free_port()
-    config = tmp_path / f"config-{name}.yaml"
-    data: dict[str, Any] = {
-        "mllp": {"host": "127.0.0.1", "port": port},
+    """Write this daemon's config, with ``sections`` merged over the defaults
+    below, and start its process (``wait_listening`` waits until it is ready)."""
+    data: dict[str, dict[str, Any]] = {
         "store": {"dsn": dsn, "lease_seconds": LEASE_SECONDS},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": prefix, "client_id": client_id,
-                 "reconnect_max_seconds": 0.5, "publish_timeout_seconds": 1},
+        "mqtt": {"client_id": f"{prefix}-{name}", "publish_timeout_seconds": 1},
         # Debug: each message's outcome (duplicate or not) is logged.
-        "logging": {"format": "json", "level": "debug"},
-        "metrics": {"port": 0},
+        "logging": {"level": "debug"},
         "rules": {"monitoring": {"enabled": False}},
         "alerts": {"reminder_max": 0},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
-    client_id, port = data["mqtt"]["client_id"], data["mllp"]["port"]
-    config.write_text(json.dumps(data))
-    log = tmp_path / f"daemon-{name}.log"
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        process = subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
-    return Served(name, client_id, port, log, process)
+    config = write_config(tmp_path / f"config-{name}.yaml", broker.port, prefix, **data)
+    daemon = serve(config, log=tmp_path / f"daemon-{name}.log", name=f"daemon {name}")
+    daemon.spawn()
+    return Served(name, data["mqtt"]["client_id"], daemon)
 
 
 async def wait_listening(*daemons: Served) -> None:
+    """Each daemon ready (started together, so they come up side by side)."""
     for d in daemons:
-        def up(d: Served = d) -> bool:
-            return port_open(d.port) or d.process.poll() is not None
-
-        await asyncio.to_thread(eventually_sync, up, what=f"daemon {d.name} listening")
-        assert d.process.poll() is None, await asyncio.to_thread(d.log.read_text)
+        await d.daemon.until_ready()
 
 
 @contextlib.contextmanager
@@ -175,7 +166,7 @@ def daemons(
     started: list[Served] = []
     try:
         for name in names:
-            started.append(serve(tmp_path, name, broker, prefix, dsn, **sections))
+            started.append(start(tmp_path, name, broker, prefix, dsn, **sections))
         yield started
     finally:
         for d in started:
@@ -656,7 +647,7 @@ async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_
             # subscription and queued the same acks meanwhile. It reads them
             # all, and they change nothing: each was recorded once already.
             since = len(mqtt.messages)
-            again = serve(tmp_path, "a2", own_broker, prefix, pg_dsn,
+            again = start(tmp_path, "a2", own_broker, prefix, pg_dsn,
                           mqtt={**plain["mqtt"], "client_id": a.client_id})
             running.append(again)
             await wait_listening(again)
