@@ -1,6 +1,7 @@
 """Fixtures, and only fixtures: a real Mosquitto (shared, or the test's own to
 stop and restart), a throwaway PostgreSQL server with a fresh database per
-test, the store backend a test runs on, and a topic prefix of its own.
+test, the store backend a test runs on, a topic prefix of its own, and a
+port where nothing answers.
 
 What the fixtures are made of, and every helper a test imports, lives in
 tests/support/.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ports
 from tests.support.backends import Backend
 from tests.support.broker import Broker
 from tests.support.pgserver import PgServer, PgServerError
@@ -83,3 +85,11 @@ def prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix (and MQTT client id) unique to this test."""
     digest = hashlib.blake2b(request.node.nodeid.encode(), digest_size=5).hexdigest()
     return f"t{digest}{os.getpid()}"
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port where nothing answers (a broker or database that is down),
+    held for the whole test so no other process can take it meanwhile."""
+    with ports.refused_port() as port:
+        yield port

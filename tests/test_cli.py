@@ -14,7 +14,6 @@ from hl7_alerts.mllp import MllpClient
 from tests.support.broker import Broker
 from tests.support.daemon import CLI, make_config, running, serve
 from tests.support.mqtt import recording
-from tests.support.ports import free_port
 from tests.support.samples import SAMPLES, SEED_STORY, sample_messages
 from tests.support.waiting import WAIT
 
@@ -53,8 +52,8 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
     assert "H010001" not in (tmp_path / "daemon.log").read_text()  # no patient identifiers in logs
 
 
-def test_send_to_a_closed_port_fails_clearly() -> None:
-    result = subprocess.run([*CLI, "send", "--port", str(free_port()), str(SAMPLES / "01_seed_order_azathioprine.hl7")],
+def test_send_to_a_closed_port_fails_clearly(refused_port: int) -> None:
+    result = subprocess.run([*CLI, "send", "--port", str(refused_port), str(SAMPLES / "01_seed_order_azathioprine.hl7")],
                             capture_output=True, text=True, timeout=WAIT, check=False)
     assert result.returncode == 1
     assert "cannot talk to 127.0.0.1" in result.stderr
@@ -81,11 +80,11 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
     assert f"{config}:2: hl7.timezone" in result.stderr
 
 
-def test_serve_with_an_unreachable_database_exits_nonzero_saying_so(tmp_path: Path) -> None:
+def test_serve_with_an_unreachable_database_exits_nonzero_saying_so(tmp_path: Path, refused_port: int) -> None:
     """No traceback: one line naming the store and why (systemd restarts it)."""
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"store:\n  dsn: postgresql://hl7:secret@127.0.0.1:{free_port()}/hl7alerts\n"
+        f"store:\n  dsn: postgresql://hl7:secret@127.0.0.1:{refused_port}/hl7alerts\n"
         "mllp:\n  port: 0\nmetrics:\n  enabled: false\nlogging:\n  format: json\n"
     )
     result = subprocess.run([*CLI, "serve", "--config", str(config)], capture_output=True, text=True,

@@ -21,7 +21,6 @@ from tests.support.daemon import make_config, running
 from tests.support.hl7kit import BAD_NO_MRN
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import recording
-from tests.support.ports import free_port
 from tests.support.samples import OPEN_CRITICAL, sample_messages
 from tests.support.waiting import WAIT
 
@@ -120,9 +119,9 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
         assert (await http_post(port, "/metrics"))[0] == 405
 
 
-async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str) -> None:
+async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str, refused_port: int) -> None:
     clock = FakeClock(datetime(2026, 10, 20, 10, 0, tzinfo=UTC))
-    no_broker = free_port()
+    no_broker = refused_port
     config = make_config(tmp_path, no_broker, prefix, health={"max_outbox_age_seconds": 600})
     async with running(config, clock=clock) as run:
         port = run.daemon.metrics_port

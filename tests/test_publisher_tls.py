@@ -49,6 +49,8 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, int, Path]]:
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(certs / "passwd"), "hl7user", "s3cret"], check=True,
                    capture_output=True)
     os.chmod(certs / "passwd", 0o644)
+    # Mosquitto takes its listener's port from its config and does not report
+    # an ephemeral one: a probed free port is the only way to name it.
     tls_port = free_port()
     broker = Broker(tmp_path / "mosquitto", extra_conf=(
         f"password_file {certs}/passwd\n"

@@ -14,7 +14,6 @@ from tests.support.clock import FakeClock
 from tests.support.daemon import make_config, running
 from tests.support.hl7kit import BAD_NO_MRN
 from tests.support.mllp import AsyncMllpClient, ack_fields
-from tests.support.ports import free_port
 from tests.support.samples import OPEN_CRITICAL, sample_messages
 from tests.support.waiting import WAIT
 
@@ -49,11 +48,13 @@ async def send_all(port: int, messages: list[bytes]) -> list[str]:
     return codes
 
 
-async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(tmp_path: Path, prefix: str) -> None:
+async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(
+    tmp_path: Path, prefix: str, refused_port: int
+) -> None:
     clock = FakeClock(T0)
     db = tmp_path / "store.sqlite3"
     # No broker: the alert stays undelivered in the outbox, which retention must keep.
-    config = make_config(tmp_path, free_port(), prefix, retention={"days": 400})
+    config = make_config(tmp_path, refused_port, prefix, retention={"days": 400})
     async with running(config, clock=clock) as run:
         old = [*sample_messages(*OPEN_CRITICAL), BAD_NO_MRN, ADT]
         assert await send_all(run.port, old) == ["CA", "AA", "AE", "AA"]
@@ -84,10 +85,12 @@ async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(tmp
         assert await run.daemon.prune_once() == Pruned()  # a second run finds nothing
 
 
-async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(tmp_path: Path, prefix: str) -> None:
+async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(
+    tmp_path: Path, prefix: str, refused_port: int
+) -> None:
     clock = FakeClock(T0)
     db = tmp_path / "store.sqlite3"
-    config = make_config(tmp_path, free_port(), prefix)
+    config = make_config(tmp_path, refused_port, prefix)  # no broker
     async with running(config, clock=clock) as run:
         assert await send_all(run.port, sample_messages(*OPEN_CRITICAL)) == ["CA", "AA"]
     # A new store started the count at T0 instead of pruning during start-up.

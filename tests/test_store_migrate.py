@@ -26,7 +26,6 @@ from hl7_alerts.store.transfer import NOT_COPIED, TABLES
 from hl7_alerts.terminology import Terminology
 from tests.support.daemon import CLI
 from tests.support.hl7kit import WITH_NUL
-from tests.support.ports import free_port
 from tests.support.waiting import WAIT
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -394,10 +393,10 @@ def test_a_file_that_is_no_store_is_refused_untouched(tmp_path: Path, pg_dsn: st
     assert f"cannot migrate {text}: file is not a database" in result.stderr
 
 
-async def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
+async def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path, refused_port: int) -> None:
     source = tmp_path / "store.sqlite3"
     await (await SqliteStore.open(source)).close()
-    result = migrate(source, f"postgresql://postgres@127.0.0.1:{free_port()}/hl7?connect_timeout=3")
+    result = migrate(source, f"postgresql://postgres@127.0.0.1:{refused_port}/hl7?connect_timeout=3")
     assert result.returncode == 1
     assert "cannot connect to the PostgreSQL store" in result.stderr
     assert "Traceback" not in result.stderr

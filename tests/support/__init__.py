@@ -7,8 +7,9 @@ nothing, so ``bench`` can take the PostgreSQL server without loading MQTT.
 - ``waiting``: ``WAIT`` and ``eventually`` (its blocking twin
   ``eventually_sync``): every wait is on a condition with a deadline.
 - ``clock``: ``FakeClock``, the one clock a test moves by hand.
-- ``ports``: ``port_open``, and ``free_port`` for the few servers that
-  cannot bind port 0 and tell us what they got.
+- ``ports``: ``port_open``; ``refused_port``, a port held where nothing
+  answers; ``free_port`` only for servers that cannot bind port 0 and tell
+  us what they got (Mosquitto, PostgreSQL).
 - ``broker``: ``Broker``, a Mosquitto the test starts, stops and restarts.
 - ``pgserver``: ``PgServer``, a throwaway PostgreSQL (the benchmark's too).
 - ``daemon``: the daemon in the test's event loop (``make_config``,
