@@ -72,7 +72,7 @@ from tests.support.daemon import ServeProcess, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import MqttRecorder, recording
 from tests.support.samples import SAMPLES
-from tests.support.waiting import WAIT, eventually_sync
+from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
@@ -182,6 +182,13 @@ def undelivered(dsn: str) -> int:
     return int(query(dsn, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0])
 
 
+async def all_delivered(dsn: str) -> None:
+    """Wait until every outbox row is marked delivered (each poll's query
+    runs off the event loop, which keeps serving the MQTT recorder)."""
+    await eventually(lambda: asyncio.to_thread(lambda: undelivered(dsn) == 0),
+                     what="every outbox row marked delivered")
+
+
 async def send_all(port: int, messages: list[bytes]) -> None:
     client = await AsyncMllpClient.connect(port)
     try:
@@ -255,8 +262,7 @@ async def test_daemon_killed_with_alerts_in_the_outbox_the_other_daemon_publishe
             await after.wait_for(lambda _: firing(received + after.alerts()) >= expected,
                                  timeout=DELIVERY_DEADLINE)
             all_delivered_at = time.monotonic()
-            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
         received += after.alerts()
         assert b.process.poll() is None, "daemon B died"
         published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
@@ -321,8 +327,7 @@ async def test_one_message_sent_to_both_daemons_at_once_is_processed_once(
                 await to_a.close()
                 await to_b.close()
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected, timeout=WAIT)
-            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
             assert a.process.poll() is None, "daemon A died"
             assert b.process.poll() is None, "daemon B died"
             processed = {d.name: d.log_events("message_processed") for d in (a, b)}
@@ -406,7 +411,7 @@ async def fire(mqtt: MqttRecorder, dsn: str, daemons: tuple[Served, ...], patien
         await send_all(daemons[i % len(daemons)].port, [order_for(pid), panel_for(pid)])
     expected = {(pid, rule) for pid in patients for rule in (PGX, STOP)}
     await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-    await asyncio.to_thread(eventually_sync, lambda: undelivered(dsn) == 0, what="every outbox row marked delivered")
+    await all_delivered(dsn)
     rows = await asyncio.to_thread(query, dsn, "SELECT alert_id FROM alerts ORDER BY patient_id, rule")
     assert len(rows) == len(expected)
     return [alert_id for (alert_id,) in rows]
@@ -420,7 +425,7 @@ async def publish_acks(mqtt: MqttRecorder, prefix: str, alert_ids: list[str]) ->
 async def wait_acks_read(dsn: str, want: Counter[str], why: str) -> None:
     """The audit shows exactly ``want`` acks read, within the deadline."""
     try:
-        await asyncio.to_thread(eventually_sync, lambda: ack_audit(dsn) == want, what=f"acks read: {dict(want)}")
+        await eventually(lambda: asyncio.to_thread(lambda: ack_audit(dsn) == want), what=f"acks read: {dict(want)}")
         return
     except TimeoutError:
         got = await asyncio.to_thread(ack_audit, dsn)
@@ -448,12 +453,13 @@ async def watch_lease(dsn: str, owner: str, leases: dict[int, float], timeout: f
     clock_timestamp() at or after claimed_until, and only what committed
     before the snapshot is seen. Returns the polls made before the lease ran
     out, and when (database clock) each row was first seen taken over."""
-    deadline = time.monotonic() + timeout
     early_polls = 0
     taken: dict[int, float] = {}
-    while True:
-        rows = await asyncio.to_thread(
-            query, dsn,
+
+    def poll() -> bool:
+        nonlocal early_polls
+        rows = query(
+            dsn,
             "SELECT id, claimed_by, delivered_at, extract(epoch FROM clock_timestamp())::float8"
             " FROM outbox WHERE id = ANY(%s)", (list(leases),))
         early = False
@@ -466,11 +472,11 @@ async def watch_lease(dsn: str, owner: str, leases: dict[int, float], timeout: f
             elif (claimed_by, delivered_at) != (owner, None):
                 taken.setdefault(row_id, now)
         early_polls += early
-        if all(delivered_at is not None for _, _, delivered_at, _ in rows):
-            return early_polls, taken
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {owner}'s claimed rows to be delivered")
-        await asyncio.sleep(0.05)
+        return all(delivered_at is not None for _, _, delivered_at, _ in rows)
+
+    await eventually(lambda: asyncio.to_thread(poll), timeout, what=f"{owner}'s claimed rows to be delivered",
+                     interval=0.05)
+    return early_polls, taken
 
 
 async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the_lease(
@@ -493,9 +499,8 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
             try:
                 frozen_at = time.monotonic()
                 await send_all(a.port, [m for pid in patients for m in (order_for(pid), panel_for(pid))])
-                await asyncio.to_thread(
-                    eventually_sync, lambda: bool(live_claims(pg_dsn, a.client_id)),
-                    timeout=TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
+                await eventually(lambda: asyncio.to_thread(live_claims, pg_dsn, a.client_id),
+                                 TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
                 os.kill(a.process.pid, signal.SIGKILL)
                 killed_wall, killed_at = time.time(), time.monotonic()
                 assert await asyncio.to_thread(a.process.wait, WAIT) == -signal.SIGKILL
@@ -512,8 +517,7 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
             early_polls, taken = await watch_lease(
                 pg_dsn, a.client_id, leases, timeout=TAKEOVER_LEASE + WAIT)
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
             assert b.process.poll() is None, "daemon B died"
             published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
         received = mqtt.alerts()
@@ -660,8 +664,7 @@ async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_
             assert again.process.poll() is None, "daemon A (restarted) died"
             acknowledged_rows = await asyncio.to_thread(
                 query, pg_dsn, "SELECT alert_id, count(*) FROM outbox WHERE event = 'acknowledged' GROUP BY 1")
-            await asyncio.to_thread(eventually_sync, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
         received = mqtt.alerts()
 
     assert sorted(e["alert_id"] for e in read_by_b) == sorted(alert_ids)

@@ -21,7 +21,7 @@ from tests.support.daemon import make_config, running, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import recording
 from tests.support.samples import SAMPLES
-from tests.support.waiting import WAIT, eventually_sync
+from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
@@ -182,7 +182,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
         for m in messages[:2]:  # alerts through, so the publisher is draining
             await client.send(m)
         await mqtt.wait_alerts(1)
-        await asyncio.to_thread(eventually_sync, lambda: publisher.published >= 1, what="first alert marked delivered")
+        await eventually(lambda: publisher.published >= 1, what="first alert marked delivered")
         own_broker.process.send_signal(signal.SIGSTOP)
         try:
             for m in messages[2:]:
@@ -193,7 +193,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
                 with sqlite3.connect(tmp_path / "store.sqlite3") as db:
                     return int(db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0])
 
-            await asyncio.to_thread(eventually_sync, lambda: failed() > 0, what="a publish audited as failed")
+            await eventually(lambda: asyncio.to_thread(lambda: failed() > 0), what="a publish audited as failed")
             assert not publisher.connected
         finally:
             own_broker.process.send_signal(signal.SIGCONT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from tests.support.hl7kit import BAD_NO_MRN
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import recording
 from tests.support.samples import OPEN_CRITICAL, sample_messages
-from tests.support.waiting import WAIT
+from tests.support.waiting import WAIT, eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -63,14 +62,11 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 async def scrape_until(port: int, condition: Callable[[Samples], bool], what: str) -> Samples:
-    deadline = time.monotonic() + WAIT
-    while True:
+    async def showing() -> Samples | None:
         samples = await scrape(port)
-        if condition(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"metrics never showed {what}")
-        await asyncio.sleep(0.02)
+        return samples if condition(samples) else None
+
+    return await eventually(showing, what=f"metrics showing {what}", interval=0.02)
 
 
 async def healthz(port: int) -> tuple[int, dict[str, object]]:
@@ -164,7 +160,7 @@ async def test_healthz_not_ready_while_the_store_cannot_be_written(tmp_path: Pat
         finally:
             locker.execute("ROLLBACK")
             locker.close()
-        deadline = time.monotonic() + WAIT
-        while (await healthz(port))[0] != 200:
-            assert time.monotonic() < deadline, "healthz never recovered after the lock was released"
-            await asyncio.sleep(0.05)
+        async def ready() -> bool:
+            return (await healthz(port))[0] == 200
+
+        await eventually(ready, what="healthz to recover after the lock was released", interval=0.05)

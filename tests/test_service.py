@@ -25,7 +25,7 @@ from tests.support.daemon import make_config, running, serve
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import MqttRecorder, recording
 from tests.support.ports import port_open
-from tests.support.waiting import WAIT
+from tests.support.waiting import WAIT, eventually
 
 
 def order(patient: str, control: str) -> bytes:
@@ -208,19 +208,14 @@ async def test_watchdog_pings_come_from_the_event_loop_and_stop_while_it_stalls(
     receiver.start()
     config = make_config(tmp_path, broker.port, prefix)
     async with running(config, notifier=Notifier(notify.address, watchdog_usec=40_000)):
-        deadline = time.monotonic() + WAIT
-        while len(arrivals) < 3:
-            assert time.monotonic() < deadline, "no watchdog pings"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(arrivals) >= 3, what="three watchdog pings")
         # The stall under test (not a wait for a condition): a blocking call
         # on the loop. No ping may be sent while it lasts.
         stalled_at = time.monotonic()
         time.sleep(0.6)  # noqa: ASYNC251
         resumed_at = time.monotonic()
         count = len(arrivals)
-        while len(arrivals) < count + 3:
-            assert time.monotonic() < deadline, "pings did not resume after the stall"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(arrivals) >= count + 3, what="pings to resume after the stall")
     done.set()
     receiver.join(timeout=WAIT)
     assert [t for t in arrivals if stalled_at + 0.2 < t < resumed_at] == []
