@@ -31,14 +31,13 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +47,8 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from tests.support.pgserver import PgServer
+from tests.support.ports import free_port, port_open
+from tests.support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
@@ -60,27 +61,6 @@ PG_REPORTED = (
     "server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
     "shared_buffers", "max_wal_size", "checkpoint_timeout",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
 
 
 def outbox_delivered(store: Path | str) -> float:
@@ -142,7 +122,7 @@ def mosquitto(directory: Path) -> Iterator[int]:
     with (directory / "mosquitto.log").open("ab") as log:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
     try:
-        wait_until(lambda: port_open(port), 10, "mosquitto")
+        eventually_sync(lambda: port_open(port), 10, what="mosquitto", interval=0.02)
         yield port
     finally:
         proc.terminate()
@@ -201,8 +181,9 @@ class Server:
             )
 
     def wait_ready(self, log_path: Path) -> None:
-        wait_until(
-            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None, 30, self.name
+        eventually_sync(
+            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None,
+            30, what=self.name, interval=0.02,
         )
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited at start-up; see {log_path}")
@@ -411,7 +392,10 @@ def measure(
             # Every alert the daemon committed is an outbox row: wait until the
             # publisher has delivered them all and the subscriber has them.
             outbox = target.outbox
-            wait_until(lambda: outbox_delivered(outbox) <= alerts.count(), 120, "the outbox to drain")
+            eventually_sync(
+                lambda: outbox_delivered(outbox) <= alerts.count(), 120,
+                what="the outbox to drain", interval=0.02,
+            )
             result["alerts_total"] = alerts.count()
         memory = [s.memory() for s in target.servers]
         # One process's figures: with two daemons, the larger of each.
