@@ -16,8 +16,8 @@ from hl7_alerts.pipeline import PipelineSettings, acknowledge_alert, next_remind
 from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, PGX_MISSING
 from hl7_alerts.store import MIGRATIONS, Dialect, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

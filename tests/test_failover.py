@@ -71,12 +71,11 @@ from tests.support.broker import Broker
 from tests.support.daemon import ServeProcess, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import MqttRecorder, recording
-from tests.support.samples import SAMPLES
+from tests.support.samples import PGX, SAMPLES, STOP
 from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
 # Each patient's alert events as the daemon produces them: the order's
 # pgx.missing (no TPMT/NUDT15 on file), then the panel's critical alert.
 PER_PATIENT = [(PGX, 1, "firing"), (STOP, 1, "firing")]

@@ -20,12 +20,11 @@ from tests.support.broker import Broker
 from tests.support.daemon import make_config, running, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.mqtt import recording
-from tests.support.samples import SAMPLES
+from tests.support.samples import PGX, SAMPLES, STOP
 from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
 # Each patient's alert events, in order: the order's pgx.missing, then the
 # critical alert firing and then updated by the second panel.
 PER_PATIENT = [(PGX, 1), (STOP, 1), (STOP, 2)]

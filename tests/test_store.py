@@ -14,8 +14,8 @@ from hl7_alerts.model import AckCode
 from hl7_alerts.pipeline import PipelineSettings, process
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
 from hl7_alerts.terminology import Terminology
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

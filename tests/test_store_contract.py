@@ -24,9 +24,9 @@ from hl7_alerts.store.sql import SqlTransaction
 from hl7_alerts.terminology import Terminology
 from tests.support.backends import Backend
 from tests.support.hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
+from tests.support.samples import SAMPLES
 from tests.support.waiting import WAIT, eventually
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = PipelineSettings()

@@ -26,9 +26,9 @@ from hl7_alerts.store.transfer import NOT_COPIED, TABLES
 from hl7_alerts.terminology import Terminology
 from tests.support.daemon import CLI
 from tests.support.hl7kit import WITH_NUL
+from tests.support.samples import SAMPLES
 from tests.support.waiting import WAIT
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = PipelineSettings()
