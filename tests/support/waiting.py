@@ -38,7 +38,7 @@ class _Deadline:
 
 
 async def eventually(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], T | Awaitable[T | None] | None],
     timeout: float = WAIT,
     *,
     what: str,
@@ -58,14 +58,14 @@ async def eventually(
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if deadline.passed():
             raise deadline.error()
         await asyncio.sleep(interval)
 
 
 def eventually_sync(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = WAIT,
     *,
     what: str,
