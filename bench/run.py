@@ -277,6 +277,8 @@ def daemon_server(
     """`hl7-alerts serve` with its own config: SQLite at ``work/<name>.sqlite3``
     unless ``dsn`` names a PostgreSQL database. Daemons sharing a database
     need their own ``client_id`` (the broker insists; it names outbox claims)."""
+    # A fixed port, unlike the tests' serve(): Server starts the daemon and the
+    # reference servers alike and the load client is handed their ports.
     port = free_port()
     config = work / f"{name}.yaml"
     store = {"dsn": dsn} if dsn else {"path": str(work / f"{name}.sqlite3")}
