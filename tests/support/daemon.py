@@ -147,11 +147,11 @@ class ServeProcess:
     env: dict[str, str] = field(default_factory=dict)  # over os.environ
     name: str = "hl7-alerts serve"
     start_timeout: float = WAIT
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    metrics_port: int | None = None
-    _log_from: int = 0  # this process's log starts here (a test may reuse a log file)
-    _quiet: bool = False
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    port: int = field(default=0, init=False)  # MLLP, once ready
+    metrics_port: int | None = field(default=None, init=False)  # None: metrics off
+    _log_from: int = field(default=0, init=False, repr=False)  # this run's log starts here (a log may be reused)
+    _quiet: bool = field(default=False, init=False, repr=False)
 
     # -- starting ----------------------------------------------------------------
 
