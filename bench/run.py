@@ -11,10 +11,10 @@ The daemon is measured once per store in ``--stores``: ``sqlite`` (a store
 file), ``pg1`` (one daemon on PostgreSQL) and ``pg2`` (two daemon processes
 on one PostgreSQL database, the load client's connections split between
 their ports: msg/s is the two together, latency over every ACK). The
-PostgreSQL server is the benchmark's own (`bench.pgserver.PgServer`, a free
-port, removed afterwards), durable like production: ``fsync`` and
-``synchronous_commit`` on, ``full_page_writes`` at its default (on); each
-configuration gets a fresh database.
+PostgreSQL server is the benchmark's own (`tests.support.pgserver.PgServer`,
+shared with the tests; a free port, removed afterwards), durable like
+production: ``fsync`` and ``synchronous_commit`` on, ``full_page_writes`` at
+its default (on); each configuration gets a fresh database.
 
     .venv/bin/python -m bench.run --quick      # about a minute and a half
     .venv/bin/python -m bench.run              # the figures in the README
@@ -31,14 +31,13 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from bench.pgserver import PgServer
+from tests.support.pgserver import PgServer
+from tests.support.ports import free_port, port_open
+from tests.support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
@@ -60,27 +61,6 @@ PG_REPORTED = (
     "server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
     "shared_buffers", "max_wal_size", "checkpoint_timeout",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
 
 
 def outbox_delivered(store: Path | str) -> float:
@@ -142,7 +122,7 @@ def mosquitto(directory: Path) -> Iterator[int]:
     with (directory / "mosquitto.log").open("ab") as log:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
     try:
-        wait_until(lambda: port_open(port), 10, "mosquitto")
+        eventually_sync(lambda: port_open(port), 10, what="mosquitto", interval=0.02)
         yield port
     finally:
         proc.terminate()
@@ -201,8 +181,9 @@ class Server:
             )
 
     def wait_ready(self, log_path: Path) -> None:
-        wait_until(
-            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None, 30, self.name
+        eventually_sync(
+            lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None,
+            30, what=self.name, interval=0.02,
         )
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited at start-up; see {log_path}")
@@ -296,6 +277,8 @@ def daemon_server(
     """`hl7-alerts serve` with its own config: SQLite at ``work/<name>.sqlite3``
     unless ``dsn`` names a PostgreSQL database. Daemons sharing a database
     need their own ``client_id`` (the broker insists; it names outbox claims)."""
+    # A fixed port, unlike the tests' serve(): Server starts the daemon and the
+    # reference servers alike and the load client is handed their ports.
     port = free_port()
     config = work / f"{name}.yaml"
     store = {"dsn": dsn} if dsn else {"path": str(work / f"{name}.sqlite3")}
@@ -411,7 +394,10 @@ def measure(
             # Every alert the daemon committed is an outbox row: wait until the
             # publisher has delivered them all and the subscriber has them.
             outbox = target.outbox
-            wait_until(lambda: outbox_delivered(outbox) <= alerts.count(), 120, "the outbox to drain")
+            eventually_sync(
+                lambda: outbox_delivered(outbox) <= alerts.count(), 120,
+                what="the outbox to drain", interval=0.02,
+            )
             result["alerts_total"] = alerts.count()
         memory = [s.memory() for s in target.servers]
         # One process's figures: with two daemons, the larger of each.

@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import assert_valid_alert
-from rulekit import PATIENT, T0, obs
 
 from hl7_alerts.alerts import (
     AckOutcome,
@@ -35,6 +33,8 @@ from hl7_alerts.alerts import (
 from hl7_alerts.model import PatientDemographics, Severity
 from hl7_alerts.rules.common import Evidence, Finding
 from hl7_alerts.terminology import Analyte
+from tests.support.mqtt import assert_valid_alert
+from tests.support.rulekit import PATIENT, T0, obs
 
 SOURCE = Source(control_id="LAB1", sending_application="LAB", sending_facility="GENHOSP")
 POLICY = ReminderPolicy(after_seconds=900, max_reminders=2)

@@ -19,8 +19,8 @@ from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import MIGRATIONS, Dialect, OutboxItem, SqliteStore, Transaction
 from hl7_alerts.terminology import Terminology
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

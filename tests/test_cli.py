@@ -6,40 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    Broker,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-    wait_until,
-)
-from test_integration import SEED_STORY, sample_messages
-
 from hl7_alerts.config import Config, ConfigError, load_config, parse_config
 from hl7_alerts.mllp import MllpClient
+from tests.support.broker import Broker
+from tests.support.daemon import CLI, make_config, running, serve
+from tests.support.mqtt import recording
+from tests.support.samples import SAMPLES, SEED_STORY, sample_messages
+from tests.support.waiting import WAIT
 
 
 def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(
-        f"mllp:\n  port: {port}\nstore:\n  path: data/store.sqlite3\n"
+        f"mllp:\n  port: 0\nmetrics:\n  port: 0\nstore:\n  path: data/store.sqlite3\n"
         f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
     )
-    log = (tmp_path / "daemon.log").open("wb")
-    daemon = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=log, stdout=log)
-    try:
-        wait_until(lambda: port_open(port) or daemon.poll() is not None, what="daemon listening")
-        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+    with serve(config) as daemon:
+        port = daemon.port
         sent = subprocess.run(
             [*CLI, "send", "--port", str(port), *sorted(str(p) for p in SAMPLES.glob("*.hl7"))],
             capture_output=True, text=True, timeout=WAIT * 3, check=False,
@@ -57,10 +43,7 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
                                   capture_output=True, text=True, timeout=WAIT, check=False)
         assert rejected.returncode == 1
         assert rejected.stdout.startswith("BAD9\tAE\tPID-3 has no patient identifier of type MR")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=WAIT) == 0
-        log.close()
+        assert daemon.stop() == 0  # SIGTERM: a clean exit
     assert (tmp_path / "data" / "store.sqlite3").exists()  # relative to the config file
     events = [json.loads(line)["event"] for line in (tmp_path / "daemon.log").read_text().splitlines()
               if line.startswith("{")]
@@ -69,8 +52,8 @@ def test_serve_then_send_samples(tmp_path: Path, broker: Broker, prefix: str) ->
     assert "H010001" not in (tmp_path / "daemon.log").read_text()  # no patient identifiers in logs
 
 
-def test_send_to_a_closed_port_fails_clearly() -> None:
-    result = subprocess.run([*CLI, "send", "--port", str(free_port()), str(SAMPLES / "01_seed_order_azathioprine.hl7")],
+def test_send_to_a_closed_port_fails_clearly(refused_port: int) -> None:
+    result = subprocess.run([*CLI, "send", "--port", str(refused_port), str(SAMPLES / "01_seed_order_azathioprine.hl7")],
                             capture_output=True, text=True, timeout=WAIT, check=False)
     assert result.returncode == 1
     assert "cannot talk to 127.0.0.1" in result.stderr
@@ -97,11 +80,11 @@ def test_serve_with_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> N
     assert f"{config}:2: hl7.timezone" in result.stderr
 
 
-def test_serve_with_an_unreachable_database_exits_nonzero_saying_so(tmp_path: Path) -> None:
+def test_serve_with_an_unreachable_database_exits_nonzero_saying_so(tmp_path: Path, refused_port: int) -> None:
     """No traceback: one line naming the store and why (systemd restarts it)."""
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"store:\n  dsn: postgresql://hl7:secret@127.0.0.1:{free_port()}/hl7alerts\n"
+        f"store:\n  dsn: postgresql://hl7:secret@127.0.0.1:{refused_port}/hl7alerts\n"
         "mllp:\n  port: 0\nmetrics:\n  enabled: false\nlogging:\n  format: json\n"
     )
     result = subprocess.run([*CLI, "serve", "--config", str(config)], capture_output=True, text=True,

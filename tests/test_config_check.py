@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from conftest import ROOT
 from pydantic import BaseModel
 
 from hl7_alerts.cli import main
 from hl7_alerts.config import Config, ConfigError, parse_config
+from tests.support.samples import ROOT
 
 
 def check(path: Path) -> Result:

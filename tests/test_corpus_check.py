@@ -7,9 +7,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import Broker, make_config, running
 
 from hl7_alerts.tools.corpus_check import check, check_answer, corpus_files, main
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running
 
 ORU = b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020093000||ORU^R01|{id}|P|2.5.1\rPID|1||H5^^^GENHOSP^MR\r"
 

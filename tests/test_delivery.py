@@ -6,29 +6,19 @@ window, shared acks) is in test_publisher.py."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import AsyncMllpClient, Backend, Broker, make_config, recording, running
-from test_integration import SEED_STORY, sample_messages
 
-
-class FakeClock:
-    """The daemon's clock, moved by the test (no waiting for real time)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
+from tests.support.backends import Backend
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import NO_MONITORING, make_config, running
+from tests.support.mllp import send_all
+from tests.support.mqtt import events, pager_ack, recording
+from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
 
 START = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
@@ -46,29 +36,9 @@ def audit(path: Path, alert_id: str | None = None) -> list[tuple[str, int | None
     return [tuple(r) for r in rows]
 
 
-async def send_all(port: int, messages: list[bytes]) -> None:
-    client = await AsyncMllpClient.connect(port)
-    for m in messages:
-        await client.send(m)
-    await client.close()
-
-
-def ack(alert_id: str, by: str = "dr.oncall", at: str = "2026-11-24T20:05:00Z") -> bytes:
-    return json.dumps({"alert_id": alert_id, "by": by, "at": at}).encode()
-
-
-# The seed order and its critical panel, without the later messages that stop
-# the drug and resolve the alert: the critical alert stays open (reminders and
-# acks are about it). The order, with no TPMT/NUDT15 on file, also raises the
-# info-severity aza.pgx.missing first, which gets no reminders.
-OPEN_CRITICAL = SEED_STORY[:2]
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
-NO_MONITORING: dict[str, Any] = {"monitoring": {"enabled": False}}
-
-
-def events(alerts: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
-    return [(a["patient"]["id"], a["rule"], a["event"], a["version"]) for a in alerts]
-
+# OPEN_CRITICAL: the critical alert stays open (reminders and acks are about
+# it). The order, with no TPMT/NUDT15 on file, also raises the info-severity
+# aza.pgx.missing first, which gets no reminders.
 
 async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
     tmp_path: Path, broker: Broker, prefix: str, clock: FakeClock, backend: Backend
@@ -78,13 +48,13 @@ async def test_ack_is_recorded_once_and_bad_acks_are_ignored(
         await send_all(daemon.port, sample_messages(*OPEN_CRITICAL, "06_v23_orm_feed.hl7"))
         fired = await mqtt.wait_alerts(4)
         first, second = (a for a in fired if a["rule"] == STOP)
-        await mqtt.client.publish(f"{prefix}/acks", ack(first["alert_id"]), qos=1)
+        await mqtt.client.publish(f"{prefix}/acks", pager_ack(first["alert_id"]), qos=1)
         await mqtt.wait_alerts(5)
         # Repeats (more than the broker keeps in flight towards the daemon:
         # each is PUBACKed once handled), junk, an unknown alert, then a real
         # ack: its event proves the ones before it were read, in order.
-        repeats = [ack(first["alert_id"], by="someone.else")] * 25
-        for body in (*repeats, b"{not json", b'{"alert_id": 5}', ack("0" * 32), ack(second["alert_id"], by="dr.two")):
+        repeats = [pager_ack(first["alert_id"], by="someone.else")] * 25
+        for body in (*repeats, b"{not json", b'{"alert_id": 5}', pager_ack("0" * 32), pager_ack(second["alert_id"], by="dr.two")):
             await mqtt.client.publish(f"{prefix}/acks", body, qos=1)
         alerts = await mqtt.wait_alerts(6)
         assert daemon.daemon.scheduler is not None
@@ -129,7 +99,7 @@ async def test_reminders_follow_the_injected_clock_and_stop_at_the_maximum(
         clock.advance(hours=5)
         assert await scheduler.tick() is None
         # The acknowledged event proves nothing else was queued before it.
-        await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
+        await mqtt.client.publish(f"{prefix}/acks", pager_ack(firing["alert_id"]), qos=1)
         alerts = await mqtt.wait_alerts(5)
     assert events(alerts) == [("H010001", PGX, "firing", 1), ("H010001", STOP, "firing", 1),
                               ("H010001", STOP, "reminder", 2), ("H010001", STOP, "reminder", 3),

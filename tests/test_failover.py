@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -66,23 +65,16 @@ from typing import Any, LiteralString
 
 import psycopg
 import pytest
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    MqttRecorder,
-    ack_fields,
-    free_port,
-    port_open,
-    recording,
-    wait_until,
-)
+
+from tests.support.broker import Broker
+from tests.support.daemon import ServeProcess, serve, write_config
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import MqttRecorder, pager_ack, recording
+from tests.support.samples import PGX, SAMPLES, STOP
+from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
 # Each patient's alert events as the daemon produces them: the order's
 # pgx.missing (no TPMT/NUDT15 on file), then the panel's critical alert.
 PER_PATIENT = [(PGX, 1, "firing"), (STOP, 1, "firing")]
@@ -110,65 +102,57 @@ def control_id(message: bytes) -> str:
 
 @dataclass
 class Served:
-    """One ``hl7-alerts serve`` subprocess and what it was started with."""
+    """One of the daemons: its name, its MQTT client id and its process."""
 
     name: str
     client_id: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
+    daemon: ServeProcess
+
+    @property
+    def port(self) -> int:
+        return self.daemon.port
+
+    @property
+    def log(self) -> Path:
+        return self.daemon.log
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.daemon.process is not None
+        return self.daemon.process
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict) and entry.get("event") == event:
-                    out.append(entry)
-        return out
+        return self.daemon.events(event)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
+        self.daemon.kill()
 
 
-def serve(
+def start(
     tmp_path: Path, name: str, broker: Broker, prefix: str, dsn: str, **sections: dict[str, Any]
 ) -> Served:
-    """Write this daemon's config (JSON is YAML), with ``sections`` merged
-    over the defaults below, and start it."""
-    client_id = f"{prefix}-{name}"
-    port = free_port()
-    config = tmp_path / f"config-{name}.yaml"
-    data: dict[str, Any] = {
-        "mllp": {"host": "127.0.0.1", "port": port},
+    """Write this daemon's config, with ``sections`` merged over the defaults
+    below, and start its process (``wait_listening`` waits until it is ready)."""
+    data: dict[str, dict[str, Any]] = {
         "store": {"dsn": dsn, "lease_seconds": LEASE_SECONDS},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": prefix, "client_id": client_id,
-                 "reconnect_max_seconds": 0.5, "publish_timeout_seconds": 1},
+        "mqtt": {"client_id": f"{prefix}-{name}", "publish_timeout_seconds": 1},
         # Debug: each message's outcome (duplicate or not) is logged.
-        "logging": {"format": "json", "level": "debug"},
-        "metrics": {"port": 0},
+        "logging": {"level": "debug"},
         "rules": {"monitoring": {"enabled": False}},
         "alerts": {"reminder_max": 0},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
-    client_id, port = data["mqtt"]["client_id"], data["mllp"]["port"]
-    config.write_text(json.dumps(data))
-    log = tmp_path / f"daemon-{name}.log"
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        process = subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
-    return Served(name, client_id, port, log, process)
+    config = write_config(tmp_path / f"config-{name}.yaml", broker.port, prefix, **data)
+    daemon = serve(config, log=tmp_path / f"daemon-{name}.log", name=f"daemon {name}")
+    daemon.spawn()
+    return Served(name, data["mqtt"]["client_id"], daemon)
 
 
 async def wait_listening(*daemons: Served) -> None:
+    """Each daemon ready (started together, so they come up side by side)."""
     for d in daemons:
-        def up(d: Served = d) -> bool:
-            return port_open(d.port) or d.process.poll() is not None
-
-        await asyncio.to_thread(wait_until, up, what=f"daemon {d.name} listening")
-        assert d.process.poll() is None, await asyncio.to_thread(d.log.read_text)
+        await d.daemon.until_ready()
 
 
 @contextlib.contextmanager
@@ -180,7 +164,7 @@ def daemons(
     started: list[Served] = []
     try:
         for name in names:
-            started.append(serve(tmp_path, name, broker, prefix, dsn, **sections))
+            started.append(start(tmp_path, name, broker, prefix, dsn, **sections))
         yield started
     finally:
         for d in started:
@@ -194,6 +178,13 @@ def query(dsn: str, sql: LiteralString, params: tuple[Any, ...] = ()) -> list[tu
 
 def undelivered(dsn: str) -> int:
     return int(query(dsn, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0])
+
+
+async def all_delivered(dsn: str) -> None:
+    """Wait until every outbox row is marked delivered (each poll's query
+    runs off the event loop, which keeps serving the MQTT recorder)."""
+    await eventually(lambda: asyncio.to_thread(lambda: undelivered(dsn) == 0),
+                     what="every outbox row marked delivered")
 
 
 async def send_all(port: int, messages: list[bytes]) -> None:
@@ -269,8 +260,7 @@ async def test_daemon_killed_with_alerts_in_the_outbox_the_other_daemon_publishe
             await after.wait_for(lambda _: firing(received + after.alerts()) >= expected,
                                  timeout=DELIVERY_DEADLINE)
             all_delivered_at = time.monotonic()
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
         received += after.alerts()
         assert b.process.poll() is None, "daemon B died"
         published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
@@ -335,8 +325,7 @@ async def test_one_message_sent_to_both_daemons_at_once_is_processed_once(
                 await to_a.close()
                 await to_b.close()
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected, timeout=WAIT)
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
             assert a.process.poll() is None, "daemon A died"
             assert b.process.poll() is None, "daemon B died"
             processed = {d.name: d.log_events("message_processed") for d in (a, b)}
@@ -383,11 +372,6 @@ async def test_one_message_sent_to_both_daemons_at_once_is_processed_once(
 # -- leases and pager acks -------------------------------------------------------
 
 
-def ack(alert_id: str, by: str) -> bytes:
-    """A pager's acknowledgement, as published on ``<prefix>/acks``."""
-    return json.dumps({"alert_id": alert_id, "by": by, "at": "2026-11-24T20:05:00Z"}).encode()
-
-
 def ack_audit(dsn: str) -> Counter[str]:
     """How many acks the daemons have read, by outcome (every ack read is audited)."""
     rows = query(dsn, "SELECT kind, count(*) FROM audit WHERE kind IN ('acknowledged', 'ack_ignored') GROUP BY 1")
@@ -420,7 +404,7 @@ async def fire(mqtt: MqttRecorder, dsn: str, daemons: tuple[Served, ...], patien
         await send_all(daemons[i % len(daemons)].port, [order_for(pid), panel_for(pid)])
     expected = {(pid, rule) for pid in patients for rule in (PGX, STOP)}
     await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-    await asyncio.to_thread(wait_until, lambda: undelivered(dsn) == 0, what="every outbox row marked delivered")
+    await all_delivered(dsn)
     rows = await asyncio.to_thread(query, dsn, "SELECT alert_id FROM alerts ORDER BY patient_id, rule")
     assert len(rows) == len(expected)
     return [alert_id for (alert_id,) in rows]
@@ -428,13 +412,13 @@ async def fire(mqtt: MqttRecorder, dsn: str, daemons: tuple[Served, ...], patien
 
 async def publish_acks(mqtt: MqttRecorder, prefix: str, alert_ids: list[str]) -> None:
     for n, alert_id in enumerate(alert_ids):
-        await mqtt.client.publish(f"{prefix}/acks", ack(alert_id, f"dr.{n}"), qos=1)
+        await mqtt.client.publish(f"{prefix}/acks", pager_ack(alert_id, f"dr.{n}"), qos=1)
 
 
 async def wait_acks_read(dsn: str, want: Counter[str], why: str) -> None:
     """The audit shows exactly ``want`` acks read, within the deadline."""
     try:
-        await asyncio.to_thread(wait_until, lambda: ack_audit(dsn) == want, what=f"acks read: {dict(want)}")
+        await eventually(lambda: asyncio.to_thread(lambda: ack_audit(dsn) == want), what=f"acks read: {dict(want)}")
         return
     except TimeoutError:
         got = await asyncio.to_thread(ack_audit, dsn)
@@ -462,12 +446,13 @@ async def watch_lease(dsn: str, owner: str, leases: dict[int, float], timeout: f
     clock_timestamp() at or after claimed_until, and only what committed
     before the snapshot is seen. Returns the polls made before the lease ran
     out, and when (database clock) each row was first seen taken over."""
-    deadline = time.monotonic() + timeout
     early_polls = 0
     taken: dict[int, float] = {}
-    while True:
-        rows = await asyncio.to_thread(
-            query, dsn,
+
+    def poll() -> bool:
+        nonlocal early_polls
+        rows = query(
+            dsn,
             "SELECT id, claimed_by, delivered_at, extract(epoch FROM clock_timestamp())::float8"
             " FROM outbox WHERE id = ANY(%s)", (list(leases),))
         early = False
@@ -480,11 +465,11 @@ async def watch_lease(dsn: str, owner: str, leases: dict[int, float], timeout: f
             elif (claimed_by, delivered_at) != (owner, None):
                 taken.setdefault(row_id, now)
         early_polls += early
-        if all(delivered_at is not None for _, _, delivered_at, _ in rows):
-            return early_polls, taken
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {owner}'s claimed rows to be delivered")
-        await asyncio.sleep(0.05)
+        return all(delivered_at is not None for _, _, delivered_at, _ in rows)
+
+    await eventually(lambda: asyncio.to_thread(poll), timeout, what=f"{owner}'s claimed rows to be delivered",
+                     interval=0.05)
+    return early_polls, taken
 
 
 async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the_lease(
@@ -507,9 +492,8 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
             try:
                 frozen_at = time.monotonic()
                 await send_all(a.port, [m for pid in patients for m in (order_for(pid), panel_for(pid))])
-                await asyncio.to_thread(
-                    wait_until, lambda: bool(live_claims(pg_dsn, a.client_id)),
-                    timeout=TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
+                await eventually(lambda: asyncio.to_thread(live_claims, pg_dsn, a.client_id),
+                                 TAKEOVER_PUBLISH_TIMEOUT - 1, what="outbox rows claimed by A")
                 os.kill(a.process.pid, signal.SIGKILL)
                 killed_wall, killed_at = time.time(), time.monotonic()
                 assert await asyncio.to_thread(a.process.wait, WAIT) == -signal.SIGKILL
@@ -526,8 +510,7 @@ async def test_a_killed_daemons_claims_are_published_by_the_other_only_after_the
             early_polls, taken = await watch_lease(
                 pg_dsn, a.client_id, leases, timeout=TAKEOVER_LEASE + WAIT)
             await mqtt.wait_for(lambda _: firing(mqtt.alerts()) >= expected)
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
             assert b.process.poll() is None, "daemon B died"
             published_by_b = {(e["alert_id"], e["version"]) for e in b.log_events("alert_published")}
         received = mqtt.alerts()
@@ -661,7 +644,7 @@ async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_
             # subscription and queued the same acks meanwhile. It reads them
             # all, and they change nothing: each was recorded once already.
             since = len(mqtt.messages)
-            again = serve(tmp_path, "a2", own_broker, prefix, pg_dsn,
+            again = start(tmp_path, "a2", own_broker, prefix, pg_dsn,
                           mqtt={**plain["mqtt"], "client_id": a.client_id})
             running.append(again)
             await wait_listening(again)
@@ -674,8 +657,7 @@ async def test_plain_acks_subscription_a_killed_daemon_costs_no_ack_and_each_is_
             assert again.process.poll() is None, "daemon A (restarted) died"
             acknowledged_rows = await asyncio.to_thread(
                 query, pg_dsn, "SELECT alert_id, count(*) FROM outbox WHERE event = 'acknowledged' GROUP BY 1")
-            await asyncio.to_thread(wait_until, lambda: undelivered(pg_dsn) == 0,
-                                    what="every outbox row marked delivered")
+            await all_delivered(pg_dsn)
         received = mqtt.alerts()
 
     assert sorted(e["alert_id"] for e in read_by_b) == sorted(alert_ids)

@@ -11,31 +11,20 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from conftest import (
-    CLI,
-    SAMPLES,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    ack_fields,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-    wait_until,
-)
-
 from hl7_alerts.framer import frame
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running, serve, write_config
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
+from tests.support.samples import PGX, SAMPLES, STOP
+from tests.support.waiting import WAIT, eventually
 
 ORDER = (SAMPLES / "01_seed_order_azathioprine.hl7").read_bytes()
 PANEL = (SAMPLES / "02_seed_liver_panel_above_3xuln.hl7").read_bytes()
-PGX, STOP = "aza.pgx.missing", "aza.hepatotoxicity.stop"
 # Each patient's alert events, in order: the order's pgx.missing, then the
 # critical alert firing and then updated by the second panel.
 PER_PATIENT = [(PGX, 1), (STOP, 1), (STOP, 2)]
@@ -121,58 +110,33 @@ async def test_broker_stopped_mid_replay_loses_nothing_and_keeps_order(
     print(f"publishes audited as failed: {failed}")
 
 
-def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=out, stderr=out)
-
-
-async def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    await asyncio.to_thread(wait_until, lambda: port_open(port) or process.poll() is not None,
-                            what="daemon listening")
-    assert process.poll() is None, await asyncio.to_thread(log.read_text)
-
-
 async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_alert(
     tmp_path: Path, broker: Broker, prefix: str
 ) -> None:
     patients = 40
     messages = replay(patients)
-    port = free_port()
-    config = tmp_path / "config.yaml"
     # The replayed orders began months ago: after the restart their liver-test
     # schedules would raise aza.monitoring.overdue (tested in test_monitoring*.py).
-    config.write_text(
-        f"mllp:\n  port: {port}\nstore:\n  path: store.sqlite3\n"
-        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
-        f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
-        f"rules:\n  monitoring:\n    enabled: false\n"
-    )
-    log = tmp_path / "daemon.log"
+    config = write_config(tmp_path / "config.yaml", broker.port, prefix, rules={"monitoring": {"enabled": False}})
+    log = tmp_path / "daemon.log"  # both runs append to it
     acked: list[bytes] = []
     kill_after = len(messages) // 2
     async with recording(broker, prefix) as mqtt:
-        first = _serve(config, log)
-        try:
-            await _wait_listening(port, first, log)
-            client = await AsyncMllpClient.connect(port)
+        async with serve(config, log=log, name="first daemon") as first:
+            client = await AsyncMllpClient.connect(first.port)
             for m in messages[:kill_after]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
                 acked.append(m)
             # Two more in flight, then the process dies without a goodbye.
             await client.send_raw(frame(messages[kill_after]) + frame(messages[kill_after + 1]))
             os.kill(first.pid, signal.SIGKILL)
-            assert await asyncio.to_thread(first.wait, WAIT) == -signal.SIGKILL
+            assert await asyncio.to_thread(first.exit_code) == -signal.SIGKILL
             await client.close()
-        finally:
-            if first.poll() is None:
-                first.kill()
         # The broker publishes the retained last will: pagers know it is down.
         await mqtt.wait_for(lambda ms: any(t == f"{prefix}/status" and b["state"] == "offline" for t, b in ms))
 
-        second = _serve(config, log)
-        try:
-            await _wait_listening(port, second, log)
-            client = await AsyncMllpClient.connect(port)
+        async with serve(config, log=log, name="restarted daemon") as second:
+            client = await AsyncMllpClient.connect(second.port)
             # The interface engine resends what was not acknowledged, then goes on.
             for m in messages[kill_after:]:
                 assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
@@ -184,9 +148,7 @@ async def test_sigkill_mid_replay_then_restart_loses_no_acked_message_and_no_ale
                 lambda _: {(a["alert_id"], a["version"]) for a in mqtt.alerts()} >= expected, timeout=30
             )
             received = mqtt.alerts()
-        finally:
-            second.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(second.wait, WAIT) == 0
+            assert await asyncio.to_thread(second.stop) == 0  # SIGTERM: a clean exit
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         stored = {r[0] for r in db.execute("SELECT control_id FROM messages")}
         alert_rows = db.execute("SELECT patient_id, rule, count(*) FROM alerts GROUP BY patient_id, rule").fetchall()
@@ -219,7 +181,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
         for m in messages[:2]:  # alerts through, so the publisher is draining
             await client.send(m)
         await mqtt.wait_alerts(1)
-        await asyncio.to_thread(wait_until, lambda: publisher.published >= 1, what="first alert marked delivered")
+        await eventually(lambda: publisher.published >= 1, what="first alert marked delivered")
         own_broker.process.send_signal(signal.SIGSTOP)
         try:
             for m in messages[2:]:
@@ -230,7 +192,7 @@ async def test_publish_timeout_is_retried_from_the_outbox_on_a_fresh_connection(
                 with sqlite3.connect(tmp_path / "store.sqlite3") as db:
                     return int(db.execute("SELECT count(*) FROM audit WHERE kind = 'publish_failed'").fetchone()[0])
 
-            await asyncio.to_thread(wait_until, lambda: failed() > 0, what="a publish audited as failed")
+            await eventually(lambda: asyncio.to_thread(lambda: failed() > 0), what="a publish audited as failed")
             assert not publisher.connected
         finally:
             own_broker.process.send_signal(signal.SIGCONT)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, SAMPLES, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
 
 from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
 from hl7_alerts.segments import split_file
+from tests.support.broker import Broker
+from tests.support.daemon import serve, write_config
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.samples import SAMPLES
 
 FRAMES = 100_000
 CONNECTIONS = 8
@@ -136,39 +138,27 @@ async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
     expected = [expected_answers(bytes(s)) for s in streams]
     # A real `hl7-alerts serve` (its own process, so the sender does not
     # share its core), logging errors only: 100,000 rejections would
-    # otherwise be 100,000 warnings.
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"mllp:\n  port: {port}\nstore:\n  path: {store_dir / 'store.sqlite3'}\n"
-        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
-        "logging:\n  level: error\n  format: json\n"
+    # otherwise be 100,000 warnings. With no daemon_ready line to read, serve()
+    # takes the one port it listens on; metrics stay off so that one is MLLP.
+    config = write_config(
+        tmp_path / "config.yaml", broker.port, prefix, store={"path": str(store_dir / "store.sqlite3")},
+        logging={"level": "error"}, metrics={"enabled": False},
     )
     log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
-        daemon = await asyncio.create_subprocess_exec(*CLI, "serve", "--config", str(config), stdout=log, stderr=log)
-    try:
-        await asyncio.to_thread(
-            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
-        )
+    async with serve(config, log=log_path) as daemon:
+        port = daemon.port
         started = time.monotonic()
         async with asyncio.timeout(TIME_LIMIT):
             answered = await asyncio.gather(*(lane(port, bytes(s), e) for s, e in zip(streams, expected, strict=True)))
         elapsed = time.monotonic() - started
         assert answered == expected
         assert sum(expected) >= FRAMES * 0.95  # stray VT/FS bytes merge or split a few frames
-        assert daemon.returncode is None, log_path.read_text()[-2000:]
+        assert daemon.alive(), log_path.read_text()[-2000:]
         client = await AsyncMllpClient.connect(port)
         valid = split_file((SAMPLES / "05_no_thiopurine_high_enzymes.hl7").read_bytes())[0]
         ack = ack_fields(await client.send(valid.replace(b"|LAB0003|", b"|AFTERFUZZ|")))
         await client.close()
         assert (ack["code"], ack["control_id"]) == ("AA", "AFTERFUZZ")
-        daemon.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(WAIT):
-            assert await daemon.wait() == 0
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
+        assert await asyncio.to_thread(daemon.stop) == 0  # SIGTERM: a clean exit
     assert "Traceback" not in log_path.read_text()
     print(f"fuzz: {sum(expected)} frames answered in {elapsed:.1f}s")

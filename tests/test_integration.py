@@ -6,33 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import (
-    SAMPLES,
-    AsyncMllpClient,
-    Backend,
-    Broker,
-    ack_fields,
-    make_config,
-    recording,
-    running,
-)
-
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
-from hl7_alerts.segments import split_file
-
-SEED_STORY = [
-    "01_seed_order_azathioprine.hl7",
-    "02_seed_liver_panel_above_3xuln.hl7",
-    "03_seed_discontinue_azathioprine.hl7",
-    "04_seed_low_alp_two_weeks_later.hl7",
-]
-
-
-def sample_messages(*names: str) -> list[bytes]:
-    out: list[bytes] = []
-    for name in names:
-        out.extend(split_file((SAMPLES / name).read_bytes()))
-    return out
+from tests.support.backends import Backend
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
+from tests.support.samples import SEED_STORY, sample_messages
 
 
 async def test_seed_story_fires_one_critical_alert(

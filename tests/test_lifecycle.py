@@ -9,7 +9,11 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hl7kit import (
+from hl7_alerts.config import Config, parse_config
+from hl7_alerts.messages import parse_message
+from hl7_alerts.pipeline import process
+from hl7_alerts.store import SqliteStore
+from tests.support.hl7kit import (
     ALLOPURINOL,
     ALP,
     AZA,
@@ -22,11 +26,6 @@ from hl7kit import (
     result,
     run_check,
 )
-
-from hl7_alerts.config import Config, parse_config
-from hl7_alerts.messages import parse_message
-from hl7_alerts.pipeline import process
-from hl7_alerts.store import SqliteStore
 
 STOP, MILD, MISSING = "aza.hepatotoxicity.stop", "aza.liver.mild", "aza.pgx.missing"
 START = order_msg("RX1", "NW", "RX1", AZA, "20260901090000")

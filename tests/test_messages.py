@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,8 @@ from hl7_alerts.model import (
 )
 from hl7_alerts.segments import MessageError, decode, split_file
 from hl7_alerts.terminology import Analyte, Terminology
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 
 

@@ -8,8 +8,6 @@ delimiters) must read the same through `Segment.raw`, `Segment.get` and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hl7
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +15,8 @@ from hypothesis import strategies as st
 
 from bench.gen import Generator
 from hl7_alerts.segments import read_segments, split_file
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # python-hl7 and we agree on these escapes; formatting ones (\H\, \.br\) are
 # rendered differently on purpose (we drop highlighting, use \n for breaks).
 ESCAPES = ("F", "S", "T", "R", "E", "X41", "X7A30")

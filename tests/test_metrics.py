@@ -6,26 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, free_port, make_config, recording, running
 from prometheus_client.parser import text_string_to_metric_families
-from test_integration import sample_messages
+
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import make_config, running
+from tests.support.hl7kit import BAD_NO_MRN
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
+from tests.support.samples import OPEN_CRITICAL, sample_messages
+from tests.support.waiting import WAIT, eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-BAD_NO_MRN = (
-    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|BAD001|P|2.5.1\r"
-    b"PID|1||900123456^^^SSA^SS||TESTPATIENT^DELTA\r"
-    b"OBR|1|O1|S1|24325-3^Hepatic function panel^LN|||20261020080000\r"
-    b"OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56|H|||F\r"
-)
-ORDER_AND_LIVER_PANEL = ("01_seed_order_azathioprine.hl7", "02_seed_liver_panel_above_3xuln.hl7")
 
 
 def _get(port: int, target: str | urllib.request.Request) -> tuple[int, str, bytes]:
@@ -63,28 +62,17 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 async def scrape_until(port: int, condition: Callable[[Samples], bool], what: str) -> Samples:
-    deadline = time.monotonic() + WAIT
-    while True:
+    async def showing() -> Samples | None:
         samples = await scrape(port)
-        if condition(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"metrics never showed {what}")
-        await asyncio.sleep(0.02)
+        return samples if condition(samples) else None
+
+    return await eventually(showing, what=f"metrics showing {what}", interval=0.02)
 
 
 async def healthz(port: int) -> tuple[int, dict[str, object]]:
     status, content_type, body = await http_get(port, "/healthz")
     assert content_type == "application/json"
     return status, json.loads(body)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, broker: Broker, prefix: str) -> None:
@@ -94,7 +82,7 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
         assert port is not None
         assert port != 0
         client = await AsyncMllpClient.connect(run.port)
-        codes = [ack_fields(await client.send(m))["code"] for m in sample_messages(*ORDER_AND_LIVER_PANEL)]
+        codes = [ack_fields(await client.send(m))["code"] for m in sample_messages(*OPEN_CRITICAL)]
         codes.append(ack_fields(await client.send(BAD_NO_MRN))["code"])
         assert codes == ["CA", "AA", "AE"]
         await mqtt.wait_alerts(1)
@@ -127,15 +115,15 @@ async def test_metrics_count_messages_errors_alerts_and_state(tmp_path: Path, br
         assert (await http_post(port, "/metrics"))[0] == 405
 
 
-async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str) -> None:
-    clock = Clock(datetime(2026, 10, 20, 10, 0, tzinfo=UTC))
-    no_broker = free_port()
+async def test_healthz_not_ready_while_the_outbox_is_stale(tmp_path: Path, prefix: str, refused_port: int) -> None:
+    clock = FakeClock(datetime(2026, 10, 20, 10, 0, tzinfo=UTC))
+    no_broker = refused_port
     config = make_config(tmp_path, no_broker, prefix, health={"max_outbox_age_seconds": 600})
     async with running(config, clock=clock) as run:
         port = run.daemon.metrics_port
         assert port is not None
         client = await AsyncMllpClient.connect(run.port)
-        for m in sample_messages(*ORDER_AND_LIVER_PANEL):
+        for m in sample_messages(*OPEN_CRITICAL):
             assert ack_fields(await client.send(m))["code"] in ("AA", "CA")
         await client.close()
         status, health = await healthz(port)
@@ -172,7 +160,7 @@ async def test_healthz_not_ready_while_the_store_cannot_be_written(tmp_path: Pat
         finally:
             locker.execute("ROLLBACK")
             locker.close()
-        deadline = time.monotonic() + WAIT
-        while (await healthz(port))[0] != 200:
-            assert time.monotonic() < deadline, "healthz never recovered after the lock was released"
-            await asyncio.sleep(0.05)
+        async def ready() -> bool:
+            return (await healthz(port))[0] == 200
+
+        await eventually(ready, what="healthz to recover after the lock was released", interval=0.05)

@@ -13,13 +13,16 @@ import ssl
 from pathlib import Path
 
 import pytest
-from certs import Authority
-from conftest import WAIT, AsyncMllpClient, Broker, ack_fields, make_config, running
 
 from hl7_alerts.config import ConfigError, parse_config
 from hl7_alerts.framer import frame
 from hl7_alerts.mllp import peer_allowed
 from hl7_alerts.store import StoreError
+from tests.support.broker import Broker
+from tests.support.certs import Authority
+from tests.support.daemon import make_config, running
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.waiting import WAIT, eventually
 
 ORU = (
     b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020093000||ORU^R01|{id}|P|2.5.1{msh_tail}\r"
@@ -112,17 +115,17 @@ async def test_connections_beyond_the_maximum_are_refused(tmp_path: Path, broker
         assert await closed_by_server(third)
         await first.close()
         # A freed slot is usable again.
-        fourth = await AsyncMllpClient.connect(daemon.port)
-        for attempt in range(50):
+        async def through_the_freed_slot() -> str | None:
+            fourth = await AsyncMllpClient.connect(daemon.port)
             try:
-                assert ack_fields(await fourth.send(oru("MAX3")))["code"] == "AA"
-                break
+                return ack_fields(await fourth.send(oru("MAX3")))["code"]
             except ConnectionError:
-                # The server had not yet noticed the first close: reconnect.
-                fourth = await AsyncMllpClient.connect(daemon.port)
-                await asyncio.sleep(0.02 * attempt)
+                return None  # the server had not yet noticed the first close: connect again
+            finally:
+                await fourth.close()
+
+        assert await eventually(through_the_freed_slot, what="a connection in the freed slot") == "AA"
         await second.close()
-        await fourth.close()
 
 
 # -- allowlist and TLS --------------------------------------------------------

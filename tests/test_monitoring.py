@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import assert_valid_alert
-from hl7kit import ALP, AST, AZA, alt, order_msg, oru, result
 
 from hl7_alerts.cli import main
 from hl7_alerts.config import ConfigError, parse_config
@@ -25,6 +23,8 @@ from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import ScheduleRow, SqliteStore
 from hl7_alerts.terminology import Terminology
+from tests.support.hl7kit import ALP, AST, AZA, alt, order_msg, oru, result
+from tests.support.mqtt import assert_valid_alert
 
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 SETTINGS = PipelineSettings()

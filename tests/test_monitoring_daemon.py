@@ -9,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import AsyncMllpClient, Broker, ack_fields, make_config, recording, running
-from hl7kit import AZA, alt, order_msg, oru
-from test_delivery import FakeClock
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import make_config, running
+from tests.support.hl7kit import AZA, alt, order_msg, oru
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import recording
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 D = timedelta(days=1)

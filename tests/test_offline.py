@@ -6,7 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import CLI, SAMPLES, WAIT
+from tests.support.daemon import CLI
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

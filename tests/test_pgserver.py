@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from bench.pgserver import SYSTEM_PORT, PgServer
+from tests.support.pgserver import SYSTEM_PORT, PgServer
 
 
 def test_pg_dsn_is_a_fresh_writable_database_on_our_own_server(pg_server: PgServer, pg_dsn: str) -> None:

@@ -5,15 +5,23 @@ daemons on one store, shared acks and a retained status per daemon."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import Backend, Broker, make_config, recording, running
 from structlog.testing import capture_logs
-from test_delivery import NO_MONITORING, OPEN_CRITICAL, PGX, START, STOP, FakeClock, ack, events, send_all
-from test_integration import sample_messages
+
+from tests.support.backends import Backend
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.daemon import NO_MONITORING, make_config, running
+from tests.support.mllp import send_all
+from tests.support.mqtt import events, pager_ack, recording
+from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
+
+START = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ async def test_publish_carries_v5_properties_and_the_session_keeps_acks_sent_whi
             assert publisher is not None
             assert (publisher.receive_maximum, publisher.window) == (20, 20)  # Mosquitto's max_inflight_messages
         # The daemon is gone; its session (and the acks subscription) is not.
-        await mqtt.client.publish(f"{prefix}/acks", ack(firing["alert_id"]), qos=1)
+        await mqtt.client.publish(f"{prefix}/acks", pager_ack(firing["alert_id"]), qos=1)
         async with running(config, clock=clock):
             alerts = await mqtt.wait_alerts(3)
         status = [body["state"] for topic, body in mqtt.messages if topic == f"{prefix}/status"]
@@ -76,10 +84,10 @@ async def test_two_daemons_on_one_postgresql_share_the_acks_and_keep_their_own_s
             await send_all(a.port, sample_messages(*OPEN_CRITICAL))
             pgx, stop = sorted(await mqtt.wait_alerts(2), key=lambda x: x["rule"])
             for n in range(10):
-                await mqtt.client.publish(f"{prefix}/acks", ack(stop["alert_id"], by=f"dr.{n}"), qos=1)
+                await mqtt.client.publish(f"{prefix}/acks", pager_ack(stop["alert_id"], by=f"dr.{n}"), qos=1)
             # The last ack is read after the ten by whichever daemon gets it:
             # had both subscribed plainly, each would have read all eleven.
-            await mqtt.client.publish(f"{prefix}/acks", ack(pgx["alert_id"]), qos=1)
+            await mqtt.client.publish(f"{prefix}/acks", pager_ack(pgx["alert_id"]), qos=1)
             await mqtt.wait_for(lambda _: len([x for x in mqtt.alerts() if x["event"] == "acknowledged"]) == 2)
             online = {t for t, body in mqtt.messages if body.get("state") == "online"}
     received = [e for e in logs if e["event"] == "ack_received"]

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, recording
 
 from hl7_alerts.publisher import Publisher
 from hl7_alerts.settings import MqttSettings
 from hl7_alerts.store import OutboxItem, OutboxRow, SqliteStore, StoreError, Transaction
+from tests.support.broker import Broker
+from tests.support.clock import FakeClock
+from tests.support.mqtt import recording
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -57,7 +59,7 @@ async def test_publisher_survives_an_error_and_delivers_after(
     flaky = FailingReads(store, failures, error)
     settings = MqttSettings(port=broker.port, topic_prefix=prefix, client_id=prefix, reconnect_min=0.05,
                             reconnect_max=0.1)
-    publisher = Publisher(flaky, settings, clock=lambda: NOW)  # type: ignore[arg-type]
+    publisher = Publisher(flaky, settings, clock=FakeClock(NOW))  # type: ignore[arg-type]
     async with recording(broker, prefix) as mqtt:
         task = asyncio.create_task(publisher.run())
         await mqtt.wait_for(lambda msgs: any(t.endswith("/outbox-test") for t, _ in msgs))

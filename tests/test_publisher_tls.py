@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Broker, free_port, make_config, recording, running
-from test_delivery import OPEN_CRITICAL, PGX, STOP, events, send_all
-from test_integration import sample_messages
+
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running
+from tests.support.mllp import send_all
+from tests.support.mqtt import events, recording
+from tests.support.ports import free_port
+from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -45,6 +49,8 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, int, Path]]:
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(certs / "passwd"), "hl7user", "s3cret"], check=True,
                    capture_output=True)
     os.chmod(certs / "passwd", 0o644)
+    # Mosquitto takes its listener's port from its config and does not report
+    # an ephemeral one: a probed free port is the only way to name it.
     tls_port = free_port()
     broker = Broker(tmp_path / "mosquitto", extra_conf=(
         f"password_file {certs}/passwd\n"

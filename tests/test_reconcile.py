@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rulekit import PATIENT, T0, context, obs, order
 
 from hl7_alerts.alerts import Alert, AlertChange, AlertState, Source, reconcile
 from hl7_alerts.model import Severity
 from hl7_alerts.rules.common import RuleSettings
 from hl7_alerts.rules.engine import Assessment, assess
 from hl7_alerts.terminology import Analyte
+from tests.support.rulekit import PATIENT, T0, context, obs, order
 
 A = Analyte
 D = timedelta(days=1)

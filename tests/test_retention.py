@@ -3,17 +3,17 @@ messages under an injected clock (no waiting for a day)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import WAIT, AsyncMllpClient, ack_fields, free_port, make_config, running
-from test_integration import sample_messages
-from test_metrics import BAD_NO_MRN, ORDER_AND_LIVER_PANEL, Clock
-
 from hl7_alerts.store import Pruned, SqliteStore
+from tests.support.clock import FakeClock
+from tests.support.daemon import make_config, running
+from tests.support.hl7kit import BAD_NO_MRN
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.samples import OPEN_CRITICAL, sample_messages
+from tests.support.waiting import eventually
 
 T0 = datetime(2026, 10, 20, 10, 0, tzinfo=UTC)
 
@@ -46,13 +46,15 @@ async def send_all(port: int, messages: list[bytes]) -> list[str]:
     return codes
 
 
-async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(tmp_path: Path, prefix: str) -> None:
-    clock = Clock(T0)
+async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(
+    tmp_path: Path, prefix: str, refused_port: int
+) -> None:
+    clock = FakeClock(T0)
     db = tmp_path / "store.sqlite3"
     # No broker: the alert stays undelivered in the outbox, which retention must keep.
-    config = make_config(tmp_path, free_port(), prefix, retention={"days": 400})
+    config = make_config(tmp_path, refused_port, prefix, retention={"days": 400})
     async with running(config, clock=clock) as run:
-        old = [*sample_messages(*ORDER_AND_LIVER_PANEL), BAD_NO_MRN, ADT]
+        old = [*sample_messages(*OPEN_CRITICAL), BAD_NO_MRN, ADT]
         assert await send_all(run.port, old) == ["CA", "AA", "AE", "AA"]
         clock.now = T0 + timedelta(days=300)
         assert await send_all(run.port, [fresh_panel("F1", clock.now)]) == ["AA"]
@@ -81,23 +83,23 @@ async def test_prune_drops_old_messages_and_observations_and_keeps_the_audit(tmp
         assert await run.daemon.prune_once() == Pruned()  # a second run finds nothing
 
 
-async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(tmp_path: Path, prefix: str) -> None:
-    clock = Clock(T0)
+async def test_daily_task_runs_at_start_when_the_last_run_is_overdue(
+    tmp_path: Path, prefix: str, refused_port: int
+) -> None:
+    clock = FakeClock(T0)
     db = tmp_path / "store.sqlite3"
-    config = make_config(tmp_path, free_port(), prefix)
+    config = make_config(tmp_path, refused_port, prefix)  # no broker
     async with running(config, clock=clock) as run:
-        assert await send_all(run.port, sample_messages(*ORDER_AND_LIVER_PANEL)) == ["CA", "AA"]
+        assert await send_all(run.port, sample_messages(*OPEN_CRITICAL)) == ["CA", "AA"]
     # A new store started the count at T0 instead of pruning during start-up.
     assert rows(db, "SELECT task, last_run FROM maintenance") == [("retention", T0.isoformat())]
     assert rows(db, "SELECT count(*) FROM observations") == [(5,)]
 
     clock.now = T0 + timedelta(days=401)  # the daemon was down; the daily run is overdue
     async with running(config, clock=clock):
-        deadline = time.monotonic() + WAIT
         # The run is recorded once it has finished.
-        while rows(db, "SELECT last_run FROM maintenance") != [(clock.now.isoformat(),)]:
-            assert time.monotonic() < deadline, "the overdue retention run never happened"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: rows(db, "SELECT last_run FROM maintenance") == [(clock.now.isoformat(),)],
+                         what="the overdue retention run", interval=0.02)
     assert rows(db, "SELECT count(*) FROM observations") == [(0,)]
     assert rows(db, "SELECT control_id FROM messages") == [("RX0001",)]
 

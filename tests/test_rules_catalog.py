@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rulekit import T0, coded, context, obs, order, past
 
 from hl7_alerts.model import Severity
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
@@ -17,6 +16,7 @@ from hl7_alerts.rules.engine import evaluate, evaluate_orders
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
 from hl7_alerts.rules.pharmacogenomics import Metabolizer, metabolizer
 from hl7_alerts.terminology import Analyte
+from tests.support.rulekit import T0, coded, context, obs, order, past
 
 A = Analyte
 S = Severity

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rulekit import T0, context, obs, order
 
 from hl7_alerts.model import ResultStatus, Severity
 from hl7_alerts.rules.common import RuleSettings
 from hl7_alerts.rules.engine import evaluate
 from hl7_alerts.terminology import Analyte
+from tests.support.rulekit import T0, context, obs, order
 
 A = Analyte
 SETTINGS = RuleSettings()

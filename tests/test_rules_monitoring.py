@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from rulekit import order
 
 from hl7_alerts.model import OrderControl, Severity
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
@@ -18,6 +17,7 @@ from hl7_alerts.rules.monitoring import (
     overdue_finding,
     transition,
 )
+from tests.support.rulekit import order
 
 START = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 S = MonitoringSettings()

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -19,22 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    CLI,
-    WAIT,
-    AsyncMllpClient,
-    Broker,
-    MqttRecorder,
-    ack_fields,
-    free_port,
-    make_config,
-    port_open,
-    recording,
-    running,
-)
 
 from hl7_alerts.config import load_config
 from hl7_alerts.sdnotify import Notifier
+from tests.support.broker import Broker
+from tests.support.daemon import make_config, running, serve
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.mqtt import MqttRecorder, recording
+from tests.support.ports import port_open
+from tests.support.waiting import WAIT, eventually
 
 
 def order(patient: str, control: str) -> bytes:
@@ -57,31 +48,13 @@ def liver_panel(patient: str, control: str, alt: int) -> bytes:
     ).encode()
 
 
-def write_config(path: Path, *, mllp_port: int, broker_port: int, prefix: str, rules: str) -> None:
+def write_yaml_config(path: Path, *, mllp_port: int = 0, broker_port: int, prefix: str, rules: str) -> None:
+    """YAML, not support's JSON: the reload test edits it line by line."""
     path.write_text(
         f"mllp:\n  port: {mllp_port}\nstore:\n  path: data/store.sqlite3\n"
         f"mqtt:\n  port: {broker_port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
         f"  reconnect_max_seconds: 0.5\nmetrics:\n  port: 0\nlogging:\n  format: json\n{rules}"
     )
-
-
-def read_log(log: Path) -> str:
-    return log.read_text()
-
-
-def log_events(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
-async def wait_for_event(log: Path, event: str, count: int = 1) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT
-    while True:
-        found = [e for e in log_events(log) if e["event"] == event]
-        if len(found) >= count:
-            return found[count - 1]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {event!r} #{count} in the daemon's log:\n{read_log(log)}")
-        await asyncio.sleep(0.02)
 
 
 class NotifyListener:
@@ -120,15 +93,12 @@ def notify() -> Iterator[NotifyListener]:
 def test_ready_then_watchdog_pings_reload_and_stopping(
     tmp_path: Path, broker: Broker, prefix: str, notify: NotifyListener
 ) -> None:
-    port = free_port()
     config = tmp_path / "config.yaml"
-    write_config(config, mllp_port=port, broker_port=broker.port, prefix=prefix, rules="")
-    env = {**os.environ, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "100000"}
-    with (tmp_path / "daemon.log").open("wb") as log:
-        daemon = subprocess.Popen([*CLI, "serve", "--config", str(config)], stdout=log, stderr=log, env=env)
-    try:
-        assert notify.next() == {"READY=1"}
-        assert port_open(port)  # READY only once the listener is bound
+    write_yaml_config(config, broker_port=broker.port, prefix=prefix, rules="")
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "100000"}
+    with serve(config, env=env) as daemon:
+        assert notify.next() == {"READY=1"}  # the first datagram: nothing before it
+        assert port_open(daemon.port)  # READY only once the listener is bound
         pings = [notify.next() for _ in range(3)]
         assert pings == [{"WATCHDOG=1"}] * 3  # every WATCHDOG_USEC/2 from the event loop
 
@@ -140,34 +110,26 @@ def test_ready_then_watchdog_pings_reload_and_stopping(
 
         daemon.send_signal(signal.SIGTERM)
         notify.until("STOPPING=1")
-        assert daemon.wait(timeout=WAIT) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        assert daemon.exit_code() == 0
 
 
 async def test_sighup_applies_new_thresholds_on_open_connections(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    port = free_port()
     config = tmp_path / "config.yaml"
-    write_config(config, mllp_port=port, broker_port=broker.port, prefix=prefix,
-                 rules="rules:\n  hepatotoxicity_x_uln: 3.0\n")
+    write_yaml_config(config, broker_port=broker.port, prefix=prefix, rules="rules:\n  hepatotoxicity_x_uln: 3.0\n")
     log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        daemon = await asyncio.create_subprocess_exec(*CLI, "serve", "--config", str(config), stdout=out, stderr=out)
-    try:
-        await wait_for_event(log, "daemon_ready")
+    async with serve(config, log=log) as daemon:
         async with recording(broker, prefix) as mqtt:
-            client = await AsyncMllpClient.connect(port)
+            client = await AsyncMllpClient.connect(daemon.port)
             for patient in ("R1", "R2", "R3"):
                 assert ack_fields(await client.send(order(patient, f"RX{patient}")))["code"] == "AA"
             # 2.5 x ULN is under the running 3.0 threshold: no alert.
             assert ack_fields(await client.send(liver_panel("R1", "LABR1", 140)))["code"] == "AA"
 
-            write_config(config, mllp_port=free_port(), broker_port=broker.port, prefix=prefix,
-                         rules="rules:\n  hepatotoxicity_x_uln: 2.0\n")
+            # Pinning the port it got is a change of mllp.port (from 0): restart-only.
+            write_yaml_config(config, mllp_port=daemon.port, broker_port=broker.port, prefix=prefix,
+                              rules="rules:\n  hepatotoxicity_x_uln: 2.0\n")
             daemon.send_signal(signal.SIGHUP)
-            reloaded = await wait_for_event(log, "config_reloaded")
+            reloaded = await daemon.wait_event("config_reloaded")
             assert reloaded["applied"] == ["rules.hepatotoxicity_x_uln"]
             assert reloaded["needs_restart"] == ["mllp.port"]  # still listening where it was
 
@@ -184,7 +146,7 @@ async def test_sighup_applies_new_thresholds_on_open_connections(tmp_path: Path,
             config.write_text(lines)
             bad_line = lines.splitlines().index("  history_dayz: 30") + 1
             daemon.send_signal(signal.SIGHUP)
-            rejected = await wait_for_event(log, "config_reload_rejected")
+            rejected = await daemon.wait_event("config_reload_rejected")
             assert rejected["error"] == f"{config}:{bad_line}: rules.history_dayz: unknown key"
 
             # Still 2.0 (not 4.0), still the same connection.
@@ -192,11 +154,8 @@ async def test_sighup_applies_new_thresholds_on_open_connections(tmp_path: Path,
             await mqtt.wait_for(lambda _: len(stop_alerts(mqtt)) >= 2)
             assert [a["source"]["control_id"] for a in stop_alerts(mqtt)] == ["LABR2", "LABR3"]
             await client.close()
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(WAIT):
-            assert await daemon.wait() == 0
-    assert "R1^" not in read_log(log)
+        assert await asyncio.to_thread(daemon.stop) == 0  # SIGTERM: a clean exit
+    assert "R1^" not in log.read_text()
 
 
 def stop_alerts(mqtt: MqttRecorder) -> list[dict[str, Any]]:
@@ -249,19 +208,14 @@ async def test_watchdog_pings_come_from_the_event_loop_and_stop_while_it_stalls(
     receiver.start()
     config = make_config(tmp_path, broker.port, prefix)
     async with running(config, notifier=Notifier(notify.address, watchdog_usec=40_000)):
-        deadline = time.monotonic() + WAIT
-        while len(arrivals) < 3:
-            assert time.monotonic() < deadline, "no watchdog pings"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(arrivals) >= 3, what="three watchdog pings")
         # The stall under test (not a wait for a condition): a blocking call
         # on the loop. No ping may be sent while it lasts.
         stalled_at = time.monotonic()
         time.sleep(0.6)  # noqa: ASYNC251
         resumed_at = time.monotonic()
         count = len(arrivals)
-        while len(arrivals) < count + 3:
-            assert time.monotonic() < deadline, "pings did not resume after the stall"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(arrivals) >= count + 3, what="pings to resume after the stall")
     done.set()
     receiver.join(timeout=WAIT)
     assert [t for t in arrivals if stalled_at + 0.2 < t < resumed_at] == []

@@ -12,9 +12,11 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from conftest import CLI, WAIT, AsyncMllpClient, Broker, ack_fields, free_port, port_open, wait_until
-
 from hl7_alerts.framer import frame
+from tests.support.broker import Broker
+from tests.support.daemon import serve, write_config
+from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.waiting import WAIT
 
 CONNECTIONS = 4
 WINDOW = 4  # frames each connection keeps in flight
@@ -56,23 +58,10 @@ async def stream(port: int, lane: int, acked: dict[str, str], sent: set[str], st
 
 
 async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, prefix: str) -> None:
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"mllp:\n  port: {port}\n  shutdown_grace_seconds: 5\nstore:\n  path: store.sqlite3\n"
-        f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
-        "logging:\n  format: json\n"
-    )
+    config = write_config(tmp_path / "config.yaml", broker.port, prefix, mllp={"shutdown_grace_seconds": 5})
     log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
-        daemon = await asyncio.create_subprocess_exec(
-            *CLI, "serve", "--config", str(config), stdout=log, stderr=log
-        )
-    try:
-        await asyncio.to_thread(
-            wait_until, lambda: port_open(port) or daemon.returncode is not None, what="daemon listening"
-        )
-        assert daemon.returncode is None, log_path.read_text()
+    async with serve(config, log=log_path) as daemon:
+        port = daemon.port
         acked: dict[str, str] = {}
         sent: set[str] = set()
         stop_sending = asyncio.Event()
@@ -86,9 +75,7 @@ async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, 
         # answered. Wait for that moment itself: on a loaded machine the
         # signal can take a while to be handled, and a connection made before
         # then is rightly served.
-        await asyncio.to_thread(
-            wait_until, lambda: '"daemon_stopping"' in log_path.read_text(), what="daemon_stopping logged"
-        )
+        await daemon.wait_event("daemon_stopping")
         late_answer = None
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             late = await AsyncMllpClient.connect(port)
@@ -97,12 +84,7 @@ async def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, broker: Broker, 
         assert late_answer is None
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*lanes)
-        async with asyncio.timeout(WAIT):
-            assert await daemon.wait() == 0
-    finally:
-        if daemon.returncode is None:
-            daemon.kill()
-            await daemon.wait()
+        assert await asyncio.to_thread(daemon.exit_code) == 0
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         stored = {row[0] for row in db.execute("SELECT control_id FROM messages")}
     assert len(sent) > len(acked)  # SIGTERM did land mid-stream: frames were in flight

@@ -11,11 +11,8 @@ import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import WAIT, Backend
-from hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
 
 from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.lifecycle import send_reminders
@@ -28,8 +25,11 @@ from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Tran
 from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.queries import SqlTransaction
 from hl7_alerts.terminology import Terminology
+from tests.support.backends import Backend
+from tests.support.hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT, eventually
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = PipelineSettings()
@@ -269,13 +269,8 @@ async def test_a_dead_daemons_claims_go_to_another_once_the_lease_runs_out(share
     claimed = await a.pending_outbox(10)
     await a.close()  # dies without releasing or delivering
     assert await b.pending_outbox(10) == []  # the lease still runs
-    deadline = asyncio.get_running_loop().time() + WAIT
-    taken: list[Any] = []
-    while not taken:
-        assert asyncio.get_running_loop().time() < deadline, "the lease never ran out"
-        taken = await b.pending_outbox(10)
-        if not taken:
-            await asyncio.sleep(0.05)  # polling the database's clock, with a deadline
+    # Polling the database's clock: B gets the rows once the lease has run out there.
+    taken = await eventually(lambda: b.pending_outbox(10), what="A's lease to run out", interval=0.05)
     assert [r.id for r in taken] == [r.id for r in claimed]
     await b.close()
 

@@ -14,8 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CLI, WAIT, free_port
-from hl7kit import WITH_NUL
 
 from hl7_alerts.alerts import AckRequest
 from hl7_alerts.lifecycle import acknowledge_alert
@@ -29,8 +27,11 @@ from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.schema import statements
 from hl7_alerts.store.transfer import NOT_COPIED, TABLES
 from hl7_alerts.terminology import Terminology
+from tests.support.daemon import CLI
+from tests.support.hl7kit import WITH_NUL
+from tests.support.samples import SAMPLES
+from tests.support.waiting import WAIT
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = PipelineSettings()
@@ -395,10 +396,10 @@ def test_a_file_that_is_no_store_is_refused_untouched(tmp_path: Path, pg_dsn: st
     assert f"cannot migrate {text}: file is not a database" in result.stderr
 
 
-async def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
+async def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path, refused_port: int) -> None:
     source = tmp_path / "store.sqlite3"
     await (await SqliteStore.open(source)).close()
-    result = migrate(source, f"postgresql://postgres@127.0.0.1:{free_port()}/hl7?connect_timeout=3")
+    result = migrate(source, f"postgresql://postgres@127.0.0.1:{refused_port}/hl7?connect_timeout=3")
     assert result.returncode == 1
     assert "cannot connect to the PostgreSQL store" in result.stderr
     assert "Traceback" not in result.stderr

@@ -25,7 +25,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, LiteralString
 from urllib.parse import quote
+
+from tests.support.ports import free_port
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = "install PostgreSQL's server binaries: `apt-get install postgresql` (Debian)"
@@ -66,13 +67,6 @@ def find_binaries() -> dict[str, Path]:
         )
     newest = max(candidates, key=_version_key)
     return {name: newest / name for name in BINARIES}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -50,6 +50,16 @@ WITH_NUL = (
 )
 
 
+# An ORU whose only patient identifier is a social security number, no MRN:
+# rejected AE (the metrics and retention tests count and prune it).
+BAD_NO_MRN = (
+    b"MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|BAD001|P|2.5.1\r"
+    b"PID|1||900123456^^^SSA^SS||TESTPATIENT^DELTA\r"
+    b"OBR|1|O1|S1|24325-3^Hepatic function panel^LN|||20261020080000\r"
+    b"OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56|H|||F\r"
+)
+
+
 AZA = "1256^Azathioprine 50 MG Oral Tablet^RXNORM"
 ALLOPURINOL = "519^Allopurinol 100 MG Oral Tablet^RXNORM"
 
