@@ -29,11 +29,12 @@ import structlog
 from hl7_alerts.config import Config, ConfigError
 from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
-from hl7_alerts.mllp import MllpServer, ServerLimits, tls_context
+from hl7_alerts.mllp import MllpServer, ServerLimits
 from hl7_alerts.publisher import Publisher
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import Pruned, Store, StoreError, open_store
+from hl7_alerts.tls import server_context
 
 log = structlog.get_logger("hl7_alerts.daemon")
 
@@ -99,7 +100,7 @@ def _tls(config: Config) -> ssl.SSLContext | None:
     tls = config.mllp.tls
     if tls.cert is None or tls.key is None:
         return None
-    return tls_context(tls.cert, tls.key, tls.client_ca)
+    return server_context(tls.cert, tls.key, tls.client_ca)
 
 
 class Daemon:

@@ -16,7 +16,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -48,19 +47,6 @@ class ServerLimits:
     max_connections: int = 64
     allow: tuple[Network, ...] = ()
     tls_handshake_timeout: float = 10.0
-
-
-def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
-    """The listener's TLS context. With ``client_ca`` every client must show a
-    certificate signed by it (mutual TLS). Raises `ssl.SSLError`/`OSError` for
-    files that cannot be loaded."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=cert, keyfile=key)
-    if client_ca is not None:
-        context.load_verify_locations(cafile=client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def peer_allowed(host: str, allow: tuple[Network, ...]) -> bool:

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -39,9 +38,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hl7_alerts.settings import MqttSettings, MqttTlsSettings
+from hl7_alerts.settings import MqttSettings
 from hl7_alerts.store import OutboxRow, Store, StoreError
 from hl7_alerts.timeutil import utc_stamp
+from hl7_alerts.tls import client_context
 
 log = structlog.get_logger("hl7_alerts.publisher")
 
@@ -56,15 +56,6 @@ AckHandler = Callable[[bytes], Awaitable[bool]]
 
 class PublishError(Exception):
     """The broker could not be reached or did not acknowledge a publish."""
-
-
-def _tls_context(tls: MqttTlsSettings) -> ssl.SSLContext:
-    """The broker connection's TLS context, built where it is used (settings stay plain values)."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.check_hostname = tls.check_hostname
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
 
 
 def _status(state: str, at: datetime, client_id: str) -> bytes:
@@ -183,7 +174,10 @@ class Publisher:
             properties=connect,
             # paho never queues behind our window (it would re-send on its own).
             max_inflight_messages=s.max_inflight,
-            tls_context=_tls_context(s.tls) if s.tls is not None else None,
+            tls_context=None if s.tls is None else client_context(
+                ca_file=s.tls.ca_file, cert_file=s.tls.cert_file, key_file=s.tls.key_file,
+                check_hostname=s.tls.check_hostname,
+            ),
             # Pipelined small publishes would otherwise wait on Nagle and the
             # broker's delayed ACK (about 40 ms per window).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),

@@ -1,0 +1,25 @@
+"""The ``hl7-alerts`` command line: one module per command group, each only
+parsing arguments, calling into the package and printing. No business logic
+lives here."""
+
+from __future__ import annotations
+
+import click
+
+from hl7_alerts.cli import alerts, check, config, orders, schedule, send, serve, store
+
+
+@click.group()
+@click.version_option(package_name="hl7-alerts")
+def main() -> None:
+    """Pages the on-call clinician when an azathioprine patient's labs call for action."""
+
+
+main.add_command(serve.serve)
+main.add_command(config.config)
+main.add_command(send.send)
+main.add_command(check.check)
+main.add_command(orders.orders)
+main.add_command(schedule.schedule)
+main.add_command(alerts.alerts)
+main.add_command(store.store)

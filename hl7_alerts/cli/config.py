@@ -1,0 +1,46 @@
+"""``hl7-alerts config check``: validate a config file and summarise it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from hl7_alerts.config import Config, ConfigError, load_config
+
+
+@click.group()
+def config() -> None:
+    """Work with config.yaml."""
+
+
+def _store_name(cfg: Config) -> str:
+    """Where the store is, for people: a PostgreSQL URL without its password."""
+    if cfg.store.dsn is None:
+        return f"SQLite {cfg.store.path}"
+    url = urlsplit(cfg.store.dsn)
+    if url.password is not None:
+        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
+    return f"PostgreSQL {urlunsplit(url)}"
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(file: Path) -> None:
+    """Validate FILE: print "ok" and a summary, or the errors (file:line: key) and exit 1."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    metrics = f"{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off"
+    click.echo(f"ok: {file}")
+    click.echo(f"  mllp      {cfg.mllp.host}:{cfg.mllp.port}")
+    click.echo(f"  store     {_store_name(cfg)}")
+    click.echo(f"  mqtt      {cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}")
+    click.echo(f"  metrics   {metrics}")
+    click.echo(f"  rules     hepatotoxicity at {cfg.rules.hepatotoxicity_x_uln:g}x ULN, "
+               f"{cfg.rules.history_days} days of history")
+    click.echo(f"  retention {cfg.retention.days} days")

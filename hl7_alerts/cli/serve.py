@@ -1,0 +1,52 @@
+"""``hl7-alerts serve``: run the daemon, with signals handled here at the top."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+import structlog
+
+from hl7_alerts import logs
+from hl7_alerts.config import Config, ConfigError, load_config
+from hl7_alerts.daemon import Daemon
+from hl7_alerts.sdnotify import Notifier
+from hl7_alerts.store import StoreError
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="config.yaml",
+    show_default=True,
+    help="config.yaml to run with",
+)
+def serve(config_path: Path) -> None:
+    """Run the daemon: MLLP in, alerts out to MQTT."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logs.configure(config.logging.level, config.logging.format)
+    try:
+        asyncio.run(_serve(config, config_path))
+    except StoreError as exc:
+        # Unreachable database, unwritable folder, a schema too new: said in
+        # one line (systemd restarts us; the journal shows why), no traceback.
+        structlog.get_logger("hl7_alerts.cli").error("store_unavailable", error=str(exc))
+        raise click.ClickException(f"store unavailable: {exc}") from None
+
+
+async def _serve(config: Config, config_path: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(config, notifier=Notifier.from_environment())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # SIGHUP re-reads the same file; a bad one is logged and the running config kept.
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_from, lambda: load_config(config_path))
+    await daemon.run(stop)
