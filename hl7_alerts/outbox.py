@@ -50,10 +50,8 @@ def enqueue_change(
     """Persist an alert's new state (a finding's, rendered fresh) and its outbox row."""
     body = payload(change, demographics=demographics, phi=settings.phi)
     tx.save_alert(change.alert, body)
-    tx.enqueue(
-        outbox_item(change.alert, change.event, body, topic_prefix=settings.topic_prefix, quiet=settings.quiet),
-        at,
-    )
+    prefix, quiet = settings.topic_prefix, settings.quiet
+    tx.enqueue(outbox_item(change.alert, change.event, body, topic_prefix=prefix, quiet=quiet), at)
 
 
 def enqueue_carried(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hl7_alerts.cli import alerts, check, config, orders, schedule, send, serve, store
+from hl7_alerts.cli import alerts, backtest, check, config, orders, replay, schedule, send, serve, store
 
 
 @click.group()
@@ -23,3 +23,5 @@ main.add_command(orders.orders)
 main.add_command(schedule.schedule)
 main.add_command(alerts.alerts)
 main.add_command(store.store)
+main.add_command(backtest.backtest)
+main.add_command(replay.replay)
