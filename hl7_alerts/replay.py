@@ -22,6 +22,7 @@ touched only by those units, on the writer thread, one after the other.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,10 @@ from hl7_alerts.alerts import ReminderPolicy, reminder_due
 from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.metrics import Metrics
-from hl7_alerts.model import MergeMessage, Message, OrderMessage, PatientKey
-from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.model import MergeMessage, Message, OrderMessage, OtherMessage, PatientKey, ResultMessage
+from hl7_alerts.pipeline import Outcome, has_thiopurine_order, process
 from hl7_alerts.rules.monitoring import ScheduleState, next_due
-from hl7_alerts.scheduler import run_timers
+from hl7_alerts.scheduler import reminding, run_timers
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import Store, StoreError, Transaction
@@ -103,51 +104,99 @@ class MessageClock:
     """The timers on the message clock. Used only inside units of work, which
     the store's writer runs one at a time, in the order they were queued.
 
-    ``next_due`` is never later than the earliest pending reminder or overdue
-    alert: a tick returns it, and each message lowers it with what it may have
-    made due (its alerts' reminders, the schedules of the patient's orders)."""
+    It keeps, in memory, when each pending reminder and each order's overdue
+    alert may fall due: seeded from the store at the first message, then
+    from what each message and each tick changed (its alerts, its patient's
+    schedules). Before a message, an entry due by the message's time is
+    checked against the store (the schedule may have moved on with a panel,
+    the alert may be closed) and, if still due, the daemon's tick
+    (`scheduler.run_timers`) runs at that due time: each event fires at the
+    time it would have live, before the message that follows it."""
 
     def __init__(self, policy: ReminderPolicy, settings: PipelineSettings) -> None:
         self.policy = policy
         self.settings = settings
         self.now: datetime | None = None  # the first message sets it
-        self.next_due: datetime | None = None
-        self.stale = True  # unknown until a tick has looked
         self.raised = 0
+        self.ticks = 0
+        self._reminders: list[tuple[datetime, str]] = []  # (due, alert_id), a heap
+        self._schedules: list[tuple[datetime, str, PatientKey]] = []  # (fires_at, key, patient)
 
-    def _tick(self, tx: Transaction, now: datetime) -> None:
-        sent, overdue, self.next_due = run_timers(tx, policy=self.policy, settings=self.settings, now=now)
-        self.raised += len(sent) + len(overdue)
+    def _remember_alert(self, tx: Transaction, alert_id: str) -> None:
+        record = tx.alert_record(alert_id)
+        if record is not None and (due := reminder_due(record.alert, record.tracking, self.policy)):
+            heapq.heappush(self._reminders, (due, alert_id))
+
+    def _remember_patient(self, tx: Transaction, patient: PatientKey) -> None:
+        m = self.settings.monitoring
+        for r in tx.patient_schedules(patient):
+            if r.state is ScheduleState.ACTIVE and not r.fired:
+                heapq.heappush(self._schedules, (next_due(r.start, r.last_panel, m).fires_at, patient.key, patient))
+
+    def _seed(self, tx: Transaction) -> None:
+        """What the store already has pending (a replay into a live store)."""
+        if reminding(self.policy):
+            for record in tx.reminder_candidates([str(s) for s in self.policy.severities],
+                                                 self.policy.max_reminders, None):
+                self._remember_alert(tx, record.alert.alert_id)
+        if self.settings.monitoring.enabled:
+            for patient in {r.patient.key: r.patient for r in tx.due_schedules(None)}.values():
+                self._remember_patient(tx, patient)
+
+    def _due(self, tx: Transaction, until: datetime) -> datetime | None:
+        """The earliest entry due by ``until`` that the store confirms."""
+        while self._reminders and self._reminders[0][0] <= until:
+            due, alert_id = self._reminders[0]
+            record = tx.alert_record(alert_id)
+            if record is not None and reminder_due(record.alert, record.tracking, self.policy) == due:
+                break
+            heapq.heappop(self._reminders)  # acknowledged, closed or already reminded: look again
+            self._remember_alert(tx, alert_id)
+        while self._schedules and self._schedules[0][0] <= until:
+            fires_at, _, patient = heapq.heappop(self._schedules)
+            self._remember_patient(tx, patient)  # where it stands now (a panel may have moved it on)
+            if self._schedules and self._schedules[0][0] == fires_at:
+                heapq.heappush(self._schedules, (fires_at, patient.key, patient))
+                break
+        times = [h[0][0] for h in (self._reminders, self._schedules) if h and h[0][0] <= until]
+        return min(times, default=None)
 
     def catch_up(self, tx: Transaction, until: datetime) -> None:
-        """Run every tick due before ``until``, each at its due time."""
+        """Run every tick due at or before ``until``, each at its due time."""
+        if self.now is None:
+            self._seed(tx)
         now = until if self.now is None else self.now
-        if self.stale:
-            self._tick(tx, now)
-            self.stale = False
-        while self.next_due is not None and self.next_due <= until:
-            now = max(now, self.next_due)
-            self._tick(tx, now)
-            if self.next_due is not None and self.next_due <= now:
-                break  # nothing more it can do at this time: look again at the next message
+        while (due := self._due(tx, until)) is not None:
+            at = max(now, due)
+            sent, overdue, _ = run_timers(tx, policy=self.policy, settings=self.settings, now=at)
+            self.ticks += 1
+            self.raised += len(sent) + len(overdue)
+            # What this tick settled is no longer due: look again at each
+            # entry it covered (and at the alerts it raised).
+            alerts = {*sent, *overdue}
+            while self._reminders and self._reminders[0][0] <= at:
+                alerts.add(heapq.heappop(self._reminders)[1])
+            patients = {}
+            while self._schedules and self._schedules[0][0] <= at:
+                _, key, patient = heapq.heappop(self._schedules)
+                patients[key] = patient
+            for alert_id in sorted(alerts):
+                self._remember_alert(tx, alert_id)
+            for patient in patients.values():
+                self._remember_patient(tx, patient)
+            now = at
         self.now = max(now, until)
 
     def after(self, tx: Transaction, message: Message, outcome: Outcome) -> None:
-        """Lower ``next_due`` by what this message may have made due."""
-        times: list[datetime] = []
+        """Remember what this message may have made due."""
         for change in outcome.changes:
-            record = tx.alert_record(change.alert.alert_id)
-            if record is not None and (due := reminder_due(record.alert, record.tracking, self.policy)):
-                times.append(due)
-        m = self.settings.monitoring
-        if m.enabled and isinstance(message, OrderMessage | MergeMessage):
-            times += [
-                next_due(r.start, r.last_panel, m).fires_at
-                for r in tx.patient_schedules(message.patient)
-                if r.state is ScheduleState.ACTIVE and not r.fired
-            ]
-        if times:
-            self.next_due = min([*times, *([self.next_due] if self.next_due else [])])
+            self._remember_alert(tx, change.alert.alert_id)
+        if not self.settings.monitoring.enabled or isinstance(message, OtherMessage):
+            return
+        # Orders start, pause and resume schedules; a panel moves one on (and
+        # gives a fired one its next due time).
+        if not isinstance(message, ResultMessage) or has_thiopurine_order(tx, message.patient, self.settings):
+            self._remember_patient(tx, message.patient)
 
 
 def _starts_thiopurine(message: Message, thiopurines: frozenset[str], known: set[PatientKey]) -> bool:
@@ -201,13 +250,9 @@ async def run_archive(
     async def processed(index: int, source: str, message: Message, raw: bytes, *, received: datetime,
                         until: datetime) -> None:
         def unit(tx: Transaction) -> Outcome:
-            try:
-                clock.catch_up(tx, until)
-                outcome = process(tx, message, raw, received_at=received, settings=settings)
-                clock.after(tx, message, outcome)
-            except BaseException:
-                clock.stale = True  # rolled back with the unit: look again next time
-                raise
+            clock.catch_up(tx, until)
+            outcome = process(tx, message, raw, received_at=received, settings=settings)
+            clock.after(tx, message, outcome)
             return outcome
 
         header = message.header
