@@ -131,7 +131,8 @@ class MessageClock:
         m = self.settings.monitoring
         for r in tx.patient_schedules(patient):
             if r.state is ScheduleState.ACTIVE and not r.fired:
-                heapq.heappush(self._schedules, (next_due(r.start, r.last_panel, m).fires_at, patient.key, patient))
+                fires_at = next_due(r.start, r.last_panel, m).fires_at
+                heapq.heappush(self._schedules, (fires_at, patient.key, patient))
 
     def _seed(self, tx: Transaction) -> None:
         """What the store already has pending (a replay into a live store)."""
