@@ -40,7 +40,9 @@ def svg_of(figure: Figure) -> str:
 
     out = io.StringIO()
     with mpl.rc_context(_STYLE):
-        figure.savefig(out, format="svg", bbox_inches="tight")
+        # No metadata block: no date (the same run gives the same bytes), no links.
+        figure.savefig(out, format="svg", bbox_inches="tight",
+                       metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     text = out.getvalue()
     return text[text.index("<svg"):]
 
