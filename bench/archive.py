@@ -10,10 +10,10 @@ worth: 20,000 over the year), one in fifty with an azathioprine order
 (RDE^O11, starts spread over the year, a fifth of them stopped later);
 every other message is an ORU^R01 liver panel (ALT, AST, ALP, GGT, total
 bilirubin) or a blood count, a tenth of them for a patient on azathioprine
-(tested far more often than the rest), 5 % of them abnormal. The same seed gives the same archive. The timed run is the real
-command line in its own process (`hl7-alerts backtest --json`), so the
-figure includes start-up, reading, the pipeline, the timers on the message
-clock and writing the JSON.
+(tested far more often than the rest), 5 % of them abnormal. The same seed
+gives the same archive. The timed run is the real command line in its own
+process (`hl7-alerts backtest --json`), so the figure includes start-up,
+reading, the pipeline, the timers on the message clock and writing the JSON.
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def generate(folder: Path, messages: int, *, patients: int = 20_000, seed: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--keep", type=Path, help="write the archive here and keep it")
     args = parser.parse_args()

@@ -14,6 +14,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from PIL import Image  # matplotlib's own dependency
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
 from hl7_alerts.store import ScratchSqliteStore, SqliteStore
 from tests.support.daemon import CLI
 from tests.support.hl7kit import ALT, AZA, BAD_NO_MRN, order_msg, oru, result
@@ -131,10 +136,12 @@ def test_the_report_opens_offline_in_chromium_with_its_charts(tmp_path: Path) ->
     html = page.read_text()
     # Nothing is fetched: no link, script, image or style from anywhere.
     assert re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html) is None
-    assert "<script" not in html and "<link" not in html
+    assert "<script" not in html
+    assert "<link" not in html
     assert re.search(r"url\((?!#)", html) is None  # only the SVGs' own clip paths
     rows = table.read_text().splitlines()
-    assert len(rows) == 7 and rows[0].startswith("published_at,occurred_at,alert_id")
+    assert len(rows) == 7
+    assert rows[0].startswith("published_at,occurred_at,alert_id")
     assert "ALT 190 U/L (3.39×ULN" in rows[2]
 
     shot = asyncio.run(asyncio.to_thread(_open_in_chromium, page))
@@ -148,9 +155,6 @@ def test_the_report_opens_offline_in_chromium_with_its_charts(tmp_path: Path) ->
 
 
 def _open_in_chromium(page: Path) -> tuple[dict[str, bool], bytes, bytes]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
@@ -173,11 +177,11 @@ def _open_in_chromium(page: Path) -> tuple[dict[str, bool], bytes, bytes]:
 
 
 def _assert_not_blank(png: bytes, colours: int = 8) -> None:
-    from PIL import Image  # matplotlib's own dependency
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
     distinct = image.getcolors(maxcolors=1 << 20)
-    assert distinct is not None and len(distinct) >= colours, "the screenshot is blank"
+    assert distinct is not None
+    assert len(distinct) >= colours, "the screenshot is blank"
     assert image.getbbox() is not None
 
 

@@ -72,7 +72,8 @@ def test_quiet_replay_publishes_nothing_and_a_later_live_message_does(
     published = asyncio.run(go_live())
     assert [(p["rule"], p["event"]) for p in published] == [
         ("aza.hepatotoxicity.stop", "updated"), ("aza.monitoring.overdue", "resolved")]
-    assert published[0]["alert_id"] == stop_id and published[0]["version"] == 2
+    assert published[0]["alert_id"] == stop_id
+    assert published[0]["version"] == 2
     assert published[1]["alert_id"] == by_rule["aza.monitoring.overdue"]["alert_id"]
     trail = json.loads(cli("alerts", "show", stop_id, "--config", str(config)).stdout)["audit"]
     assert [(a["kind"], a["event"]) for a in trail][:4] == [

@@ -66,17 +66,21 @@ def test_survey_reports_what_the_daemon_will_understand(tmp_path: Path) -> None:
     assert doc["senders"]["LIS^NORTHLAB"] == 2
     assert doc["charsets"]["8859/1"] == 2
     ids = {(i["id_type"], i["authority"]): i["count"] for i in doc["patient_identifiers"]}
-    assert ids[("MR", "NORTH")] == 3 and ids[("SS", "SSA")] == 3
-    assert doc["keyed"]["keyed_to_a_patient"] == 3 and doc["keyed"]["messages_with_pid"] == 4
+    assert ids[("MR", "NORTH")] == 3
+    assert ids[("SS", "SSA")] == 3
+    assert doc["keyed"]["keyed_to_a_patient"] == 3
+    assert doc["keyed"]["messages_with_pid"] == 4
 
     # The suggested mappings, keyed by OBX-3.1 as terminology.lab_codes is.
     suggested = {s["code"]: s["analyte"] for s in doc["suggested_lab_codes"]}
     assert suggested == {"SGPT": "ALT", "ALKP": "ALP", "TBIL": "bilirubin_total", "PLT": "platelets"}
     assert '"SGPT": ALT' in doc["suggested_config"]
     codes = {c["code"]: c["analyte"] for c in doc["observation_codes"]}
-    assert codes["NA"] == "unmapped" and codes["1742-6"] == "ALT"
+    assert codes["NA"] == "unmapped"
+    assert codes["1742-6"] == "ALT"
     units = {(u["analyte"], u["unit"]): u["converts"] for u in doc["units"]}
-    assert units[("ALT", "mmol/L")] is False and units[("ALT", "U/L")] is True
+    assert units[("ALT", "mmol/L")] is False
+    assert units[("ALT", "U/L")] is True
     assert doc["unreadable_ranges"][0]["example"] == "see lab notes"
     drugs = {d["code"]: d["resolves_to"] for d in doc["drugs"]}
     assert drugs == {"AZA50": "azathioprine", "X77": None, "73689": "febuxostat"}
@@ -88,7 +92,8 @@ def test_survey_reports_what_the_daemon_will_understand(tmp_path: Path) -> None:
 
     skipped = {(Path(s["file"]).name, s["control_id"], s["code"]) for s in doc["skipped"]}
     assert skipped == {("lab.hl7", "BAD001", "AE"), ("missing.hl7", None, "unreadable")}
-    assert "## suggested config.yaml" in done.stdout and '"PLT": platelets' in done.stdout
+    assert "## suggested config.yaml" in done.stdout
+    assert '"PLT": platelets' in done.stdout
 
 
 def test_the_suggested_lines_map_the_codes_once_in_config(tmp_path: Path) -> None:
