@@ -6,7 +6,9 @@ patient whose lock orders it), and `enqueue_change` / `enqueue_carried` save
 an alert's new state together with its row, in the transaction they are
 given, so an alert never changes without its event being queued. Every unit
 of work uses it: one message (`pipeline`), acks, reminders and merges
-(`lifecycle`), overdue monitoring (`overdue`). No SQL, no asyncio, no clock.
+(`lifecycle`), overdue monitoring (`overdue`). Whether an event is
+published at all is decided here too, from the settings (`quiet`). No SQL,
+no asyncio, no clock.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from hl7_alerts.store import OutboxItem, Transaction
 
 
 def outbox_item(
-    alert: Alert, event: AlertEvent, body: Mapping[str, object], *, topic_prefix: str
+    alert: Alert, event: AlertEvent, body: Mapping[str, object], *, topic_prefix: str, quiet: str = ""
 ) -> OutboxItem:
-    """The outbox row announcing ``event`` for ``alert`` with payload ``body``."""
+    """The outbox row announcing ``event`` for ``alert`` with payload ``body``
+    (``quiet``: the reason it is recorded but not published)."""
     return OutboxItem(
         alert_id=alert.alert_id,
         version=alert.version,
@@ -32,6 +35,7 @@ def outbox_item(
         topic=topic(topic_prefix, alert),
         payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
         patient=alert.patient.key,
+        quiet=quiet,
     )
 
 
@@ -46,7 +50,8 @@ def enqueue_change(
     """Persist an alert's new state (a finding's, rendered fresh) and its outbox row."""
     body = payload(change, demographics=demographics, phi=settings.phi)
     tx.save_alert(change.alert, body)
-    tx.enqueue(outbox_item(change.alert, change.event, body, topic_prefix=settings.topic_prefix), at)
+    prefix, quiet = settings.topic_prefix, settings.quiet
+    tx.enqueue(outbox_item(change.alert, change.event, body, topic_prefix=prefix, quiet=quiet), at)
 
 
 def enqueue_carried(
@@ -62,4 +67,4 @@ def enqueue_carried(
     new finding (ack, reminder, merge), whose payload carries the last one
     forward (`alerts.carried_payload`)."""
     tx.save_alert(alert, body)
-    tx.enqueue(outbox_item(alert, event, body, topic_prefix=settings.topic_prefix), at)
+    tx.enqueue(outbox_item(alert, event, body, topic_prefix=settings.topic_prefix, quiet=settings.quiet), at)

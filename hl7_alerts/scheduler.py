@@ -30,6 +30,33 @@ from hl7_alerts.store import Store, StoreError, Transaction
 log = structlog.get_logger("hl7_alerts.scheduler")
 
 
+def reminding(policy: ReminderPolicy) -> bool:
+    """Whether the policy re-sends anything at all."""
+    return policy.max_reminders > 0 and bool(policy.severities)
+
+
+def run_timers(
+    tx: Transaction, *, policy: ReminderPolicy, settings: PipelineSettings, now: datetime
+) -> tuple[list[str], list[str], datetime | None]:
+    """One tick's unit of work at ``now``: the reminders sent, the overdue
+    alerts raised (alert ids), and when the next of either falls due. The
+    daemon's timer runs it on the wall clock; the offline replays run it on
+    the message clock (`replay.py`), so both raise the same events."""
+    # Daemons sharing a store tick one at a time: each due reminder
+    # or overdue alert fires once, whichever daemon's timer sees it.
+    # One that finds another ticking leaves it to that one.
+    if not tx.try_timers():
+        return [], [], None
+    sent: list[str] = []
+    due: list[datetime] = []
+    if reminding(policy):
+        sent = send_reminders(tx, policy=policy, settings=settings, now=now)
+        due += [t for t in (next_reminder(tx, policy=policy),) if t is not None]
+    overdue = fire_overdue(tx, settings=settings, now=now)
+    due += [t for t in (next_overdue(tx, settings=settings),) if t is not None]
+    return sent, overdue, min(due, default=None)
+
+
 class Scheduler:
     """Sends due reminders; runs until `stop()`."""
 
@@ -64,23 +91,9 @@ class Scheduler:
         """Send every reminder due now; return when the next one falls due."""
         now = self._clock()
         policy, settings = self._policy, self._settings
-
-        def unit(tx: Transaction) -> tuple[list[str], list[str], datetime | None]:
-            # Daemons sharing a store tick one at a time: each due reminder
-            # or overdue alert fires once, whichever daemon's timer sees it.
-            # One that finds another ticking leaves it to that one.
-            if not tx.try_timers():
-                return [], [], None
-            sent: list[str] = []
-            due: list[datetime] = []
-            if self._reminding:
-                sent = send_reminders(tx, policy=policy, settings=settings, now=now)
-                due += [t for t in (next_reminder(tx, policy=policy),) if t is not None]
-            overdue = fire_overdue(tx, settings=settings, now=now)
-            due += [t for t in (next_overdue(tx, settings=settings),) if t is not None]
-            return sent, overdue, min(due, default=None)
-
-        sent, overdue, due = await self._store.transact(unit)
+        sent, overdue, due = await self._store.transact(
+            lambda tx: run_timers(tx, policy=policy, settings=settings, now=now)
+        )
         if sent:
             self.sent += len(sent)
             log.info("reminders_sent", count=len(sent))
@@ -89,12 +102,8 @@ class Scheduler:
             log.info("monitoring_overdue_raised", count=len(overdue))
         return due
 
-    @property
-    def _reminding(self) -> bool:
-        return self._policy.max_reminders > 0 and bool(self._policy.severities)
-
     async def run(self) -> None:
-        if not self._reminding and not self._settings.monitoring.enabled:
+        if not reminding(self._policy) and not self._settings.monitoring.enabled:
             return
         while not self._stopping.is_set():
             wait = self._max_wait

@@ -28,6 +28,10 @@ class PipelineSettings:
     phi: PhiPolicy = field(default_factory=PhiPolicy)
     history_days: int = 400
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    # Why alert events are not published, when they are not (`hl7-alerts
+    # replay --quiet`): each is stored and audited with this reason, never
+    # queued for MQTT nor reminded about. Empty: publish (the daemon).
+    quiet: str = ""
 
 
 # Daemons sharing a store share the pagers' acks: each ack goes to one of

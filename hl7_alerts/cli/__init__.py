@@ -6,7 +6,19 @@ from __future__ import annotations
 
 import click
 
-from hl7_alerts.cli import alerts, check, config, orders, schedule, send, serve, store
+from hl7_alerts.cli import (
+    alerts,
+    backtest,
+    check,
+    config,
+    orders,
+    replay,
+    schedule,
+    send,
+    serve,
+    store,
+    survey,
+)
 
 
 @click.group()
@@ -23,3 +35,6 @@ main.add_command(orders.orders)
 main.add_command(schedule.schedule)
 main.add_command(alerts.alerts)
 main.add_command(store.store)
+main.add_command(backtest.backtest)
+main.add_command(replay.replay)
+main.add_command(survey.survey)

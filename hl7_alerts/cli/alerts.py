@@ -31,6 +31,8 @@ def _summary(record: AlertRecord) -> dict[str, Any]:
         "acknowledged_by": t.acknowledged_by,
         "acknowledged_at": t.acknowledged_at.isoformat() if t.acknowledged_at else None,
         "reminders_sent": t.reminders_sent,
+        # None: never paged anyone (raised by a quiet replay, nothing live since).
+        "paged_at": t.notified_at.isoformat() if t.notified_at else None,
         "title": record.payload.get("title", ""),
     }
 
@@ -46,7 +48,8 @@ def alerts() -> None:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bool) -> None:
-    """Alerts, newest first: id, state, severity, rule, version, acknowledgement, title."""
+    """Alerts, newest first: id, state, severity, rule, version, acknowledgement
+    (``quiet``: recorded by a quiet replay and never paged), title."""
     config = config_or_default(config_path)
 
     async def run() -> list[AlertRecord]:
@@ -62,6 +65,8 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
             click.echo(json.dumps(row, ensure_ascii=False))
         else:
             acked = f"ack:{row['acknowledged_by']}" if row["acknowledged_by"] else "unacked"
+            if not row["acknowledged_by"] and row["paged_at"] is None:
+                acked = "quiet"  # recorded by a quiet replay, never paged
             click.echo(
                 f"{row['alert_id']}\t{row['state']}\t{row['severity']}\t{row['rule']}\tv{row['version']}"
                 f"\t{acked}\t{row['title']}"

@@ -28,7 +28,7 @@ from hl7_alerts.store.base import (
     Transaction,
 )
 from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, Migration
-from hl7_alerts.store.sqlite import SqliteStore
+from hl7_alerts.store.sqlite import ScratchSqliteStore, SqliteStore
 
 
 async def open_store(settings: StoreSettings) -> Store:
@@ -63,6 +63,7 @@ __all__ = [
     "Pruned",
     "ScheduleRow",
     "SchemaTooNewError",
+    "ScratchSqliteStore",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -72,7 +72,11 @@ class PriorAck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxItem:
-    """An alert event to publish, as a unit of work queues it."""
+    """An alert event to publish, as a unit of work queues it.
+
+    ``quiet`` (a reason) marks an event that is recorded but never published
+    (`PipelineSettings.quiet`): it is audited with the reason, gets no outbox
+    row, and does not start the reminder clock."""
 
     alert_id: str
     version: int
@@ -80,6 +84,7 @@ class OutboxItem:
     topic: str
     payload: str
     patient: str
+    quiet: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -364,19 +364,27 @@ class SqlTransaction:
         )
 
     def enqueue(self, item: OutboxItem, created_at: datetime) -> None:
-        cursor = self.execute(
-            "INSERT INTO outbox (alert_id, version, event, topic, payload, patient, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (item.alert_id, item.version, str(item.event), item.topic, item.payload, item.patient,
-             to_iso(created_at)),
-        )
-        self.enqueued += 1
-        # Every alert event passes here, whichever unit of work made it: the
-        # audit trail and the reminder clock are kept in one place.
-        self.audit(
-            "event", item.alert_id, created_at, version=item.version, event=item.event,
-            outbox_id=int(cursor.fetchone()[0]), detail=item.topic,
-        )
+        if item.quiet:
+            # Recorded, never published: no outbox row, and no reminder clock
+            # (notified_at stays as it was: nobody was paged).
+            self.audit(
+                "event", item.alert_id, created_at, version=item.version, event=item.event,
+                detail=f"not published: {item.quiet}",
+            )
+        else:
+            cursor = self.execute(
+                "INSERT INTO outbox (alert_id, version, event, topic, payload, patient, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (item.alert_id, item.version, str(item.event), item.topic, item.payload, item.patient,
+                 to_iso(created_at)),
+            )
+            self.enqueued += 1
+            # Every alert event passes here, whichever unit of work made it: the
+            # audit trail and the reminder clock are kept in one place.
+            self.audit(
+                "event", item.alert_id, created_at, version=item.version, event=item.event,
+                outbox_id=int(cursor.fetchone()[0]), detail=item.topic,
+            )
         if item.event == AlertEvent.ESCALATED:
             # Severity rose: the earlier acknowledgement was for a lesser alert.
             self.execute(
@@ -384,7 +392,7 @@ class SqlTransaction:
                 "WHERE alert_id = ?",
                 (item.alert_id,),
             )
-        if item.event in PAGING_EVENTS:
+        if item.event in PAGING_EVENTS and not item.quiet:
             self.execute(
                 "UPDATE alerts SET notified_at = ?, notified_ts = ? WHERE alert_id = ?",
                 (to_iso(created_at), epoch(created_at), item.alert_id),

@@ -130,6 +130,8 @@ class SqliteStore(BatchingStore):
 
     _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
     _BEGIN: ClassVar[str] = "BEGIN IMMEDIATE"
+    # A commit is on disk when it returns: what ACK-after-commit rests on.
+    _SYNCHRONOUS: ClassVar[str] = "FULL"
 
     def __init__(self, path: Path, *, max_batch: int = 512) -> None:
         super().__init__(max_batch=max_batch)
@@ -147,7 +149,7 @@ class SqliteStore(BatchingStore):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self._SYNCHRONOUS}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn)
@@ -159,3 +161,13 @@ class SqliteStore(BatchingStore):
     def _in_transaction(self, tx: SqlTransaction) -> bool:
         conn: Any = tx.connection
         return bool(conn.in_transaction)
+
+
+class ScratchSqliteStore(SqliteStore):
+    """A throwaway SQLite store for the offline tools (`backtest`, `check`):
+    the same schema, queries and writer as the daemon's, without fsync
+    (``synchronous=OFF``). A crash may lose or corrupt it, which costs
+    nothing: it is deleted when the run ends, and nothing is acknowledged
+    from it. Never what `open_store` opens."""
+
+    _SYNCHRONOUS: ClassVar[str] = "OFF"
