@@ -28,6 +28,8 @@ class PipelineSettings:
     phi: PhiPolicy = field(default_factory=PhiPolicy)
     history_days: int = 400
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    # web.base_url: when set, every alert event links to the alert's page.
+    view_base_url: str | None = None
 
 
 # Daemons sharing a store share the pagers' acks: each ack goes to one of
