@@ -59,7 +59,9 @@ class StoreReader:
 
             try:
                 conn = psycopg.connect(
-                    s.dsn, autocommit=True, connect_timeout=10,  # BEGIN and ROLLBACK are ours
+                    s.dsn,
+                    autocommit=True,
+                    connect_timeout=10,  # BEGIN and ROLLBACK are ours
                     application_name=f"hl7-alerts {s.owner} reader"[:63],
                     options="-c default_transaction_read_only=on",
                 )
@@ -70,7 +72,9 @@ class StoreReader:
             raise StoreError(f"no store at {s.path}")
         try:
             db = sqlite3.connect(
-                f"{s.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                f"{s.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
                 check_same_thread=False,  # one thread at a time: the pool hands it out
             )
             db.execute("PRAGMA busy_timeout=5000")

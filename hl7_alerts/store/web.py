@@ -41,9 +41,7 @@ from hl7_alerts.store.rows import (
 from hl7_alerts.timeutil import to_iso, utc_stamp
 
 # Most severe first; ties newest first.
-_SEVERITY_ORDER = (
-    "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END"
-)
+_SEVERITY_ORDER = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END"
 
 
 class WebQueries:
@@ -127,13 +125,20 @@ class WebQueries:
     def add_session(self, session: WebSession) -> None:
         self.execute(
             f"INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
-            (session.token_hash, session.username, session.via, session.csrf, session.created_ts,
-             session.seen_ts),
+            (
+                session.token_hash,
+                session.username,
+                session.via,
+                session.csrf,
+                session.created_ts,
+                session.seen_ts,
+            ),
         )
 
     def session(self, token_hash: str) -> WebSession | None:
         row = self.execute(
-            f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = ?", (token_hash,)  # noqa: S608
+            f"SELECT {SESSION_COLUMNS} FROM web_sessions WHERE token_hash = ?",  # noqa: S608 (constants)
+            (token_hash,),
         ).fetchone()
         return None if row is None else session_from_row(row)
 
@@ -144,9 +149,11 @@ class WebQueries:
         self.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
 
     def end_stale_sessions(self, seen_before: float, created_before: float) -> int:
-        return int(self.execute(
-            "DELETE FROM web_sessions WHERE seen_ts < ? OR created_ts < ?", (seen_before, created_before)
-        ).rowcount)
+        return int(
+            self.execute(
+                "DELETE FROM web_sessions WHERE seen_ts < ? OR created_ts < ?", (seen_before, created_before)
+            ).rowcount
+        )
 
     # -- the access audit ----------------------------------------------------------
 
@@ -165,8 +172,17 @@ class WebQueries:
         self.execute(
             "INSERT INTO web_access (at, at_ts, username, via, peer, action, alert_id, patient, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (utc_stamp(at), at.timestamp(), username, via, peer, action, alert_id,
-             None if patient is None else patient.key, detail),
+            (
+                utc_stamp(at),
+                at.timestamp(),
+                username,
+                via,
+                peer,
+                action,
+                alert_id,
+                None if patient is None else patient.key,
+                detail,
+            ),
         )
 
     def access_trail(self, alert_id: str) -> list[AccessRow]:
