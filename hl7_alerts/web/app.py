@@ -178,7 +178,11 @@ class Gate(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         ctx = context(request)
         path = request.url.path
-        inner = path[len(ctx.prefix) :] if path.startswith(ctx.prefix) else path
+        if ctx.prefix and path == ctx.prefix:
+            return RedirectResponse(f"{ctx.prefix}/", status_code=303)
+        if not path.startswith(f"{ctx.prefix}/"):
+            return Response("not found", status_code=404)  # nothing lives outside web.base_url's path
+        inner = path[len(ctx.prefix) :]
         if any(inner == p or (p.endswith("/") and inner.startswith(p)) for p in OPEN_PATHS):
             return await call_next(request)
         try:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.testclient import TestClient
 
@@ -65,7 +66,8 @@ def seed(config: Config, *, messages: list[bytes] | None = None, users: dict[str
 def client(config: Config, *, peer: str = "127.0.0.1", now: datetime = NOW) -> Iterator[TestClient]:
     """The app in-process, as a browser at ``peer`` sees it (no redirects followed)."""
     app = create_app(config, clock=lambda: now)
-    base = config.web.base_url or "http://testserver"
+    url = urlsplit(config.web.base_url or "http://testserver")
+    base = f"{url.scheme}://{url.netloc}"  # paths in the tests carry the prefix themselves
     with TestClient(app, base_url=base, client=(peer, 50000), follow_redirects=False) as c:
         yield c
 
