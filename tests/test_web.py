@@ -57,17 +57,21 @@ def test_without_a_session_pages_redirect_to_sign_in_and_the_api_answers_401(tmp
             r = c.get(path)
             assert r.status_code == 303, path
             assert r.headers["location"].startswith("/login?next="), path
-            assert "TESTPATIENT" not in r.text and "H010001" not in r.text
+            assert "TESTPATIENT" not in r.text
+            assert "H010001" not in r.text
         for path in API:
             r = c.get(path)
             assert (r.status_code, r.json()) == (401, {"error": "sign in first"}), path
         for path in (f"/alerts/{alert}", f"/api/alerts/{alert}"):
             r = c.get(path)
-            assert r.status_code in (303, 401) and "H010001" not in r.text
+            assert r.status_code in (303, 401)
+            assert "H010001" not in r.text
         r = c.post(f"/alerts/{alert}/ack", data={"csrf": "x"})
-        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/login")
         r = c.post("/logout", data={"csrf": "x"})
-        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/login")
         # What needs no session holds no patient data.
         assert c.get("/login").status_code == 200
         assert c.get("/static/style.css").status_code == 200
@@ -99,11 +103,14 @@ def test_every_page_and_api_route_with_a_session(tmp_path: Path) -> None:
         r = sign_in(c, config)
         assert (r.status_code, r.headers["location"]) == (303, "/")
         cookie = r.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # plain HTTP here
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert "Secure" not in cookie
         listing = c.get("/")
         assert listing.status_code == 200
         # The seed story ends with the critical alert resolved: the open ones are the pgx and low-ALP alerts.
-        assert "aza.post_stop.low_alp" in listing.text and "aza.pgx.missing" in listing.text
+        assert "aza.post_stop.low_alp" in listing.text
+        assert "aza.pgx.missing" in listing.text
         assert '<meta http-equiv="refresh" content="60">' in listing.text
         everything = c.get("/?closed=1")
         ids = ALERT_ID.findall(everything.text)
@@ -114,10 +121,11 @@ def test_every_page_and_api_route_with_a_session(tmp_path: Path) -> None:
         for alert in ids:
             page = c.get(f"/alerts/{alert}")
             assert page.status_code == 200
-            assert "<svg" in page.text and 'id="series-ALT"' in page.text
+            assert "<svg" in page.text
+            assert 'id="series-ALT"' in page.text
             api = c.get(f"/api/alerts/{alert}").json()
             assert api["alert"]["alert_id"] == alert
-            assert [e["event"] for e in api["events"]][0] == "firing"
+            assert next(e["event"] for e in api["events"]) == "firing"
         listed = c.get("/api/alerts", params={"closed": "1"}).json()["alerts"]
         assert sorted(a["alert_id"] for a in listed) == sorted(ids)
         assert listed[0]["severity"] == "critical"  # most severe first
@@ -137,12 +145,16 @@ def test_security_headers_on_every_response(tmp_path: Path) -> None:
         responses += [c.get("/"), c.get(f"/alerts/{critical_id(config)}"), c.get("/nowhere")]
     for r in responses:
         csp = r.headers["content-security-policy"]
-        assert "frame-ancestors 'none'" in csp and "script-src" not in csp and "'unsafe-inline'" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src" not in csp
+        assert "'unsafe-inline'" not in csp
         assert "default-src 'none'" in csp
         assert r.headers["referrer-policy"] == "no-referrer"
         assert r.headers["cache-control"] == "no-store"
     page = responses[-2].text
-    assert "<script" not in page and "style=" not in page and "<style" not in page  # nothing inline for CSP to refuse
+    assert "<script" not in page
+    assert "style=" not in page
+    assert "<style" not in page
 
 
 # -- signing in -----------------------------------------------------------------------
@@ -157,7 +169,8 @@ def test_wrong_passwords_are_refused_then_throttled(tmp_path: Path) -> None:
         assert sign_in(c, config, password="also wrong!!").status_code == 401
         # Three failures from this address: even the right password waits now.
         r = sign_in(c, config)
-        assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+        assert r.status_code == 429
+        assert "Too many failed sign-ins" in r.text
         assert c.get("/api/alerts").status_code == 401
     with client(config, peer="10.9.9.9") as c:  # another address, another user name: not throttled
         assert sign_in(c, config).status_code == 303
@@ -191,7 +204,8 @@ def test_proxy_header_is_honoured_from_a_trusted_address(tmp_path: Path) -> None
         assert r.status_code == 200
         alert = r.json()["alerts"][0]["alert_id"]
         page = c.get(f"/alerts/{alert}", headers={"X-Remote-User": "dr.sso"})
-        assert page.status_code == 200 and "dr.sso" in page.text
+        assert page.status_code == 200
+        assert "dr.sso" in page.text
         # The session it started serves only while the proxy still vouches for the user.
         assert c.get("/api/alerts").status_code == 401
     rows = access_rows(config)
@@ -210,7 +224,9 @@ def test_proxy_header_from_anywhere_else_is_ignored_and_logged(tmp_path: Path) -
         r = c.get("/", headers={"X-Remote-User": "dr.sso"})
         assert r.status_code == 303
     ignored = [e for e in logs if e["event"] == "web_proxy_header_ignored"]
-    assert ignored and ignored[0]["peer"] == "10.20.0.6" and "dr.sso" not in json.dumps(ignored, default=str)
+    assert ignored
+    assert ignored[0]["peer"] == "10.20.0.6"
+    assert "dr.sso" not in json.dumps(ignored, default=str)
     assert access_rows(config) == []
 
 
@@ -266,7 +282,8 @@ def test_every_view_writes_an_audit_row_and_alerts_show_prints_them(tmp_path: Pa
     assert [(r[3], r[4]) for r in views[-4:]] == [
         ("list", None), ("view_alert", alert), ("api_alert", alert), ("api_list", None),
     ]
-    assert views[-3][5] == "GENHOSP|MR|H010001" and views[-3][2] == "10.3.4.5"
+    assert views[-3][5] == "GENHOSP|MR|H010001"
+    assert views[-3][2] == "10.3.4.5"
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"store": backend.store_section()}))
     shown = CliRunner().invoke(main, ["alerts", "show", alert, "--config", str(path)])
@@ -311,7 +328,8 @@ def test_routes_live_under_the_base_urls_path(tmp_path: Path) -> None:
         assert c.get("/hl7-alerts/api/alerts").status_code == 401
         r = sign_in(c, config)
         assert r.headers["location"] == "/hl7-alerts/"
-        assert "Secure" in r.headers["set-cookie"] and "Path=/hl7-alerts" in r.headers["set-cookie"]
+        assert "Secure" in r.headers["set-cookie"]
+        assert "Path=/hl7-alerts" in r.headers["set-cookie"]
         listing = c.get("/hl7-alerts/")
         assert listing.status_code == 200
         assert 'href="/hl7-alerts/static/style.css"' in listing.text
