@@ -54,6 +54,8 @@ def user() -> None:
 
 
 def _run(config: Config, unit: Callable[[Transaction], T]) -> T:
+    logs.configure("warning", "console")  # stdout is the command's answer
+
     async def go() -> T:
         store = await open_store(config.store_settings())
         try:

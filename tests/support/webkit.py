@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,7 +26,9 @@ from hl7_alerts.store import open_store
 from hl7_alerts.store.web import web
 from hl7_alerts.web.app import create_app
 from hl7_alerts.web.auth import hash_password
+from tests.support.daemon import CLI, log_lines
 from tests.support.samples import SEED_STORY, sample_messages
+from tests.support.waiting import WAIT, eventually_sync
 
 # When the tests "are": a month after the seed story's last panel, so the
 # whole story sits inside the trend's 180-day window.
@@ -81,3 +85,59 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found is not None, "no CSRF token on the page"
     return found[1]
+
+
+class WebProcess:
+    """``hl7-alerts web --config C`` as a process of its own: entering starts
+    it and returns once its ``web_ready`` log line names the port."""
+
+    def __init__(self, config: Path, log: Path | None = None) -> None:
+        self.config = config
+        self.log = log or config.parent / "web.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> WebProcess:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([*CLI, "web", "--config", str(self.config)], stdout=out, stderr=out)
+        try:
+            ready = eventually_sync(self._ready, WAIT, what=f"web_ready in {self.log}", detail=self.tail)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = int(ready["port"])
+        return self
+
+    def _ready(self) -> dict[str, Any] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"hl7-alerts web exited {self.process.returncode}:\n{self.tail()}")
+        return next((e for e in log_lines(self.log.read_text()) if e.get("event") == "web_ready"), None)
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:]) if self.log.exists() else ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+        return self.process.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def add_user(config: Path, name: str = "dr.web", password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+    """``hl7-alerts web user add NAME`` with the password on standard input."""
+    return subprocess.run([*CLI, "web", "user", "add", name, "--config", str(config)], input=password + "\n",
+                          capture_output=True, text=True, timeout=WAIT, check=False)
