@@ -137,3 +137,18 @@ def test_the_chart_draws_every_series_band_and_marker_by_id() -> None:
     assert "style=" not in svg
     assert "<style" not in svg
     assert "<script" not in svg
+
+
+def test_the_daemon_never_loads_the_web_stack() -> None:
+    """serve (the whole command line, the daemon) imports none of the web
+    view's libraries: only ``hl7-alerts web`` and a drawn chart do."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, hl7_alerts.cli, hl7_alerts.daemon, hl7_alerts.cli.web; "
+        "print(sorted(m for m in ('matplotlib', 'starlette', 'uvicorn', 'jinja2', 'argon2', 'multipart') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
