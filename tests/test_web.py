@@ -334,6 +334,7 @@ def test_routes_live_under_the_base_urls_path(tmp_path: Path) -> None:
         assert listing.status_code == 200
         assert 'href="/hl7-alerts/static/style.css"' in listing.text
         links = [h for h in re.findall(r'href="([^"]+)"', listing.text) if not h.startswith("data:")]
-        assert links and all(h.startswith("/hl7-alerts/") for h in links)
+        assert links
+        assert all(h.startswith("/hl7-alerts/") for h in links)
         assert c.get("/").status_code == 404  # nothing outside the prefix
         assert c.get("/hl7-alerts/static/style.css").status_code == 200
