@@ -98,9 +98,9 @@ def _frame_settings(config: Config) -> FrameSettings:
 
 def _tls(config: Config) -> ssl.SSLContext | None:
     tls = config.mllp.tls
-    if tls.cert is None or tls.key is None:
+    if tls.cert_file is None or tls.key_file is None:
         return None
-    return server_context(tls.cert, tls.key, tls.client_ca)
+    return server_context(tls.cert_file, tls.key_file, tls.ca_file)
 
 
 class Daemon:

@@ -23,11 +23,29 @@ from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import OutboxItem, Transaction
 
 
+def view_url(base_url: str, alert_id: str) -> str:
+    """The alert's page in the web view under ``base_url`` (web.base_url)."""
+    return f"{base_url.rstrip('/')}/alerts/{alert_id}"
+
+
 def outbox_item(
-    alert: Alert, event: AlertEvent, body: Mapping[str, object], *, topic_prefix: str, quiet: str = ""
+    alert: Alert,
+    event: AlertEvent,
+    body: Mapping[str, object],
+    *,
+    topic_prefix: str,
+    quiet: str = "",
+    view_base_url: str | None = None,
 ) -> OutboxItem:
     """The outbox row announcing ``event`` for ``alert`` with payload ``body``
-    (``quiet``: the reason it is recorded but not published)."""
+    (``quiet``: the reason it is recorded but not published).
+
+    With ``view_base_url`` (web.base_url) the payload links to the alert's
+    page (``links.view``). Added here, on every event's way out and never to
+    the stored payload that later events carry forward, so each event links
+    to where the view is now."""
+    if view_base_url is not None:
+        body = {**body, "links": {"view": view_url(view_base_url, alert.alert_id)}}
     return OutboxItem(
         alert_id=alert.alert_id,
         version=alert.version,
@@ -50,8 +68,13 @@ def enqueue_change(
     """Persist an alert's new state (a finding's, rendered fresh) and its outbox row."""
     body = payload(change, demographics=demographics, phi=settings.phi)
     tx.save_alert(change.alert, body)
-    prefix, quiet = settings.topic_prefix, settings.quiet
-    tx.enqueue(outbox_item(change.alert, change.event, body, topic_prefix=prefix, quiet=quiet), at)
+    tx.enqueue(
+        outbox_item(
+            change.alert, change.event, body, topic_prefix=settings.topic_prefix, quiet=settings.quiet,
+            view_base_url=settings.view_base_url,
+        ),
+        at,
+    )
 
 
 def enqueue_carried(
@@ -67,4 +90,10 @@ def enqueue_carried(
     new finding (ack, reminder, merge), whose payload carries the last one
     forward (`alerts.carried_payload`)."""
     tx.save_alert(alert, body)
-    tx.enqueue(outbox_item(alert, event, body, topic_prefix=settings.topic_prefix, quiet=settings.quiet), at)
+    tx.enqueue(
+        outbox_item(
+            alert, event, body, topic_prefix=settings.topic_prefix, quiet=settings.quiet,
+            view_base_url=settings.view_base_url,
+        ),
+        at,
+    )

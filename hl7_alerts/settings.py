@@ -32,6 +32,8 @@ class PipelineSettings:
     # replay --quiet`): each is stored and audited with this reason, never
     # queued for MQTT nor reminded about. Empty: publish (the daemon).
     quiet: str = ""
+    # web.base_url: when set, every alert event links to the alert's page.
+    view_base_url: str | None = None
 
 
 # Daemons sharing a store share the pagers' acks: each ack goes to one of

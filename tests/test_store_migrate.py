@@ -26,6 +26,7 @@ from hl7_alerts.store import MIGRATIONS, SCHEMA_VERSION, Dialect, SqliteStore, S
 from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.schema import statements
 from hl7_alerts.store.transfer import NOT_COPIED, TABLES
+from hl7_alerts.store.web import web
 from hl7_alerts.terminology import Terminology
 from tests.support.daemon import CLI
 from tests.support.hl7kit import WITH_NUL
@@ -81,6 +82,12 @@ async def filled_sqlite(path: Path) -> None:
         await store.mark_delivered([r.id for r in pending[:3]], NOW)
         open_alerts = await store.list_alerts()
         assert await ack(store, open_alerts[0].alert.alert_id) == "acknowledged"
+        # The web view's user and its access audit (its sessions are not copied).
+        await store.transact(lambda tx: web(tx).put_user("dr.who", "$argon2id$fake", NOW))
+        await store.transact(lambda tx: web(tx).record_access(
+            at=NOW, username="dr.who", via="password", peer="10.0.0.1", action="view_alert",
+            alert_id=open_alerts[0].alert.alert_id, patient=open_alerts[0].alert.patient,
+        ))
     finally:
         await store.close()
 
@@ -222,6 +229,9 @@ async def test_daemons_on_postgresql_after_the_move_get_new_ids_and_a_rerun_is_r
         )
         open_alert = next(r for r in await store.list_alerts() if r.tracking.acknowledged_by is None)
         assert await ack(store, open_alert.alert.alert_id, by="dr.pg") == "acknowledged"
+        await store.transact(lambda tx: web(tx).record_access(  # the web view on PostgreSQL
+            at=NOW, username="dr.pg", via="password", peer="10.0.0.2", action="view_alert",
+        ))
     finally:
         await store.close()
     with psycopg.connect(pg_dsn) as db:

@@ -18,6 +18,7 @@ from hl7_alerts.cli import (
     serve,
     store,
     survey,
+    web,
 )
 
 
@@ -38,3 +39,4 @@ main.add_command(store.store)
 main.add_command(backtest.backtest)
 main.add_command(replay.replay)
 main.add_command(survey.survey)
+main.add_command(web.web)

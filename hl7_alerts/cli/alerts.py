@@ -16,6 +16,7 @@ from hl7_alerts.cli.common import config_option, config_or_default
 from hl7_alerts.daemon import system_clock
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.store import AlertRecord, StoreError, open_store
+from hl7_alerts.store.web import web
 
 
 def _summary(record: AlertRecord) -> dict[str, Any]:
@@ -77,17 +78,20 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
 @config_option
 @click.argument("alert_id")
 def show_alert(config_path: Path, alert_id: str) -> None:
-    """One alert as JSON: its state, last payload and audit trail."""
+    """One alert as JSON: its state, last payload, audit trail, and who
+    looked at it in the web view (``access``)."""
     config = config_or_default(config_path)
 
     async def run() -> Any:
         store = await open_store(config.store_settings())
         try:
-            return await store.alert_detail(alert_id)
+            detail = await store.alert_detail(alert_id)
+            # Who looked at it in the web view (the access audit).
+            return detail, await store.read(lambda tx: web(tx).access_trail(alert_id))
         finally:
             await store.close()
 
-    found = asyncio.run(run())
+    found, access = asyncio.run(run())
     if found is None:
         raise click.ClickException(f"no alert {alert_id}")
     record, trail = found
@@ -97,6 +101,11 @@ def show_alert(config_path: Path, alert_id: str) -> None:
         "audit": [
             {"at": r.at, "kind": r.kind, "version": r.version, "event": r.event, "detail": r.detail}
             for r in trail
+        ],
+        "access": [
+            {"at": r.at, "user": r.username, "via": r.via, "from": r.peer, "action": r.action,
+             "detail": r.detail}
+            for r in access
         ],
     }
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))

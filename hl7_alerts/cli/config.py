@@ -36,6 +36,8 @@ def config_check(file: Path) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     metrics = f"{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off"
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"ok: {file}")
     click.echo(f"  mllp      {cfg.mllp.host}:{cfg.mllp.port}")
     click.echo(f"  store     {_store_name(cfg)}")

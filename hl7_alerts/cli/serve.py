@@ -32,6 +32,8 @@ def serve(config_path: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     logs.configure(config.logging.level, config.logging.format)
+    for warning in config.warnings:
+        structlog.get_logger("hl7_alerts.cli").warning("config_warning", warning=warning)
     try:
         asyncio.run(_serve(config, config_path))
     except StoreError as exc:

@@ -4,6 +4,9 @@ Validation is pydantic's; what this module adds is the error: every problem
 names the key (``mllp.port``) and the file and line it is on. Relative paths
 are taken from the config file's folder; TLS files are loaded once, so a
 wrong path or a key that does not match its certificate is a config error.
+Keys that were renamed are still read, with a warning naming the new key
+(`Config.warnings`); an error about such a section names its keys as the
+file spells them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,50 @@ from hl7_alerts.tls import server_context
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names file, line and key."""
+
+
+# Renamed keys, per section: old name -> new name. mllp.tls spelled its
+# files cert / key / client_ca until mllp.tls, mqtt.tls and web.tls shared
+# one set of names (cert_file, key_file, ca_file).
+RENAMED: dict[tuple[str, ...], dict[str, str]] = {
+    ("mllp", "tls"): {"cert": "cert_file", "key": "key_file", "client_ca": "ca_file"},
+}
+
+
+def _renamed(
+    data: dict[str, Any], lines: dict[tuple[str, ...], int], source: str
+) -> tuple[list[str], dict[str, str]]:
+    """Rename old keys in ``data`` in place (their lines follow them). Returns
+    the deprecation warnings and, for the sections that used old names, how
+    to say each new dotted key in the file's own words."""
+    warnings: list[str] = []
+    spoken: dict[str, str] = {}
+    for path, names in RENAMED.items():
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not names.keys() & node.keys():
+            continue
+        where = ".".join(path)
+        for old, new in names.items():
+            spoken[f"{where}.{new}"] = f"{where}.{old}"
+            if old not in node:
+                continue
+            line = lines.get((*path, old), 1)
+            if new in node:
+                raise ConfigError(
+                    f"{source}:{line}: {where}.{old}: also set as {where}.{new} (its new name); keep that one"
+                )
+            node[new] = node.pop(old)
+            lines[(*path, new)] = line
+            warnings.append(f"{source}:{line}: {where}.{old} is deprecated: use {where}.{new}")
+    return warnings, spoken
+
+
+def _in_their_words(text: str, spoken: dict[str, str]) -> str:
+    for new in sorted(spoken, key=len, reverse=True):
+        text = text.replace(new, spoken[new])
+    return text
 
 
 def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
@@ -52,6 +99,18 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
     lines: dict[tuple[str, ...], int] = {}
     if node is not None:
         _key_lines(node, (), lines)
+    warnings, spoken = _renamed(data, lines, source)
+    try:
+        config = _validated(data, source, base_dir, lines)
+    except ConfigError as exc:
+        raise ConfigError(_in_their_words(str(exc), spoken)) from None
+    config._warnings = tuple(warnings)
+    return config
+
+
+def _validated(
+    data: dict[str, Any], source: str, base_dir: Path | None, lines: dict[tuple[str, ...], int]
+) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -92,31 +151,36 @@ def parse_config(text: str, source: str = "config.yaml", base_dir: Path | None =
 def _check_tls(
     config: Config, source: str, base_dir: Path | None, lines: dict[tuple[str, ...], int]
 ) -> Config:
-    """Resolve the TLS files against the config's folder and load them once,
-    so a wrong path or a key that does not match is a config error."""
-    tls = config.mllp.tls
-    if tls.cert is None or tls.key is None:
-        return config
-    resolved = {
-        name: (base_dir / path if base_dir is not None and not path.is_absolute() else path)
-        for name, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca))
-        if path is not None
-    }
-    for name, path in resolved.items():
-        if not path.is_file():
-            line = _nearest_line(("mllp", "tls", name), lines)
-            raise ConfigError(f"{source}:{line}: mllp.tls.{name}: no such file: {path}")
-    # The listener's own loader, so what passes here is what serve loads.
-    try:
-        server_context(resolved["cert"], resolved["key"], resolved.get("client_ca"))
-    except (ssl.SSLError, OSError) as exc:
-        line = _nearest_line(("mllp", "tls", "cert"), lines)
-        raise ConfigError(
-            f"{source}:{line}: mllp.tls: cannot load mllp.tls.cert / mllp.tls.key / mllp.tls.client_ca: {exc}"
-        ) from None
-    return config.model_copy(
-        update={"mllp": config.mllp.model_copy(update={"tls": tls.model_copy(update=resolved)})}
-    )
+    """Resolve each listener's TLS files (``mllp.tls``, ``web.tls``) against
+    the config's folder and load them once, so a wrong path or a key that
+    does not match is a config error."""
+    for section in ("mllp", "web"):
+        owner = getattr(config, section)
+        tls = owner.tls
+        if tls.cert_file is None or tls.key_file is None:
+            continue
+        resolved = {
+            name: (base_dir / path if base_dir is not None and not path.is_absolute() else path)
+            for name in ("cert_file", "key_file", "ca_file")
+            if (path := getattr(tls, name)) is not None
+        }
+        for name, path in resolved.items():
+            if not path.is_file():
+                line = _nearest_line((section, "tls", name), lines)
+                raise ConfigError(f"{source}:{line}: {section}.tls.{name}: no such file: {path}")
+        # The listener's own loader, so what passes here is what serve loads.
+        try:
+            server_context(resolved["cert_file"], resolved["key_file"], resolved.get("ca_file"))
+        except (ssl.SSLError, OSError) as exc:
+            line = _nearest_line((section, "tls", "cert_file"), lines)
+            w = f"{section}.tls"
+            raise ConfigError(
+                f"{source}:{line}: {w}: cannot load {w}.cert_file / {w}.key_file / {w}.ca_file: {exc}"
+            ) from None
+        config = config.model_copy(
+            update={section: owner.model_copy(update={"tls": tls.model_copy(update=resolved)})}
+        )
+    return config
 
 
 def _nearest_line(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
+from pydantic import PrivateAttr
+
 from hl7_alerts.alerts import PhiPolicy
 from hl7_alerts.config.sections import (
     AlertsConfig,
@@ -21,6 +23,7 @@ from hl7_alerts.config.sections import (
     Section,
     StoreConfig,
     TerminologyConfig,
+    WebConfig,
 )
 from hl7_alerts.messages import ParseOptions
 from hl7_alerts.rules.common import DEFAULT_RANGES, DefaultRange, RuleSettings
@@ -41,6 +44,15 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
     retention: RetentionConfig = RetentionConfig()
+    web: WebConfig = WebConfig()
+
+    # Set by the loader: what the file says that still works but should
+    # change (a renamed key), each naming file, line and the new key.
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self._warnings
 
     def cross_check(self) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
         """Problems between sections, as (key, the other key involved, message)."""
@@ -121,6 +133,7 @@ class Config(Section):
             ),
             history_days=self.rules.history_days,
             monitoring=self.rules.monitoring.settings(),
+            view_base_url=self.web.base_url,
         )
 
     def mqtt_settings(self) -> MqttSettings:

@@ -11,7 +11,8 @@ import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -42,23 +43,40 @@ def _network(value: str) -> str:
 NetworkText = Annotated[str, AfterValidator(_network)]
 
 
-class TlsConfig(Section):
-    """MLLP over TLS: ``cert`` and ``key`` (PEM) turn it on; ``client_ca``
-    also requires every client to present a certificate signed by it."""
+class ListenerTlsConfig(Section):
+    """A listener's TLS (``mllp.tls``, ``web.tls``): ``cert_file`` and
+    ``key_file`` (PEM) turn it on; ``ca_file`` also requires every client to
+    present a certificate signed by it (mutual TLS). The key names are the
+    ones ``mqtt.tls`` uses for the broker connection: one set everywhere."""
 
-    cert: Path | None = None
-    key: Path | None = None
-    client_ca: Path | None = None
-    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The section's dotted name, for messages.
+    where: ClassVar[str] = "tls"
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
 
     @model_validator(mode="after")
-    def _pairs(self) -> TlsConfig:
-        if (self.cert is None) != (self.key is None):
-            missing = "mllp.tls.key" if self.key is None else "mllp.tls.cert"
-            raise ValueError(f"{missing} is required: mllp.tls.cert and mllp.tls.key go together")
-        if self.client_ca is not None and self.cert is None:
-            raise ValueError("mllp.tls.client_ca needs mllp.tls.cert and mllp.tls.key (TLS) to be set")
+    def _pairs(self) -> ListenerTlsConfig:
+        w = self.where
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = f"{w}.key_file" if self.key_file is None else f"{w}.cert_file"
+            raise ValueError(f"{missing} is required: {w}.cert_file and {w}.key_file go together")
+        if self.ca_file is not None and self.cert_file is None:
+            raise ValueError(f"{w}.ca_file needs {w}.cert_file and {w}.key_file (TLS) to be set")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
+class TlsConfig(ListenerTlsConfig):
+    """MLLP over TLS (``mllp.tls``)."""
+
+    where: ClassVar[str] = "mllp.tls"
+
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class MllpConfig(Section):
@@ -328,3 +346,69 @@ class HealthConfig(Section):
 class RetentionConfig(Section):
     days: int = Field(default=400, ge=1)
     interval_hours: float = Field(default=24.0, gt=0)
+
+
+class WebTlsConfig(ListenerTlsConfig):
+    """HTTPS for the web view (``web.tls``): the same keys as ``mllp.tls``."""
+
+    where: ClassVar[str] = "web.tls"
+
+
+class TrustedProxyConfig(Section):
+    """Single sign-on through a reverse proxy: the proxy authenticates the
+    user and names them in ``header``; only a request from one of
+    ``addresses`` (CIDRs) is believed."""
+
+    header: str | None = None
+    addresses: tuple[NetworkText, ...] = ()
+
+    @model_validator(mode="after")
+    def _both(self) -> TrustedProxyConfig:
+        if self.header is not None and not self.addresses:
+            raise ValueError("web.trusted_proxy.header needs web.trusted_proxy.addresses (the proxy's CIDRs)")
+        if self.header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", self.header):
+            raise ValueError("web.trusted_proxy.header must be an HTTP header name like X-Remote-User")
+        return self
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.addresses)
+
+
+class WebConfig(Section):
+    """``hl7-alerts web``: the clinicians' view, a process of its own."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    # The address users reach (https://ward.example/hl7-alerts/): alert
+    # payloads link to it, and its path is where the routes live.
+    base_url: str | None = None
+    tls: WebTlsConfig = WebTlsConfig()
+    trusted_proxy: TrustedProxyConfig = TrustedProxyConfig()
+    session_idle: timedelta = timedelta(minutes=30)
+    session_max: timedelta = timedelta(hours=12)
+    login_attempts: int = Field(default=5, ge=1)
+    login_window: timedelta = timedelta(minutes=15)
+    trend_days: int = Field(default=180, ge=1, le=3650)
+    refresh_seconds: int = Field(default=60, ge=10)
+
+    @field_validator("session_idle", "session_max", "login_window", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+            raise ValueError("must be an http(s) URL without query or fragment, like https://ward.example/hl7-alerts")
+        return value.rstrip("/")
+
+    @property
+    def path_prefix(self) -> str:
+        """The path the routes live under ("" or "/hl7-alerts")."""
+        if self.base_url is None:
+            return ""
+        return urlsplit(self.base_url).path.rstrip("/")

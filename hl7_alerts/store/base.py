@@ -368,3 +368,71 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+
+
+# -- the web view's values (`web.py` has their queries) ---------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertFilter:
+    """Which alerts a list shows: by severity, rule and acknowledgement
+    (None: any), open ones only unless ``include_closed``."""
+
+    severity: str | None = None
+    rule: str | None = None
+    acknowledged: bool | None = None
+    include_closed: bool = False
+    limit: int = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRow:
+    """One event of an alert as it went out: its outbox row, and whether (and
+    when) the broker confirmed it."""
+
+    outbox_id: int
+    version: int
+    event: AlertEvent
+    created_at: str
+    delivered_at: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PatientAlert:
+    """An alert of a patient, as the trend chart marks it."""
+
+    alert_id: str
+    rule: str
+    severity: str
+    state: str
+    opened_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRow:
+    """One line of the web view's access audit: who looked at (or did) what,
+    when and from where. Append-only, like `audit`."""
+
+    id: int
+    at: str
+    username: str
+    via: str
+    peer: str
+    action: str
+    alert_id: str | None
+    patient: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSession:
+    """A signed-in browser: the hash of its cookie's token (the token itself
+    is never stored), whose it is, how they signed in, its CSRF token."""
+
+    token_hash: str
+    username: str
+    via: str
+    csrf: str
+    created_ts: float
+    seen_ts: float

@@ -50,12 +50,14 @@ from hl7_alerts.store.rows import (
     record_from_row,
     schedule_from_row,
 )
+from hl7_alerts.store.web import WebQueries
 from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
 
-class SqlTransaction:
-    """`Transaction` over one DB-API connection (writer thread only)."""
+class SqlTransaction(WebQueries):
+    """`Transaction` over one DB-API connection (writer thread only), with
+    the web view's queries (`web.py`) beside the daemon's."""
 
     # SQLite picks the per-analyte index only when told; PostgreSQL's planner
     # needs no hint (and has no syntax for one).

@@ -17,7 +17,16 @@ from typing import Any
 from hl7_alerts.alerts import Alert, AlertEvent, AlertState, Tracking
 from hl7_alerts.model import HoldPeriod, Observation, OrderState, PatientKey, ResultStatus, Severity
 from hl7_alerts.rules.monitoring import ScheduleState
-from hl7_alerts.store.base import AlertRecord, AuditRow, OutboxRow, ScheduleRow
+from hl7_alerts.store.base import (
+    AccessRow,
+    AlertRecord,
+    AuditRow,
+    EventRow,
+    OutboxRow,
+    PatientAlert,
+    ScheduleRow,
+    WebSession,
+)
 from hl7_alerts.timeutil import from_iso, to_iso
 
 
@@ -184,3 +193,39 @@ def audit_from_row(r: Sequence[Any]) -> AuditRow:
     return AuditRow(
         id=r[0], at=r[1], kind=r[2], alert_id=r[3], version=r[4], event=r[5], outbox_id=r[6], detail=r[7]
     )
+
+
+# -- the web view's rows ---------------------------------------------------------
+
+EVENT_COLUMNS = "o.id, o.version, o.event, o.created_at, o.delivered_at, o.payload"
+
+
+def event_from_row(r: Sequence[Any]) -> EventRow:
+    return EventRow(
+        outbox_id=r[0], version=r[1], event=AlertEvent(r[2]), created_at=r[3], delivered_at=r[4],
+        payload=json.loads(r[5]),
+    )
+
+
+PATIENT_ALERT_COLUMNS = "alert_id, rule, severity, state, opened_at"
+
+
+def patient_alert_from_row(r: Sequence[Any]) -> PatientAlert:
+    return PatientAlert(alert_id=r[0], rule=r[1], severity=r[2], state=r[3], opened_at=_when(r[4]))
+
+
+ACCESS_COLUMNS = "id, at, username, via, peer, action, alert_id, patient, detail"
+
+
+def access_from_row(r: Sequence[Any]) -> AccessRow:
+    return AccessRow(
+        id=r[0], at=r[1], username=r[2], via=r[3], peer=r[4], action=r[5], alert_id=r[6], patient=r[7],
+        detail=r[8],
+    )
+
+
+SESSION_COLUMNS = "token_hash, username, via, csrf, created_ts, seen_ts"
+
+
+def session_from_row(r: Sequence[Any]) -> WebSession:
+    return WebSession(token_hash=r[0], username=r[1], via=r[2], csrf=r[3], created_ts=r[4], seen_ts=r[5])

@@ -251,6 +251,58 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP INDEX observations_analyte;
         """,
     ),
+    # 8: the web view (issue 16): its users (argon2 hashes), signed-in
+    # sessions (the hash of each cookie's token, never the token), and the
+    # access audit: who looked at which alert or patient, when, from where.
+    # Append-only like `audit`; failed sign-ins are rows of it too, counted
+    # by action and time to slow password guessing. Open alerts are listed
+    # by state.
+    Migration(
+        """
+        CREATE TABLE web_users (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE web_sessions (
+            token_hash TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            via TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_ts {real} NOT NULL,
+            seen_ts {real} NOT NULL
+        );
+        CREATE INDEX web_sessions_user ON web_sessions (username);
+        CREATE TABLE web_access (
+            {pk},
+            at TEXT NOT NULL,
+            at_ts {real} NOT NULL,
+            username TEXT NOT NULL,
+            via TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            action TEXT NOT NULL,
+            alert_id TEXT,
+            patient TEXT,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX web_access_alert ON web_access (alert_id, id);
+        CREATE INDEX web_access_patient ON web_access (patient, id);
+        CREATE INDEX web_access_action ON web_access (action, at_ts);
+        CREATE INDEX alerts_state ON alerts (state, opened_at);
+        """,
+        sqlite="""
+        CREATE TRIGGER web_access_no_update BEFORE UPDATE ON web_access
+        BEGIN SELECT RAISE(ABORT, 'web_access is append-only'); END;
+        CREATE TRIGGER web_access_no_delete BEFORE DELETE ON web_access
+        BEGIN SELECT RAISE(ABORT, 'web_access is append-only'); END;
+        """,
+        postgresql="""
+        CREATE TRIGGER web_access_no_update BEFORE UPDATE ON web_access
+        FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+        CREATE TRIGGER web_access_no_delete BEFORE DELETE ON web_access
+        FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+        """,
+    ),
 )
 
 

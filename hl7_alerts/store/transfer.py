@@ -51,8 +51,9 @@ CHUNK = 5_000  # rows read from SQLite and sent to PostgreSQL at a time
 LOCK_TIMEOUT = "30s"  # how long to wait for a running PostgreSQL daemon's transaction
 
 # Tables a store has that are not copied: the schema's bookkeeping (each end
-# keeps its own) and the row /healthz rewrites.
-NOT_COPIED = frozenset({"schema_version", "health_probe"})
+# keeps its own), the row /healthz rewrites, and the web view's signed-in
+# sessions (people sign in again after the move).
+NOT_COPIED = frozenset({"schema_version", "health_probe", "web_sessions"})
 
 
 class TransferError(StoreError):
@@ -96,6 +97,10 @@ TABLES: tuple[Table, ...] = (
     Table(name="monitoring", key=("patient", "order_id"), update=True, order="patient, order_id",
           mirror_deletes=True),
     Table(name="maintenance", key=("task",), update=True, order="task"),
+    # The web view's users and its access audit (append-only, as `audit`).
+    Table(name="web_users", key=("username",), update=True, order="username"),
+    Table(name="web_access", key=("id",), update=False, order="id", identity=True,
+          fixed=("at", "action", "username")),
 )
 
 
