@@ -23,9 +23,11 @@ from hl7_alerts.terminology import Analyte, Ingredient
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values never change after load."""
+    """A config section: unknown keys are errors, values never change after load.
+    YAML's ``.inf`` and ``.nan`` are not numbers here either: a threshold or a
+    range must be one a payload can carry (`strictjson`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]

@@ -12,7 +12,6 @@ It runs on a writer thread (`writer.py`), never on the event loop.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -50,6 +49,7 @@ from hl7_alerts.store.rows import (
     record_from_row,
     schedule_from_row,
 )
+from hl7_alerts.strictjson import dumps
 from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
@@ -359,7 +359,7 @@ class SqlTransaction:
                 alert.alert_id, alert.patient.key, alert.patient.id, alert.patient.id_type,
                 alert.patient.authority, alert.rule, alert.episode, str(alert.state), str(alert.severity),
                 alert.version, to_iso(alert.opened_at), to_iso(alert.evidence_at),
-                json.dumps(payload, separators=(",", ":")), ",".join(alert.rests_on), alert.evidence_key,
+                dumps(payload), ",".join(alert.rests_on), alert.evidence_key,
             ),
         )
 
