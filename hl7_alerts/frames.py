@@ -36,6 +36,8 @@ from hl7_alerts.store import Store, StoreError
 
 log = structlog.get_logger("hl7_alerts.frames")
 
+STORE_UNAVAILABLE = "store unavailable, resend later"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FrameSettings:
@@ -191,13 +193,15 @@ class FrameHandler:
             return replace(answer, rejection=exc)
 
     def _store_unavailable(self, header: Header | None, exc: StoreError) -> Answer:
-        """AR: a transient failure of ours, which the sender should retry."""
+        """AR: a transient failure of ours, which the sender should retry.
+        What failed stays in our log: the sender can do nothing with it but
+        resend, and its logs are not ours to fill with our paths and SQL."""
         log.error("store_unavailable", error=str(exc))
         return self._answer(
             header,
             AckCode.AR,
-            text="store unavailable, resend later",
-            error=AckError(reason=str(exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
+            text=STORE_UNAVAILABLE,
+            error=AckError(reason=STORE_UNAVAILABLE, error_code=ErrorCode.INTERNAL_ERROR),
         )
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
