@@ -93,7 +93,11 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
 
 
 def _frame_settings(config: Config) -> FrameSettings:
-    return FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
+    return FrameSettings(
+        options=config.parse_options(),
+        pipeline=config.pipeline_settings(),
+        rejected_max_rows=config.retention.rejected_max_rows,
+    )
 
 
 def _tls(config: Config) -> ssl.SSLContext | None:
@@ -315,11 +319,16 @@ class Daemon:
         """One retention run: drop what is older than ``retention.days``."""
         store = self.store
         assert store is not None
-        now = self._clock()
-        pruned = await store.prune(now - timedelta(days=self.config.retention.days))
+        now, retention = self._clock(), self.config.retention
+        pruned = await store.prune(
+            now - timedelta(days=retention.days),
+            rejected_before=now - timedelta(days=retention.rejected_days),
+        )
         await store.mark_run(RETENTION_TASK, now)
         self.metrics.record_prune(pruned)
-        log.info("retention_pruned", days=self.config.retention.days, **asdict(pruned))
+        log.info(
+            "retention_pruned", days=retention.days, rejected_days=retention.rejected_days, **asdict(pruned)
+        )
         return pruned
 
     async def _retention(self, stop: asyncio.Event) -> None:

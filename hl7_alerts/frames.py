@@ -47,6 +47,8 @@ class FrameSettings:
 
     options: ParseOptions
     pipeline: PipelineSettings
+    # retention.rejected_max_rows: rejected frames kept at most.
+    rejected_max_rows: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +127,7 @@ class FrameHandler:
             try:
                 message = parse_message(data, current.options)
             except MessageError as exc:
-                return await self._reject(data, exc, received_at, current.options)
+                return await self._reject(data, exc, received_at, current)
             except Exception:
                 log.exception("parse_crashed")
                 error = MessageError(
@@ -133,7 +135,7 @@ class FrameHandler:
                     ack_code=AckCode.AE,
                     error_code=ErrorCode.INTERNAL_ERROR,
                 )
-                return await self._reject(data, error, received_at, current.options)
+                return await self._reject(data, error, received_at, current)
             header = message.header
             if self._replay:
                 received_at = header.message_time or received_at
@@ -168,9 +170,11 @@ class FrameHandler:
                 return replace(answer, message=message, outcome=outcome)
 
     async def _reject(
-        self, data: bytes, exc: MessageError, received_at: datetime, options: ParseOptions
+        self, data: bytes, exc: MessageError, received_at: datetime, current: FrameSettings
     ) -> Answer:
-        """Keep the raw bytes of a message we will not process, then NAK it."""
+        """Keep the raw bytes of a message we will not process (at most
+        ``rejected_max_rows`` of them: the oldest go), then NAK it."""
+        options, keep_rows = current.options, current.rejected_max_rows
         header = salvage_header(data, options.timezone, options.fallback_charset)
         self._metrics.parse_error(str(exc.ack_code), str(exc.error_code))
         with bound_contextvars(control_id=header.control_id if header else None):
@@ -182,13 +186,15 @@ class FrameHandler:
                 field=exc.field,
             )
             try:
-                await self.store.transact(
+                trimmed = await self.store.transact(
                     lambda tx: tx.insert_rejected(
-                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
+                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason,
+                        keep_rows=keep_rows,
                     )
                 )
             except StoreError as store_exc:
                 return self._store_unavailable(header, store_exc)
+            self._metrics.rejected_over_cap(trimmed)
             answer = self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
             return replace(answer, rejection=exc)
 

@@ -148,6 +148,11 @@ class Metrics:
     def record_reload(self, applied: bool) -> None:
         self.reloads.labels("applied" if applied else "rejected").inc()
 
+    def rejected_over_cap(self, rows: int) -> None:
+        """Rejected frames deleted at insert, past ``retention.rejected_max_rows``."""
+        if rows:
+            self.pruned.labels("rejected_over_cap").inc(rows)
+
     def record_prune(self, pruned: Pruned) -> None:
         for table, count in asdict(pruned).items():
             if count:

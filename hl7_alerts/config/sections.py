@@ -330,3 +330,9 @@ class HealthConfig(Section):
 class RetentionConfig(Section):
     days: int = Field(default=400, ge=1)
     interval_hours: float = Field(default=24.0, gt=0)
+    # Rejected messages keep the raw frame a sender got AE/AR for: kept to
+    # diagnose and resend, not as history, and a hostile sender can make as
+    # many as it likes. Their own, shorter retention, and a cap on rows
+    # (kept at every insert: the oldest goes first).
+    rejected_days: int = Field(default=30, ge=1)
+    rejected_max_rows: int = Field(default=100_000, ge=100)

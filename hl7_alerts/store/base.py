@@ -236,7 +236,11 @@ class Transaction(Protocol):
         received_at: datetime,
         ack_code: AckCode,
         reason: str,
-    ) -> None: ...
+        keep_rows: int | None = None,
+    ) -> int:
+        """Keep a rejected frame; with ``keep_rows``, delete the oldest rows
+        beyond that many. Returns how many it deleted."""
+        ...
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
@@ -377,8 +381,12 @@ class Store(Protocol):
         """Commit one tiny write; raises `StoreError` when the store cannot take writes."""
         ...
 
-    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
-        """Retention: remove messages and observations older than ``before``."""
+    async def prune(
+        self, before: datetime, *, rejected_before: datetime | None = None, chunk: int = 500
+    ) -> Pruned:
+        """Retention: remove messages and observations older than ``before``,
+        and rejected messages older than ``rejected_before`` (default
+        ``before``)."""
         ...
 
     async def last_run(self, task: str) -> datetime | None: ...

@@ -159,15 +159,24 @@ class SqlTransaction:
         received_at: datetime,
         ack_code: AckCode,
         reason: str,
-    ) -> None:
-        self.execute(
+        keep_rows: int | None = None,
+    ) -> int:
+        row = self.execute(
             "INSERT INTO rejected_messages (sending_application, sending_facility, control_id, "
-            "received_at, raw, ack_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "received_at, raw, ack_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 header.sending_application if header else None, header.sending_facility if header else None,
                 header.control_id if header else None, to_iso(received_at), raw, str(ack_code), reason,
             ),
-        )
+        ).fetchone()
+        assert row is not None
+        if keep_rows is None or int(row[0]) <= keep_rows:
+            return 0
+        # Ids only grow, so the rows above new_id - keep_rows are at most
+        # keep_rows: one probe of the primary key, usually one row deleted.
+        return int(self.execute(
+            "DELETE FROM rejected_messages WHERE id <= ?", (int(row[0]) - keep_rows,)
+        ).rowcount)
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]

@@ -188,23 +188,26 @@ class BatchingStore(ABC):
     async def mark_run(self, task: str, at: datetime) -> None:
         await self._submit(lambda tx: tx.mark_run(task, at), write=True)
 
-    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+    async def prune(
+        self, before: datetime, *, rejected_before: datetime | None = None, chunk: int = 500
+    ) -> Pruned:
         """Retention: remove what is older than ``before`` (`SqlTransaction`'s
-        prune steps say what each keeps), a chunk per transaction."""
+        prune steps say what each keeps), and rejected messages older than
+        ``rejected_before`` (default ``before``), a chunk per transaction."""
 
-        async def repeat(step: Callable[[SqlTransaction, datetime, int], int]) -> int:
+        async def repeat(step: Callable[[SqlTransaction, datetime, int], int], until: datetime) -> int:
             total = 0
             while True:
-                n = await self._submit(lambda tx: step(tx, before, chunk), write=True)
+                n = await self._submit(lambda tx: step(tx, until, chunk), write=True)
                 total += n
                 if n < chunk:
                     return total
 
         return Pruned(
-            observations=await repeat(SqlTransaction.prune_observations),
-            messages=await repeat(SqlTransaction.prune_messages),
-            raw_cleared=await repeat(SqlTransaction.clear_raw),
-            rejected_messages=await repeat(SqlTransaction.prune_rejected),
+            observations=await repeat(SqlTransaction.prune_observations, before),
+            messages=await repeat(SqlTransaction.prune_messages, before),
+            raw_cleared=await repeat(SqlTransaction.clear_raw, before),
+            rejected_messages=await repeat(SqlTransaction.prune_rejected, rejected_before or before),
         )
 
     async def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
