@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from hl7_alerts.acksig import read_keys
 from hl7_alerts.config import Config, ConfigError
 from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
@@ -100,6 +101,18 @@ def _frame_settings(config: Config) -> FrameSettings:
     )
 
 
+def _ack_keys(config: Config) -> tuple[bytes, ...]:
+    """The pager-ack keys (``mqtt.acks.hmac_key_file``); none: acks unsigned.
+    Loading the config read the file already; this reads what serve runs with."""
+    path = config.mqtt.acks.hmac_key_file
+    if path is None:
+        return ()
+    try:
+        return read_keys(path)
+    except ValueError as exc:
+        raise ConfigError(f"mqtt.acks.hmac_key_file: {exc}") from None
+
+
 def _tls(config: Config) -> ssl.SSLContext | None:
     tls = config.mllp.tls
     if tls.cert is None or tls.key is None:
@@ -141,6 +154,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
+        ack_keys = _ack_keys(cfg)
         store = await open_store(cfg.store_settings())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
@@ -150,6 +164,7 @@ class Daemon:
             self.metrics,
             self._clock,
             max_message_bytes=cfg.mllp.max_message_bytes,
+            ack_keys=ack_keys,
         )
         self.frames = frames
         try:

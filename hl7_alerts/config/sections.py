@@ -111,6 +111,13 @@ class MqttTlsConfig(Section):
     check_hostname: bool = True
 
 
+class MqttAcksConfig(Section):
+    """Pagers' acknowledgements on ``<prefix>/acks``: with a key file, each
+    must be signed (`acksig`); unsigned and badly signed ones are refused."""
+
+    hmac_key_file: Path | None = None
+
+
 class MqttConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -134,6 +141,7 @@ class MqttConfig(Section):
     max_inflight: int = Field(default=20, ge=1, le=65535)
     publish_timeout_seconds: float = Field(default=10.0, gt=0)
     tls: MqttTlsConfig | None = None
+    acks: MqttAcksConfig = MqttAcksConfig()
 
     @field_validator("topic_prefix")
     @classmethod

@@ -103,15 +103,19 @@ class MqttRecorder:
 
 
 @contextlib.asynccontextmanager
-async def recording(broker: Broker, prefix: str, *, session: str | None = None) -> AsyncIterator[MqttRecorder]:
+async def recording(
+    broker: Broker, prefix: str, *, session: str | None = None, username: str | None = None,
+    password: str | None = None,
+) -> AsyncIterator[MqttRecorder]:
     """Record ``<prefix>/#``. With ``session``, a persistent MQTT v5 session
     under that client id: a pager that went away and came back, getting what
-    the broker queued for it meanwhile."""
-    options: dict[str, Any] = {}
+    the broker queued for it meanwhile. ``username``/``password``: a broker
+    with accounts (and an ACL, which decides what of ``<prefix>/#`` arrives)."""
+    options: dict[str, Any] = {"username": username, "password": password}
     if session is not None:
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = 600
-        options = {"identifier": session, "clean_start": False, "properties": connect}
+        options |= {"identifier": session, "clean_start": False, "properties": connect}
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **options) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
         recorder = MqttRecorder(client, prefix)
