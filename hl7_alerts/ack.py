@@ -9,6 +9,7 @@ Pure: the caller passes the clock and the ACK's own control ID.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,14 @@ from hl7_alerts.segments import ErrorCode, MessageError, codec_for
 from hl7_alerts.timeutil import format_dtm
 
 _ENHANCED = {AckCode.AA: AckCode.CA, AckCode.AE: AckCode.CE, AckCode.AR: AckCode.CR}
+
+# What the ACK's MSH takes back from the message beyond the routing fields
+# (MSH-3 to MSH-6, swapped) and MSH-10: only values of the shape their HL7
+# table allows. A NAK for "MSH-12 not in table 0104" must not carry a bad
+# value back that could be anything, patient data included: it says 2.5.
+_TRIGGER = re.compile(r"[A-Z0-9]{3}")
+_VERSION = re.compile(r"[0-9.]{1,8}")  # "2." too: digits and dots quote nobody
+_PROCESSING_ID = re.compile(r"[A-Z]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,13 +100,13 @@ def build_ack(
     fs = header.field_separator if header else "|"
     enc = (header.encoding_characters if header else "") or "^~\\&"
     comp = enc[0]
-    version = (header.version if header else "") or "2.5"
+    version = header.version if header and _VERSION.fullmatch(header.version) else "2.5"
     code = ack_code_for(header, code)
 
     def esc(value: str) -> str:
         return _escape(value, fs, enc)
 
-    trigger = header.trigger_event if header else ""
+    trigger = header.trigger_event if header and _TRIGGER.fullmatch(header.trigger_event) else ""
     msh = fs.join(
         [
             "MSH",
@@ -110,7 +119,7 @@ def build_ack(
             "",
             comp.join(["ACK", esc(trigger), "ACK"]) if trigger else "ACK",
             esc(control_id),
-            (header.processing_id if header and header.processing_id else "P"),
+            (header.processing_id if header and _PROCESSING_ID.fullmatch(header.processing_id) else "P"),
             esc(version),
         ]
     )

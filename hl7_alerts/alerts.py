@@ -21,6 +21,7 @@ from typing import Any
 from hl7_alerts.model import Header, PatientDemographics, PatientKey, Severity
 from hl7_alerts.rules.common import Evidence, Finding
 from hl7_alerts.rules.engine import PanelVerdict
+from hl7_alerts.strictjson import finite
 from hl7_alerts.timeutil import to_iso
 
 SCHEMA = "hl7-alerts/alert@1"
@@ -305,7 +306,7 @@ def payload(
         }
     pattern = None
     if finding.pattern is not None:
-        pattern = {"r_ratio": finding.pattern.r_ratio, "type": finding.pattern.type}
+        pattern = {"r_ratio": finite(finding.pattern.r_ratio), "type": finding.pattern.type}
     return {
         "schema": SCHEMA,
         "alert_id": alert.alert_id,
@@ -332,8 +333,10 @@ def payload(
 
 
 def _observation(e: Evidence) -> dict[str, Any]:
+    # Strict JSON (`strictjson`): a number that is not finite is not a
+    # number. The value goes out as the text the lab sent, the ratios as null.
     obs = e.observation
-    value: float | int | str | None = obs.value
+    value: float | int | str | None = finite(obs.value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if value is None:
@@ -344,9 +347,9 @@ def _observation(e: Evidence) -> dict[str, Any]:
         "value": value,
         "comparator": obs.comparator or None,
         "unit": obs.unit,
-        "ref_low": e.ref_low,
-        "ref_high": e.ref_high,
-        "x_uln": e.x_uln,
+        "ref_low": finite(e.ref_low),
+        "ref_high": finite(e.ref_high),
+        "x_uln": finite(e.x_uln),
         "flag": obs.flag,
         "status": str(obs.status),
         "observed_at": to_iso(obs.observed_at),

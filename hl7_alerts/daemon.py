@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from hl7_alerts.acksig import read_keys
 from hl7_alerts.config import Config, ConfigError
 from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
@@ -93,7 +94,23 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
 
 
 def _frame_settings(config: Config) -> FrameSettings:
-    return FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
+    return FrameSettings(
+        options=config.parse_options(),
+        pipeline=config.pipeline_settings(),
+        rejected_max_rows=config.retention.rejected_max_rows,
+    )
+
+
+def _ack_keys(config: Config) -> tuple[bytes, ...]:
+    """The pager-ack keys (``mqtt.acks.hmac_key_file``); none: acks unsigned.
+    Loading the config read the file already; this reads what serve runs with."""
+    path = config.mqtt.acks.hmac_key_file
+    if path is None:
+        return ()
+    try:
+        return read_keys(path)
+    except ValueError as exc:
+        raise ConfigError(f"mqtt.acks.hmac_key_file: {exc}") from None
 
 
 def _tls(config: Config) -> ssl.SSLContext | None:
@@ -137,6 +154,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
+        ack_keys = _ack_keys(cfg)
         store = await open_store(cfg.store_settings())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
@@ -146,6 +164,7 @@ class Daemon:
             self.metrics,
             self._clock,
             max_message_bytes=cfg.mllp.max_message_bytes,
+            ack_keys=ack_keys,
         )
         self.frames = frames
         try:
@@ -315,11 +334,16 @@ class Daemon:
         """One retention run: drop what is older than ``retention.days``."""
         store = self.store
         assert store is not None
-        now = self._clock()
-        pruned = await store.prune(now - timedelta(days=self.config.retention.days))
+        now, retention = self._clock(), self.config.retention
+        pruned = await store.prune(
+            now - timedelta(days=retention.days),
+            rejected_before=now - timedelta(days=retention.rejected_days),
+        )
         await store.mark_run(RETENTION_TASK, now)
         self.metrics.record_prune(pruned)
-        log.info("retention_pruned", days=self.config.retention.days, **asdict(pruned))
+        log.info(
+            "retention_pruned", days=retention.days, rejected_days=retention.rejected_days, **asdict(pruned)
+        )
         return pruned
 
     async def _retention(self, stop: asyncio.Event) -> None:

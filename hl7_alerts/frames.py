@@ -15,8 +15,10 @@ dropped connection. The daemon answers its listener with it, and
 from __future__ import annotations
 
 import itertools
+import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -24,6 +26,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from hl7_alerts.ack import AckError, ack_code_for, build_ack
+from hl7_alerts.acksig import Verdict, verify
 from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
@@ -36,6 +39,9 @@ from hl7_alerts.store import Store, StoreError
 
 log = structlog.get_logger("hl7_alerts.frames")
 
+STORE_UNAVAILABLE = "store unavailable, resend later"
+_ALERT_ID = re.compile(r"[0-9a-f]{32}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FrameSettings:
@@ -45,6 +51,8 @@ class FrameSettings:
 
     options: ParseOptions
     pipeline: PipelineSettings
+    # retention.rejected_max_rows: rejected frames kept at most.
+    rejected_max_rows: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,7 +80,9 @@ class FrameHandler:
 
     ``settings`` is read once per frame (see `FrameSettings`). ``replay``
     is for archived files (`offline.check`), which carry no arrival time: a
-    message counts as received at its MSH-7, else at the clock.
+    message counts as received at its MSH-7, else at the clock. With
+    ``ack_keys`` (``mqtt.acks.hmac_key_file``), a pager's ack must be signed
+    with one of them (`acksig`).
     """
 
     def __init__(
@@ -84,6 +94,7 @@ class FrameHandler:
         *,
         max_message_bytes: int,
         replay: bool = False,
+        ack_keys: Sequence[bytes] = (),
     ) -> None:
         self.store = store
         self._settings = settings
@@ -91,6 +102,7 @@ class FrameHandler:
         self._clock = clock
         self._max_message_bytes = max_message_bytes
         self._replay = replay
+        self._ack_keys = tuple(ack_keys)
         self._ack_ids = itertools.count(1)
         self._ack_prefix = f"{os.getpid():x}{int(clock().timestamp()):x}"
 
@@ -123,7 +135,7 @@ class FrameHandler:
             try:
                 message = parse_message(data, current.options)
             except MessageError as exc:
-                return await self._reject(data, exc, received_at, current.options)
+                return await self._reject(data, exc, received_at, current)
             except Exception:
                 log.exception("parse_crashed")
                 error = MessageError(
@@ -131,7 +143,7 @@ class FrameHandler:
                     ack_code=AckCode.AE,
                     error_code=ErrorCode.INTERNAL_ERROR,
                 )
-                return await self._reject(data, error, received_at, current.options)
+                return await self._reject(data, error, received_at, current)
             header = message.header
             if self._replay:
                 received_at = header.message_time or received_at
@@ -166,9 +178,11 @@ class FrameHandler:
                 return replace(answer, message=message, outcome=outcome)
 
     async def _reject(
-        self, data: bytes, exc: MessageError, received_at: datetime, options: ParseOptions
+        self, data: bytes, exc: MessageError, received_at: datetime, current: FrameSettings
     ) -> Answer:
-        """Keep the raw bytes of a message we will not process, then NAK it."""
+        """Keep the raw bytes of a message we will not process (at most
+        ``rejected_max_rows`` of them: the oldest go), then NAK it."""
+        options, keep_rows = current.options, current.rejected_max_rows
         header = salvage_header(data, options.timezone, options.fallback_charset)
         self._metrics.parse_error(str(exc.ack_code), str(exc.error_code))
         with bound_contextvars(control_id=header.control_id if header else None):
@@ -180,24 +194,28 @@ class FrameHandler:
                 field=exc.field,
             )
             try:
-                await self.store.transact(
+                trimmed = await self.store.transact(
                     lambda tx: tx.insert_rejected(
-                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
+                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason,
+                        keep_rows=keep_rows,
                     )
                 )
             except StoreError as store_exc:
                 return self._store_unavailable(header, store_exc)
+            self._metrics.rejected_over_cap(trimmed)
             answer = self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
             return replace(answer, rejection=exc)
 
     def _store_unavailable(self, header: Header | None, exc: StoreError) -> Answer:
-        """AR: a transient failure of ours, which the sender should retry."""
+        """AR: a transient failure of ours, which the sender should retry.
+        What failed stays in our log: the sender can do nothing with it but
+        resend, and its logs are not ours to fill with our paths and SQL."""
         log.error("store_unavailable", error=str(exc))
         return self._answer(
             header,
             AckCode.AR,
-            text="store unavailable, resend later",
-            error=AckError(reason=str(exc)[:200], error_code=ErrorCode.INTERNAL_ERROR),
+            text=STORE_UNAVAILABLE,
+            error=AckError(reason=STORE_UNAVAILABLE, error_code=ErrorCode.INTERNAL_ERROR),
         )
 
     async def handle_oversize(self, head: bytes, size: int, peer: str) -> bytes | None:
@@ -220,27 +238,42 @@ class FrameHandler:
 
     async def handle_ack(self, data: bytes) -> bool:
         """A pager's acknowledgement from ``<prefix>/acks``: recorded once;
-        unreadable or unknown ones are logged and ignored. False (not
-        handled: let the broker redeliver it) only when the store failed."""
+        unreadable, unsigned (when keys are set), badly signed or unknown ones
+        are logged, counted and ignored. False (not handled: let the broker
+        redeliver it) only when the store failed.
+
+        The signature is checked here, at the MQTT boundary, and nowhere
+        else: acks written through the store (``alerts ack``, the web view)
+        are authenticated by who may run them."""
+        if self._ack_keys:
+            verdict = verify(data, self._ack_keys)
+            if verdict in (Verdict.UNSIGNED, Verdict.BAD_SIGNATURE):
+                self._metrics.pager_ack(str(verdict))
+                log.warning("ack_refused", reason=str(verdict), alert_id=_claimed_alert_id(data))
+                return True  # handled: a redelivery would be refused again
         try:
             request = parse_ack(data)
         except InvalidAck as exc:
+            self._metrics.pager_ack("invalid")
             log.warning("ack_invalid", reason=str(exc))
             return True
+        alert_id = request.alert_id if _ALERT_ID.fullmatch(request.alert_id) else "(not an alert id)"
         settings, at = self._settings().pipeline, self._clock()
         try:
             outcome = await self.store.transact(
                 lambda tx: acknowledge_alert(tx, request, settings=settings, at=at)
             )
         except StoreError as exc:
-            log.error("ack_not_recorded", alert_id=request.alert_id, error=str(exc))
+            self._metrics.pager_ack("not_recorded")
+            log.error("ack_not_recorded", alert_id=alert_id, error=str(exc))
             return False
         except Exception:
             # A defect of ours must not take the MQTT session (and alerts) down;
             # redelivering the same ack would only repeat it.
-            log.exception("ack_failed", alert_id=request.alert_id)
+            log.exception("ack_failed", alert_id=alert_id)
             return True
-        log.info("ack_received", alert_id=request.alert_id, outcome=str(outcome))
+        self._metrics.pager_ack(str(outcome))
+        log.info("ack_received", alert_id=alert_id, outcome=str(outcome))
         return True
 
     def _ack_id(self) -> str:
@@ -253,3 +286,12 @@ class FrameHandler:
         ack = build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
         return Answer(ack=ack, code=code, text=text, header=header)
 
+
+def _claimed_alert_id(data: bytes) -> str | None:
+    """The alert a refused ack names, for the log: only when it is an alert
+    id's shape (a pager's text is not ours to log)."""
+    try:
+        value = json.loads(data).get("alert_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and _ALERT_ID.fullmatch(value) else None

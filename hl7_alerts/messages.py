@@ -174,15 +174,13 @@ def check_header(header: Header, options: ParseOptions) -> None:
     a version or processing ID outside the configured ones."""
     if not header.message_type or not _MESSAGE_CODE.fullmatch(header.message_type):
         raise _header_rejection(
-            f"MSH-9 message type {header.message_type!r} is not a valid HL7 message type"
-            if header.message_type
-            else "MSH-9 message type is empty",
+            "MSH-9.1 not in HL7 table 0076" if header.message_type else "MSH-9 message type is empty",
             ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
             9,
         )
     if header.trigger_event and not _MESSAGE_CODE.fullmatch(header.trigger_event):
         raise _header_rejection(
-            f"MSH-9 trigger event {header.trigger_event!r} is not a valid HL7 event code",
+            "MSH-9.2 not in HL7 table 0003",
             ErrorCode.UNSUPPORTED_EVENT,
             9,
         )
@@ -192,7 +190,7 @@ def check_header(header: Header, options: ParseOptions) -> None:
         )
     if not _VERSION.fullmatch(header.version):
         raise _header_rejection(
-            f"MSH-12 version ID {header.version!r} is not an HL7 version (like 2.5 or 2.5.1)"
+            "MSH-12 not in HL7 table 0104 (a version like 2.5 or 2.5.1)"
             if header.version
             else "MSH-12 version ID is empty",
             ErrorCode.UNSUPPORTED_VERSION,
@@ -200,13 +198,13 @@ def check_header(header: Header, options: ParseOptions) -> None:
         )
     if not version_accepted(header.version, options.accepted_versions):
         raise _header_rejection(
-            f"HL7 version {header.version} is not supported",
+            "MSH-12 version is not one this receiver accepts (hl7.versions)",
             ErrorCode.UNSUPPORTED_VERSION,
             12,
         )
     if header.processing_id and header.processing_id not in options.accepted_processing_ids:
         raise _header_rejection(
-            f"processing ID {header.processing_id} is not accepted here",
+            "MSH-11 processing ID is not one this receiver accepts (hl7.processing_ids)",
             ErrorCode.UNSUPPORTED_PROCESSING_ID,
             11,
         )
@@ -304,7 +302,7 @@ def _observation(obx: Segment, panel: _Panel, header: Header, options: ParseOpti
         status = ResultStatus(status_text) if status_text else ResultStatus.FINAL
     except ValueError:
         raise _content_error(
-            f"OBX-11 result status {status_text!r} is not a valid status",
+            "OBX-11 not in HL7 table 0085",
             ErrorCode.TABLE_VALUE,
             "OBX",
             11,
@@ -388,7 +386,7 @@ def _order(group: list[Segment], header: Header, options: ParseOptions, seq: int
         control = OrderControl(control_text)
     except ValueError:
         raise _content_error(
-            f"ORC-1 order control {control_text!r} is not one this receiver handles",
+            "ORC-1 order control (HL7 table 0119) is not one this receiver handles",
             ErrorCode.TABLE_VALUE,
             "ORC",
             1,

@@ -104,6 +104,13 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.pager_acks = Counter(
+            "hl7_alerts_pager_acks",
+            "Pager acknowledgements from MQTT, by outcome (acknowledged, already_acknowledged, alert_closed, "
+            "unknown_alert, invalid, unsigned, bad_signature, not_recorded)",
+            ["outcome"],
+            registry=r,
+        )
         self._types: set[str] = set()
 
     def watch(self, *, mqtt_connected: Callable[[], bool], open_connections: Callable[[], int]) -> None:
@@ -147,6 +154,14 @@ class Metrics:
 
     def record_reload(self, applied: bool) -> None:
         self.reloads.labels("applied" if applied else "rejected").inc()
+
+    def pager_ack(self, outcome: str) -> None:
+        self.pager_acks.labels(outcome).inc()
+
+    def rejected_over_cap(self, rows: int) -> None:
+        """Rejected frames deleted at insert, past ``retention.rejected_max_rows``."""
+        if rows:
+            self.pruned.labels("rejected_over_cap").inc(rows)
 
     def record_prune(self, pruned: Pruned) -> None:
         for table, count in asdict(pruned).items():

@@ -9,6 +9,7 @@ out of ``repr`` so that an accidental log of a value cannot leak them.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -157,6 +158,19 @@ class Observation:
     observed_at: datetime
     specimen_id: str
     set_id: str = ""
+
+    def __post_init__(self) -> None:
+        # A number no float can hold (400 digits read as infinity) is not a
+        # number: the text stays for people to read, and no rule, ratio or
+        # payload ever computes with it. Whoever built the value (the mapping,
+        # a row of an older store, a test) gets the same guarantee.
+        if self.value is not None and not math.isfinite(self.value):
+            object.__setattr__(self, "value", None)
+            object.__setattr__(self, "comparator", "")
+        if self.ref_low is not None and not math.isfinite(self.ref_low):
+            object.__setattr__(self, "ref_low", None)
+        if self.ref_high is not None and not math.isfinite(self.ref_high):
+            object.__setattr__(self, "ref_high", None)
 
     @property
     def numeric(self) -> bool:

@@ -13,7 +13,6 @@ no asyncio, no clock.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -21,6 +20,7 @@ from hl7_alerts.alerts import Alert, AlertChange, AlertEvent, payload, topic
 from hl7_alerts.model import PatientDemographics
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import OutboxItem, Transaction
+from hl7_alerts.strictjson import dumps
 
 
 def view_url(base_url: str, alert_id: str) -> str:
@@ -51,7 +51,7 @@ def outbox_item(
         version=alert.version,
         event=event,
         topic=topic(topic_prefix, alert),
-        payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        payload=dumps(body),
         patient=alert.patient.key,
         quiet=quiet,
     )

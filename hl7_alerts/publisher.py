@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from hl7_alerts.settings import MqttSettings
 from hl7_alerts.store import OutboxRow, Store, StoreError
+from hl7_alerts.strictjson import dumps, loads
 from hl7_alerts.timeutil import utc_stamp
 from hl7_alerts.tls import client_context
 
@@ -59,7 +59,7 @@ class PublishError(Exception):
 
 
 def _status(state: str, at: datetime, client_id: str) -> bytes:
-    return json.dumps({"state": state, "at": utc_stamp(at), "client_id": client_id}).encode()
+    return dumps({"state": state, "at": utc_stamp(at), "client_id": client_id}).encode()
 
 
 class _Client(aiomqtt.Client):
@@ -338,7 +338,9 @@ class Publisher:
 
     async def _publish(self, client: aiomqtt.Client, row: OutboxRow) -> None:
         s = self._settings
-        body = json.loads(row.payload)
+        # A row queued before payloads were strict JSON may hold Infinity:
+        # it goes out with null there, never as a payload pagers reject.
+        body = loads(row.payload)
         body["published_at"] = utc_stamp(self._clock())
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.UserProperty = [("idempotency-key", f"{row.alert_id}:{row.version}")]
@@ -347,7 +349,7 @@ class Publisher:
             properties.MessageExpiryInterval = s.message_expiry
         await client.publish(
             row.topic,
-            json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+            dumps(body).encode("utf-8"),
             qos=1,
             retain=False,
             properties=properties,

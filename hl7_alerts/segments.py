@@ -42,7 +42,12 @@ class MessageError(Exception):
     Raised by the reader here and by the mapping (`messages.py`), which sits
     on top of it: defined with the reader so that neither imports the other.
     ``segment``/``sequence``/``field`` locate the problem for ERR-2 (segment id,
-    1-based occurrence, field number); ``reason`` is human text for MSA-3/ERR-8.
+    1-based occurrence, field number); ``reason`` is human text for MSA-3/ERR-8
+    and the log. It names the field and the HL7 table (``OBX-11 not in HL7
+    table 0085``), never a value from the message: the NAK goes back to an
+    interface engine that logs it, and our log is read by people who may not
+    see patient data. `tests/test_redaction.py` holds every reason to a
+    literal (or one built from config only).
     """
 
     def __init__(
@@ -278,22 +283,26 @@ def split_segments(text: str) -> list[str]:
     return [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
 
 
-def _delimiter_problem(fs: str, enc: str) -> str:
-    """Why MSH-1/MSH-2 cannot be used, or "" when they can. HAPI and hl7apy
-    refuse the same messages (fewer than four encoding characters, a repeated
-    one, letters or digits as delimiters)."""
+def _check_delimiters(fs: str, enc: str) -> None:
+    """AE when MSH-1/MSH-2 cannot be used. HAPI and hl7apy refuse the same
+    messages (fewer than four encoding characters, a repeated one, letters or
+    digits as delimiters)."""
     if fs.isalnum() or fs.isspace():
-        return f"MSH-1 field separator {fs!r} cannot be a letter, digit or space"
+        raise _delimiter_error("MSH-1 field separator is a letter, digit or space", 1)
     if len(enc) < 4:
-        return (
-            f"MSH-2 has {len(enc)} encoding characters; four are required "
-            "(component, repetition, escape, subcomponent)"
+        raise _delimiter_error(
+            "MSH-2 has fewer than four encoding characters (component, repetition, escape, subcomponent)", 2
         )
     if any(c.isalnum() or c.isspace() for c in enc):
-        return f"MSH-2 encoding characters {enc!r} include a letter, digit or space"
+        raise _delimiter_error("MSH-2 encoding characters include a letter, digit or space", 2)
     if len(set(fs + enc)) != 5:
-        return f"MSH-1/MSH-2 delimiters {fs + enc!r} repeat a character; all five must differ"
-    return ""
+        raise _delimiter_error("MSH-1/MSH-2 delimiters repeat a character; all five must differ", 2)
+
+
+def _delimiter_error(reason: str, field: int) -> MessageError:
+    return MessageError(
+        reason, ack_code=AckCode.AE, error_code=ErrorCode.DATA_TYPE, segment="MSH", field=field
+    )
 
 
 def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
@@ -316,15 +325,7 @@ def read_segments(text: str) -> tuple[Delimiters, list[Segment]]:
     msh = lines[0]
     fs = msh[3]
     enc = msh[4:].split(fs, 1)[0][:4]
-    problem = _delimiter_problem(fs, enc)
-    if problem:
-        raise MessageError(
-            problem,
-            ack_code=AckCode.AE,
-            error_code=ErrorCode.DATA_TYPE,
-            segment="MSH",
-            field=1 if problem.startswith("MSH-1 field separator") else 2,
-        )
+    _check_delimiters(fs, enc)
     d = Delimiters(field=fs, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
     segments = []
     for line in lines:

@@ -30,6 +30,7 @@ PURE = [
     "model.py",
     "settings.py",
     "timeutil.py",
+    "strictjson.py",
     *sorted(f"rules/{p.name}" for p in (PACKAGE / "rules").glob("*.py")),
 ]
 NEVER_LOADED = ("asyncio", "sqlite3", "socket", "ssl", "psycopg", "aiomqtt")

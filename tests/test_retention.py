@@ -4,10 +4,14 @@ messages under an injected clock (no waiting for a day)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from hl7_alerts.model import AckCode
 from hl7_alerts.store import Pruned, SqliteStore
+from tests.support.backends import Backend
 from tests.support.clock import FakeClock
 from tests.support.daemon import make_config, running
 from tests.support.hl7kit import BAD_NO_MRN
@@ -131,3 +135,65 @@ async def test_prune_keeps_tpmt_and_nudt15_results(tmp_path: Path) -> None:
     await store.close()
     assert pruned.observations == 1
     assert rows(tmp_path / "s.db", "SELECT analyte FROM observations ORDER BY analyte") == [("NUDT15",), ("TPMT",)]
+
+
+# -- rejected messages: their own, shorter retention and a row cap (issue 18 item 8)
+
+
+def rejected(control: str) -> bytes:
+    """An ORU whose only identifier is not an MRN: AE, kept raw in rejected_messages."""
+    return BAD_NO_MRN.replace(b"|BAD001|", f"|{control}|".encode())
+
+
+async def test_rejected_frames_keep_their_own_shorter_retention(
+    tmp_path: Path, prefix: str, refused_port: int, backend: Backend
+) -> None:
+    clock = FakeClock(T0)
+    config = make_config(tmp_path, refused_port, prefix, store=backend.store_section(),
+                         retention={"days": 400, "rejected_days": 30})
+    async with running(config, clock=clock) as run:
+        assert await send_all(run.port, [rejected("OLD1"), rejected("OLD2"), ADT]) == ["AE", "AE", "AA"]
+        clock.now = T0 + timedelta(days=20)
+        assert await send_all(run.port, [rejected("NEW1")]) == ["AE"]
+        clock.now = T0 + timedelta(days=31)
+        pruned = await run.daemon.prune_once()
+        assert pruned == Pruned(rejected_messages=2)  # the accepted ADT stays for retention.days
+        assert backend.query("SELECT control_id FROM rejected_messages") == [("NEW1",)]
+        assert backend.query("SELECT control_id FROM messages") == [("ADT001",)]
+        clock.now = T0 + timedelta(days=51)
+        assert await run.daemon.prune_once() == Pruned(rejected_messages=1)
+
+
+async def test_rejected_frames_are_capped_at_every_insert(
+    tmp_path: Path, prefix: str, refused_port: int, backend: Backend
+) -> None:
+    """A sender that floods rejects (at up to mllp.max_message_bytes each)
+    cannot fill the disk before the daily prune: the oldest go first."""
+    config = make_config(tmp_path, refused_port, prefix, store=backend.store_section(),
+                         retention={"rejected_max_rows": 100})
+    async with running(config) as run:
+        codes = await send_all(run.port, [rejected(f"R{i:03}") for i in range(105)])
+        assert set(codes) == {"AE"}
+        kept = backend.query("SELECT control_id FROM rejected_messages ORDER BY id")
+        registry = run.daemon.metrics.registry
+        trimmed = registry.get_sample_value("hl7_alerts_retention_pruned_rows_total", {"table": "rejected_over_cap"})
+    assert [c for (c,) in kept] == [f"R{i:03}" for i in range(5, 105)]
+    assert trimmed == 5
+
+
+async def test_insert_rejected_keeps_at_most_keep_rows(backend: Backend) -> None:
+    store = await backend.open()
+    try:
+        def keep(raw: bytes, rows: int | None) -> Callable[[Any], int]:
+            return lambda tx: tx.insert_rejected(None, raw, received_at=T0, ack_code=AckCode.AE,
+                                                 reason="message does not start with an MSH segment",
+                                                 keep_rows=rows)
+
+        trimmed = [await store.transact(keep(f"junk {i}".encode(), 3)) for i in range(5)]
+        assert await store.transact(keep(b"uncapped", None)) == 0
+    finally:
+        await store.close()
+    assert trimmed == [0, 0, 0, 1, 1]
+    assert [bytes(r) for (r,) in backend.query("SELECT raw FROM rejected_messages ORDER BY id")] == [
+        b"junk 2", b"junk 3", b"junk 4", b"uncapped"
+    ]

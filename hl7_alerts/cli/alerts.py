@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from hl7_alerts.daemon import system_clock
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.store import AlertRecord, StoreError, open_store
 from hl7_alerts.store.web import web
+from hl7_alerts.strictjson import dumps
 
 
 def _summary(record: AlertRecord) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
     for record in asyncio.run(run()):
         row = _summary(record)
         if as_json:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(dumps(row))
         else:
             acked = f"ack:{row['acknowledged_by']}" if row["acknowledged_by"] else "unacked"
             if not row["acknowledged_by"] and row["paged_at"] is None:
@@ -108,7 +108,7 @@ def show_alert(config_path: Path, alert_id: str) -> None:
             for r in access
         ],
     }
-    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    click.echo(dumps(out, indent=2))
 
 
 @alerts.command("ack")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 
 from hl7_alerts import logs, offline
 from hl7_alerts.cli.common import config_or_default, offline_config_option
+from hl7_alerts.strictjson import dumps
 
 
 @click.command()
@@ -29,4 +29,4 @@ def check(config_path: Path | None, files: tuple[Path, ...]) -> None:
     logs.configure("warning", "console")
     events = asyncio.run(offline.check(files, config, now=datetime.now(UTC)))
     for event in events:
-        click.echo(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        click.echo(dumps(event))

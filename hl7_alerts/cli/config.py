@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from hl7_alerts.config import Config, ConfigError, load_config
+from hl7_alerts.config.exposure import exposures
 
 
 @click.group()
@@ -29,7 +30,11 @@ def _store_name(cfg: Config) -> str:
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
-    """Validate FILE: print "ok" and a summary, or the errors (file:line: key) and exit 1."""
+    """Validate FILE: print "ok" and a summary, or the errors (file:line: key) and exit 1.
+
+    A valid file that leaves something open on the network (MLLP, MQTT or
+    PostgreSQL without TLS, metrics beyond loopback, unsigned pager acks)
+    also gets one "warning:" line each on stderr; it is still valid (exit 0)."""
     try:
         cfg = load_config(file)
     except ConfigError as exc:
@@ -46,3 +51,5 @@ def config_check(file: Path) -> None:
     click.echo(f"  rules     hepatotoxicity at {cfg.rules.hepatotoxicity_x_uln:g}x ULN, "
                f"{cfg.rules.history_days} days of history")
     click.echo(f"  retention {cfg.retention.days} days")
+    for exposure in exposures(cfg):
+        click.echo(f"warning: {exposure}", err=True)

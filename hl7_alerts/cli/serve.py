@@ -11,6 +11,7 @@ import structlog
 
 from hl7_alerts import logs
 from hl7_alerts.config import Config, ConfigError, load_config
+from hl7_alerts.config.exposure import exposures
 from hl7_alerts.daemon import Daemon
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import StoreError
@@ -32,14 +33,22 @@ def serve(config_path: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     logs.configure(config.logging.level, config.logging.format)
+    log = structlog.get_logger("hl7_alerts.cli")
     for warning in config.warnings:
-        structlog.get_logger("hl7_alerts.cli").warning("config_warning", warning=warning)
+        log.warning("config_warning", warning=warning)
+    for exposure in exposures(config):
+        # What `config check` warns about, in the journal too: the daemon runs.
+        log.warning("config_exposure", key=exposure.key, warning=exposure.warning)
     try:
         asyncio.run(_serve(config, config_path))
+    except ConfigError as exc:
+        # A file the config names went away or changed since it was checked
+        # (the pager-ack key file): one line, as at load.
+        raise click.ClickException(str(exc)) from None
     except StoreError as exc:
         # Unreachable database, unwritable folder, a schema too new: said in
         # one line (systemd restarts us; the journal shows why), no traceback.
-        structlog.get_logger("hl7_alerts.cli").error("store_unavailable", error=str(exc))
+        log.error("store_unavailable", error=str(exc))
         raise click.ClickException(f"store unavailable: {exc}") from None
 
 

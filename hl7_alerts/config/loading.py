@@ -2,9 +2,10 @@
 
 Validation is pydantic's; what this module adds is the error: every problem
 names the key (``mllp.port``) and the file and line it is on. Relative paths
-are taken from the config file's folder; TLS files are loaded once, so a
-wrong path or a key that does not match its certificate is a config error.
-Keys that were renamed are still read, with a warning naming the new key
+are taken from the config file's folder; TLS files and the pager-ack key
+file are loaded once, so a wrong path, a key that does not match its
+certificate or a key too short to sign with is a config error. Keys that
+were renamed are still read, with a warning naming the new key
 (`Config.warnings`); an error about such a section names its keys as the
 file spells them.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from hl7_alerts.acksig import read_keys
 from hl7_alerts.config.model import Config
 from hl7_alerts.tls import server_context
 
@@ -145,7 +147,27 @@ def _validated(
         config = config.model_copy(
             update={"mqtt": config.mqtt.model_copy(update={"tls": tls.model_copy(update=paths)})}
         )
-    return _check_tls(config, source, base_dir, lines)
+    return _check_ack_keys(_check_tls(config, source, base_dir, lines), source, base_dir, lines)
+
+
+def _check_ack_keys(
+    config: Config, source: str, base_dir: Path | None, lines: dict[tuple[str, ...], int]
+) -> Config:
+    """Resolve ``mqtt.acks.hmac_key_file`` against the config's folder and
+    read it once, so a missing file or a short key is a config error (never
+    quoting a key)."""
+    path = config.mqtt.acks.hmac_key_file
+    if path is None:
+        return config
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    try:
+        read_keys(path)
+    except ValueError as exc:
+        line = _nearest_line(("mqtt", "acks", "hmac_key_file"), lines)
+        raise ConfigError(f"{source}:{line}: mqtt.acks.hmac_key_file: {exc}") from None
+    acks = config.mqtt.acks.model_copy(update={"hmac_key_file": path})
+    return config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"acks": acks})})
 
 
 def _check_tls(

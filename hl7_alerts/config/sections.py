@@ -24,9 +24,11 @@ from hl7_alerts.terminology import Analyte, Ingredient
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values never change after load."""
+    """A config section: unknown keys are errors, values never change after load.
+    YAML's ``.inf`` and ``.nan`` are not numbers here either: a threshold or a
+    range must be one a payload can carry (`strictjson`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -127,6 +129,13 @@ class MqttTlsConfig(Section):
     check_hostname: bool = True
 
 
+class MqttAcksConfig(Section):
+    """Pagers' acknowledgements on ``<prefix>/acks``: with a key file, each
+    must be signed (`acksig`); unsigned and badly signed ones are refused."""
+
+    hmac_key_file: Path | None = None
+
+
 class MqttConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -150,6 +159,7 @@ class MqttConfig(Section):
     max_inflight: int = Field(default=20, ge=1, le=65535)
     publish_timeout_seconds: float = Field(default=10.0, gt=0)
     tls: MqttTlsConfig | None = None
+    acks: MqttAcksConfig = MqttAcksConfig()
 
     @field_validator("topic_prefix")
     @classmethod
@@ -346,6 +356,12 @@ class HealthConfig(Section):
 class RetentionConfig(Section):
     days: int = Field(default=400, ge=1)
     interval_hours: float = Field(default=24.0, gt=0)
+    # Rejected messages keep the raw frame a sender got AE/AR for: kept to
+    # diagnose and resend, not as history, and a hostile sender can make as
+    # many as it likes. Their own, shorter retention, and a cap on rows
+    # (kept at every insert: the oldest goes first).
+    rejected_days: int = Field(default=30, ge=1)
+    rejected_max_rows: int = Field(default=100_000, ge=100)
 
 
 class WebTlsConfig(ListenerTlsConfig):

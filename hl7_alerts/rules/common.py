@@ -7,6 +7,7 @@ range otherwise (CLINICAL.md, "ULN / LLN").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -162,15 +163,21 @@ def reference(
     if analyte is None or analyte not in settings.default_ranges:
         return None, None, None
     value = to_canonical(analyte, obs.value, obs.unit)
+    if value is not None and not math.isfinite(value):
+        return None, None, None  # overflowed in conversion: not a number any more
     low, high = settings.default_ranges[analyte].for_sex(sex)
     return value, low, high
 
 
 def x_uln(obs: Observation, settings: RuleSettings, sex: str = "") -> float | None:
+    """value / ULN, or None when there is no ratio to read: no number, no ULN,
+    or a quotient no float can hold (a huge value over a tiny ULN), which is
+    not a number either (payloads are strict JSON: `strictjson`)."""
     value, _, high = reference(obs, settings, sex)
     if value is None or high is None or high <= 0:
         return None
-    return value / high
+    ratio = value / high
+    return ratio if math.isfinite(ratio) else None
 
 
 def evidence(obs: Observation, settings: RuleSettings, sex: str = "") -> Evidence:
@@ -190,6 +197,8 @@ def r_ratio(panel: Panel, settings: RuleSettings, sex: str = "") -> Pattern | No
     if alt_x is None or not alp_x:
         return None
     r = alt_x / alp_x
+    if not math.isfinite(r):
+        return None
     kind = "hepatocellular" if r >= 5 else "cholestatic" if r <= 2 else "mixed"
     return Pattern(r_ratio=round(r, 2), type=kind)
 

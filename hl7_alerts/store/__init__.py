@@ -26,6 +26,7 @@ from hl7_alerts.store.base import (
     Store,
     StoreError,
     Transaction,
+    describe_db_error,
 )
 from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, Migration
 from hl7_alerts.store.sqlite import ScratchSqliteStore, SqliteStore
@@ -68,5 +69,6 @@ __all__ = [
     "Store",
     "StoreError",
     "Transaction",
+    "describe_db_error",
     "open_store",
 ]

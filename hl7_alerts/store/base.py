@@ -32,6 +32,42 @@ class StoreError(Exception):
     """
 
 
+# SQLSTATE classes whose primary message may quote the data that failed
+# (22: "invalid input syntax for type double precision: \"...\"").
+_QUOTING_SQLSTATE_CLASSES = ("22",)
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A database error as a log line may show it: what failed and where,
+    never the data. PostgreSQL's full message adds DETAIL lines that quote
+    rows and keys (``Key (patient)=(H0001) already exists``), and data
+    errors quote the value in the message itself: only the SQLSTATE, the
+    primary message (except for data errors) and the table, column and
+    constraint names are kept. SQLite's messages name columns, never values,
+    as do psycopg's own (client-side) errors and the operating system's. Any
+    other exception (a defect in a unit of work) is named by its type only:
+    its message may quote anything."""
+    name = type(exc).__name__
+    module = type(exc).__module__
+    if isinstance(exc, StoreError | OSError) or module == "sqlite3":
+        return str(exc).strip() or name
+    if not module.startswith("psycopg"):
+        return f"{name} (message withheld)"
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    if not isinstance(sqlstate, str) or diag is None:
+        return str(exc).strip() or name
+    parts = [f"{name} (SQLSTATE {sqlstate})"]
+    primary = getattr(diag, "message_primary", None)
+    if primary and not sqlstate.startswith(_QUOTING_SQLSTATE_CLASSES):
+        parts.append(str(primary))
+    for label in ("table_name", "column_name", "constraint_name"):
+        where = getattr(diag, label, None)
+        if where:
+            parts.append(f"{label.removesuffix('_name')} {where}")
+    return ": ".join(parts[:2]) + "".join(f", {p}" for p in parts[2:])
+
+
 class SchemaTooNewError(StoreError):
     """The database was written by a newer hl7-alerts; refuse to touch it."""
 
@@ -205,7 +241,11 @@ class Transaction(Protocol):
         received_at: datetime,
         ack_code: AckCode,
         reason: str,
-    ) -> None: ...
+        keep_rows: int | None = None,
+    ) -> int:
+        """Keep a rejected frame; with ``keep_rows``, delete the oldest rows
+        beyond that many. Returns how many it deleted."""
+        ...
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
@@ -346,8 +386,12 @@ class Store(Protocol):
         """Commit one tiny write; raises `StoreError` when the store cannot take writes."""
         ...
 
-    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
-        """Retention: remove messages and observations older than ``before``."""
+    async def prune(
+        self, before: datetime, *, rejected_before: datetime | None = None, chunk: int = 500
+    ) -> Pruned:
+        """Retention: remove messages and observations older than ``before``,
+        and rejected messages older than ``rejected_before`` (default
+        ``before``)."""
         ...
 
     async def last_run(self, task: str) -> datetime | None: ...

@@ -12,7 +12,6 @@ It runs on a writer thread (`writer.py`), never on the event loop.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -51,6 +50,7 @@ from hl7_alerts.store.rows import (
     schedule_from_row,
 )
 from hl7_alerts.store.web import WebQueries
+from hl7_alerts.strictjson import dumps
 from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
@@ -161,15 +161,24 @@ class SqlTransaction(WebQueries):
         received_at: datetime,
         ack_code: AckCode,
         reason: str,
-    ) -> None:
-        self.execute(
+        keep_rows: int | None = None,
+    ) -> int:
+        row = self.execute(
             "INSERT INTO rejected_messages (sending_application, sending_facility, control_id, "
-            "received_at, raw, ack_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "received_at, raw, ack_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 header.sending_application if header else None, header.sending_facility if header else None,
                 header.control_id if header else None, to_iso(received_at), raw, str(ack_code), reason,
             ),
-        )
+        ).fetchone()
+        assert row is not None
+        if keep_rows is None or int(row[0]) <= keep_rows:
+            return 0
+        # Ids only grow, so the rows above new_id - keep_rows are at most
+        # keep_rows: one probe of the primary key, usually one row deleted.
+        return int(self.execute(
+            "DELETE FROM rejected_messages WHERE id <= ?", (int(row[0]) - keep_rows,)
+        ).rowcount)
 
     def insert_observations(
         self, message_id: int, patient: PatientKey, observations: Sequence[Observation]
@@ -361,7 +370,7 @@ class SqlTransaction(WebQueries):
                 alert.alert_id, alert.patient.key, alert.patient.id, alert.patient.id_type,
                 alert.patient.authority, alert.rule, alert.episode, str(alert.state), str(alert.severity),
                 alert.version, to_iso(alert.opened_at), to_iso(alert.evidence_at),
-                json.dumps(payload, separators=(",", ":")), ",".join(alert.rests_on), alert.evidence_key,
+                dumps(payload), ",".join(alert.rests_on), alert.evidence_key,
             ),
         )
 

@@ -27,6 +27,7 @@ from hl7_alerts.store.base import (
     ScheduleRow,
     WebSession,
 )
+from hl7_alerts.strictjson import loads
 from hl7_alerts.timeutil import from_iso, to_iso
 
 
@@ -159,7 +160,7 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         evidence_at=_when(r[10]),
         rests_on=tuple(a for a in r[11].split(",") if a),
         evidence_key=r[12],
-        title=str(json.loads(r[13]).get("title", "")),
+        title=str(loads(r[13]).get("title", "")),
     )
 
 
@@ -172,7 +173,9 @@ def record_from_row(r: Sequence[Any]) -> AlertRecord:
             notified_at=from_iso(r[2]),
             reminders_sent=r[3],
         ),
-        payload=json.loads(r[4]),
+        # Read leniently: a payload stored before payloads were strict JSON
+        # may hold Infinity; it is carried forward (acks, reminders) as null.
+        payload=loads(r[4]),
     )
 
 

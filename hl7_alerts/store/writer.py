@@ -37,6 +37,7 @@ from hl7_alerts.store.base import (
     ScheduleRow,
     StoreError,
     Transaction,
+    describe_db_error,
 )
 from hl7_alerts.store.queries import SqlTransaction
 
@@ -187,23 +188,26 @@ class BatchingStore(ABC):
     async def mark_run(self, task: str, at: datetime) -> None:
         await self._submit(lambda tx: tx.mark_run(task, at), write=True)
 
-    async def prune(self, before: datetime, *, chunk: int = 500) -> Pruned:
+    async def prune(
+        self, before: datetime, *, rejected_before: datetime | None = None, chunk: int = 500
+    ) -> Pruned:
         """Retention: remove what is older than ``before`` (`SqlTransaction`'s
-        prune steps say what each keeps), a chunk per transaction."""
+        prune steps say what each keeps), and rejected messages older than
+        ``rejected_before`` (default ``before``), a chunk per transaction."""
 
-        async def repeat(step: Callable[[SqlTransaction, datetime, int], int]) -> int:
+        async def repeat(step: Callable[[SqlTransaction, datetime, int], int], until: datetime) -> int:
             total = 0
             while True:
-                n = await self._submit(lambda tx: step(tx, before, chunk), write=True)
+                n = await self._submit(lambda tx: step(tx, until, chunk), write=True)
                 total += n
                 if n < chunk:
                     return total
 
         return Pruned(
-            observations=await repeat(SqlTransaction.prune_observations),
-            messages=await repeat(SqlTransaction.prune_messages),
-            raw_cleared=await repeat(SqlTransaction.clear_raw),
-            rejected_messages=await repeat(SqlTransaction.prune_rejected),
+            observations=await repeat(SqlTransaction.prune_observations, before),
+            messages=await repeat(SqlTransaction.prune_messages, before),
+            raw_cleared=await repeat(SqlTransaction.clear_raw, before),
+            rejected_messages=await repeat(SqlTransaction.prune_rejected, rejected_before or before),
         )
 
     async def list_schedules(self, *, include_stopped: bool = False) -> list[ScheduleRow]:
@@ -247,9 +251,8 @@ class BatchingStore(ABC):
         try:
             tx = self._connect()
         except BaseException as exc:
-            loop.call_soon_threadsafe(
-                _resolve, ready, None, exc if isinstance(exc, StoreError) else StoreError(str(exc))
-            )
+            failure = exc if isinstance(exc, StoreError) else StoreError(describe_db_error(exc))
+            loop.call_soon_threadsafe(_resolve, ready, None, failure)
             return
         loop.call_soon_threadsafe(_resolve, ready, None, None)
         stopping = False
@@ -321,7 +324,7 @@ class BatchingStore(ABC):
                 # PostgreSQL aborts the whole transaction on a failed
                 # statement, this one included: nothing of the batch may be
                 # answered as committed.
-                log.error("store_savepoint_failed", error=str(exc))
+                log.error("store_savepoint_failed", error=describe_db_error(exc))
                 self._abandon(tx, batch, exc)
                 return []
             tx.unit_begun(first=first)
@@ -329,7 +332,7 @@ class BatchingStore(ABC):
                 result = job.unit(tx)
             except Exception as exc:
                 tx.unit_rolled_back()
-                failure = StoreError(str(exc)) if isinstance(exc, self._DB_ERRORS) else exc
+                failure = StoreError(describe_db_error(exc)) if isinstance(exc, self._DB_ERRORS) else exc
                 try:
                     tx.execute("ROLLBACK TO unit")
                     if self._RELEASE_UNITS:
@@ -338,7 +341,7 @@ class BatchingStore(ABC):
                     # The server already rolled the whole transaction back
                     # (disk full, I/O error, connection lost): nothing of this
                     # batch will commit, so every unit in it fails (AR).
-                    log.error("store_savepoint_lost", error=str(rollback_exc))
+                    log.error("store_savepoint_lost", error=describe_db_error(rollback_exc))
                     self._abandon(tx, batch, rollback_exc)
                     return []
                 if not alone and (isinstance(exc, LockBusy) or self._contended(exc)):
@@ -378,6 +381,7 @@ class BatchingStore(ABC):
 
     @staticmethod
     def _fail_all(batch: Iterable[_Job], exc: BaseException) -> None:
-        log.error("store_commit_failed", error=str(exc))
+        text = describe_db_error(exc)
+        log.error("store_commit_failed", error=text)
         for job in batch:
-            job.loop.call_soon_threadsafe(_resolve, job.future, None, StoreError(str(exc)))
+            job.loop.call_soon_threadsafe(_resolve, job.future, None, StoreError(text))

@@ -34,7 +34,8 @@ class Broker:
     directory: Path
     port: int = field(default_factory=free_port)  # fixed: a restart comes back on it (see above)
     process: subprocess.Popen[bytes] | None = None
-    extra_conf: str = ""  # appended to mosquitto.conf (listeners, TLS, limits)
+    extra_conf: str = ""  # appended to mosquitto.conf (listeners, TLS, limits, password and ACL files)
+    anonymous: bool = True  # False: every client needs an account (password_file in extra_conf)
 
     @property
     def log(self) -> Path:
@@ -48,7 +49,7 @@ class Broker:
         os.chmod(data, 0o777)
         conf = self.directory / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous {'true' if self.anonymous else 'false'}\n"
             f"persistence true\npersistence_location {data}/\nautosave_interval 1\n"
             f"max_inflight_messages 20\nmax_queued_messages 100000\n" + self.extra_conf
         )

@@ -24,6 +24,15 @@ jsonschema.Draft202012Validator.check_schema(ALERT_SCHEMA)
 ALERT_VALIDATOR = jsonschema.Draft202012Validator(ALERT_SCHEMA)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """Decode as a pager back end does: NaN and Infinity are not JSON."""
+    return json.loads(data, parse_constant=_no_constant)
+
+
 def assert_valid_alert(body: dict[str, Any]) -> None:
     """Every alert payload a test sees must follow the published JSON Schema."""
     errors = sorted(ALERT_VALIDATOR.iter_errors(body), key=lambda e: list(e.path))
@@ -62,6 +71,10 @@ class MqttRecorder:
             decoded = {"undecodable": body.decode("utf-8", "replace")}
         if "/alerts/" in str(message.topic):
             try:
+                strict_json(body)  # what a strict parser (most pager back ends) accepts
+            except ValueError as exc:
+                self.invalid.append(f"not strict JSON: {exc}")
+            try:
                 assert_valid_alert(decoded)
             except AssertionError as exc:
                 self.invalid.append(str(exc))
@@ -90,15 +103,19 @@ class MqttRecorder:
 
 
 @contextlib.asynccontextmanager
-async def recording(broker: Broker, prefix: str, *, session: str | None = None) -> AsyncIterator[MqttRecorder]:
+async def recording(
+    broker: Broker, prefix: str, *, session: str | None = None, username: str | None = None,
+    password: str | None = None,
+) -> AsyncIterator[MqttRecorder]:
     """Record ``<prefix>/#``. With ``session``, a persistent MQTT v5 session
     under that client id: a pager that went away and came back, getting what
-    the broker queued for it meanwhile."""
-    options: dict[str, Any] = {}
+    the broker queued for it meanwhile. ``username``/``password``: a broker
+    with accounts (and an ACL, which decides what of ``<prefix>/#`` arrives)."""
+    options: dict[str, Any] = {"username": username, "password": password}
     if session is not None:
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = 600
-        options = {"identifier": session, "clean_start": False, "properties": connect}
+        options |= {"identifier": session, "clean_start": False, "properties": connect}
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **options) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
         recorder = MqttRecorder(client, prefix)
