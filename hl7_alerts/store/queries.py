@@ -23,12 +23,12 @@ from hl7_alerts.store.base import (
     AlertRecord,
     AuditRow,
     DedupKey,
-    OutboxBacklog,
     OutboxItem,
     OutboxRow,
     PriorAck,
     ScheduleRow,
 )
+from hl7_alerts.store.operations import OperationsQueries
 from hl7_alerts.store.rows import (
     ALERT_COLUMNS,
     AUDIT_COLUMNS,
@@ -55,26 +55,20 @@ from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
 
-class SqlTransaction(WebQueries):
+class SqlTransaction(OperationsQueries, WebQueries):
     """`Transaction` over one DB-API connection (writer thread only), with
-    the web view's queries (`web.py`) beside the daemon's."""
+    the store's own operations (`operations.py`) and the web view's queries
+    (`web.py`) beside the daemon's."""
 
     # SQLite picks the per-analyte index only when told; PostgreSQL's planner
     # needs no hint (and has no syntax for one).
     _ANALYTE_INDEX: ClassVar[str] = ""
 
     def __init__(self, conn: Any) -> None:
-        self.connection = conn
+        super().__init__(conn)
         self.enqueued = 0
 
-    # -- dialect hooks ---------------------------------------------------------
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Execute one statement; return its cursor."""
-        return self.connection.execute(sql, params)
-
-    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.connection.executemany(sql, rows)
+    # -- dialect hooks (and `Statements.execute`/`execute_many`) ----------------
 
     def batch_begun(self, *, alone: bool) -> None:
         """A transaction has begun; ``alone``: it runs one deferred unit."""
@@ -502,13 +496,6 @@ class SqlTransaction(WebQueries):
             (utc_stamp(at), kind, alert_id, version, event, outbox_id, detail),
         )
 
-    def audit_outbox(self, ids: Sequence[int], kind: str, at: datetime, detail: str) -> None:
-        self.execute_many(
-            "INSERT INTO audit (at, kind, alert_id, version, event, outbox_id, detail) "
-            "SELECT ?, ?, alert_id, version, event, id, ? FROM outbox WHERE id = ?",
-            [(utc_stamp(at), kind, detail, i) for i in ids],
-        )
-
     def list_alerts(self, *, include_closed: bool = False, limit: int = 100) -> list[AlertRecord]:
         where = "" if include_closed else "WHERE state = 'open' "
         rows = self.execute(
@@ -522,88 +509,3 @@ class SqlTransaction(WebQueries):
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)  # noqa: S608
         ).fetchall()
         return [audit_from_row(r) for r in rows]
-
-    # -- the store's own operations ----------------------------------------------
-
-    def mark_delivered(self, ids: Sequence[int], at: datetime) -> None:
-        """Rows the broker PUBACKed: delivered, and audited as such."""
-        self.execute_many(
-            "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-            [(to_iso(at), i) for i in ids],
-        )
-        self.audit_outbox(ids, "delivered", at, "")
-
-    def outbox_backlog(self) -> OutboxBacklog:
-        depth, oldest_id = self.execute(
-            "SELECT count(*), min(id) FROM outbox WHERE delivered_at IS NULL"
-        ).fetchone()
-        oldest = None
-        if oldest_id is not None:
-            row = self.execute("SELECT created_at FROM outbox WHERE id = ?", (oldest_id,)).fetchone()
-            oldest = from_iso(row[0])
-        return OutboxBacklog(depth=depth, oldest_created_at=oldest)
-
-    def probe_write(self, at: datetime) -> None:
-        """One tiny write: committing it proves the store takes writes now."""
-        self.execute(
-            "INSERT INTO health_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-            (to_iso(at),),
-        )
-
-    def last_run(self, task: str) -> datetime | None:
-        row = self.execute("SELECT last_run FROM maintenance WHERE task = ?", (task,)).fetchone()
-        return None if row is None else from_iso(row[0])
-
-    def mark_run(self, task: str, at: datetime) -> None:
-        self.execute(
-            "INSERT INTO maintenance (task, last_run) VALUES (?, ?) "
-            "ON CONFLICT (task) DO UPDATE SET last_run = excluded.last_run",
-            (task, to_iso(at)),
-        )
-
-    # Retention, a chunk at a time (each chunk is its own unit of work, so
-    # messages arriving meanwhile are not held up behind one long delete);
-    # each returns how many rows it touched. TPMT and NUDT15 results (a
-    # genotype does not expire), orders, alerts, the outbox and every audit
-    # table are never touched.
-
-    # "column is before the parameter", both ISO 8601 texts, compared as dates.
-    EARLIER: ClassVar[str] = "{col} < ?"
-    _REFERENCED = (
-        "(EXISTS (SELECT 1 FROM observations o WHERE o.message_id = m.id) "
-        "OR EXISTS (SELECT 1 FROM orders r WHERE r.message_id = m.id))"
-    )
-
-    def prune_observations(self, before: datetime, chunk: int) -> int:
-        return int(self.execute(
-            "DELETE FROM observations WHERE id IN (SELECT id FROM observations WHERE observed_ts < ? "
-            "AND coalesce(analyte, '') NOT IN ('TPMT', 'NUDT15') ORDER BY observed_ts LIMIT ?)",
-            (epoch(before), chunk),
-        ).rowcount)
-
-    def prune_messages(self, before: datetime, chunk: int) -> int:
-        """Messages received before ``before`` that nothing still points at."""
-        old = self.EARLIER.format(col="m.received_at")
-        return int(self.execute(
-            f"DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m WHERE {old} "  # noqa: S608
-            f"AND NOT {self._REFERENCED} ORDER BY m.id LIMIT ?)",
-            (to_iso(before), chunk),
-        ).rowcount)
-
-    def clear_raw(self, before: datetime, chunk: int) -> int:
-        """Messages an order or a kept observation still points at keep their
-        row (foreign keys hold) but lose their raw bytes."""
-        old = self.EARLIER.format(col="m.received_at")
-        return int(self.execute(
-            f"UPDATE messages SET raw = ? WHERE id IN (SELECT m.id FROM messages m WHERE {old} "  # noqa: S608
-            f"AND length(m.raw) > 0 AND {self._REFERENCED} ORDER BY m.id LIMIT ?)",
-            (b"", to_iso(before), chunk),
-        ).rowcount)
-
-    def prune_rejected(self, before: datetime, chunk: int) -> int:
-        old = self.EARLIER.format(col="received_at")
-        return int(self.execute(
-            f"DELETE FROM rejected_messages WHERE id IN (SELECT id FROM rejected_messages "  # noqa: S608
-            f"WHERE {old} ORDER BY id LIMIT ?)",
-            (to_iso(before), chunk),
-        ).rowcount)

@@ -12,7 +12,6 @@ writes clinical data. Rows become values only through `rows.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,17 +37,15 @@ from hl7_alerts.store.rows import (
     record_from_row,
     session_from_row,
 )
+from hl7_alerts.store.statements import Statements
 from hl7_alerts.timeutil import to_iso, utc_stamp
 
 # Most severe first; ties newest first.
 _SEVERITY_ORDER = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END"
 
 
-class WebQueries:
+class WebQueries(Statements):
     """The web view's queries, on whatever connection ``execute`` runs."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError  # SqlTransaction's, or its dialect's
 
     # -- alerts ------------------------------------------------------------------
 
