@@ -32,6 +32,18 @@ class Analyte(enum.StrEnum):
     TPMT = "TPMT"
     NUDT15 = "NUDT15"
 
+    @property
+    def label(self) -> str:
+        """The analyte as clinicians write it ("total bilirubin"): for text;
+        the value stays the payload's and the store's identifier."""
+        return _LABELS.get(self, self.value)
+
+
+_LABELS = {
+    Analyte.BILI_TOTAL: "total bilirubin",
+    Analyte.BILI_DIRECT: "direct bilirubin",
+}
+
 
 LIVER_ENZYMES = (Analyte.ALT, Analyte.AST, Analyte.ALP, Analyte.GGT)
 
@@ -123,17 +135,18 @@ def _unit_key(unit: str) -> str:
     return _TEMPERATURE.sub("", key)
 
 
-def to_canonical(analyte: Analyte, value: float, unit: str) -> float | None:
-    """Convert ``value`` in ``unit`` to the analyte's canonical unit, or None."""
+def conversion_factor(analyte: Analyte, unit: str) -> float | None:
+    """What a value of ``analyte`` in ``unit`` is multiplied by to be in the
+    analyte's canonical unit, or None when the unit is not one we know."""
     if len(unit) > MAX_UNIT_CHARS:
         return None
-    factor = _CONVERSIONS.get(analyte, {}).get(_unit_key(unit))
+    return _CONVERSIONS.get(analyte, {}).get(_unit_key(unit))
+
+
+def to_canonical(analyte: Analyte, value: float, unit: str) -> float | None:
+    """Convert ``value`` in ``unit`` to the analyte's canonical unit, or None."""
+    factor = conversion_factor(analyte, unit)
     return None if factor is None else value * factor
-
-
-def convertible(analyte: Analyte, unit: str) -> bool:
-    """Whether a value of ``analyte`` in ``unit`` converts to its canonical unit."""
-    return to_canonical(analyte, 0.0, unit) is not None
 
 
 # ---------------------------------------------------------------------------

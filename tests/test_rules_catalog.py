@@ -26,6 +26,7 @@ SETTINGS = RuleSettings()
 
 STOP, HYS, CHOL, MILD = "aza.hepatotoxicity.stop", "aza.hys_law", "aza.cholestasis", "aza.liver.mild"
 RECH, SYN = "aza.rechallenge.recurrence", "aza.synthetic_function"
+HYPERBILI, UNSCORED = "aza.hyperbilirubinemia", "aza.result.unscored"
 LOW_ALP, NORMAL = "aza.post_stop.low_alp", "aza.post_stop.normalized"
 MYELO, POOR = "aza.myelosuppression", "aza.pgx.poor_metabolizer"
 MISSING, ALLO = "aza.pgx.missing", "aza.interaction.allopurinol"
@@ -56,7 +57,9 @@ CASES = [
      [obs(A.ALT, 170, ref="7-56")], [(HYS, S.CRITICAL)]),
     ("hys-bili-49h-apart", context(order(), history=(obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2", at=T0 - 49 * H, specimen="S0"),)),
      [obs(A.ALT, 170, ref="7-56")], [(STOP, S.CRITICAL)]),
-    ("hys-alt-below-3x", ON, [obs(A.ALT, 167, ref="7-56"), obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2")], [(MILD, S.WARNING)]),
+    # ALT 2.98× is no Hy's law; the bilirubin 2.0× is isolated jaundice, which takes liver.mild's place
+    # (issue 19 item 7; before aza.hyperbilirubinemia this row expected aza.liver.mild).
+    ("hys-alt-below-3x", ON, [obs(A.ALT, 167, ref="7-56"), obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2")], [(HYPERBILI, S.HIGH)]),
     # -- cholestasis (may share a panel with stop)
     ("alp-at-2x", ON, [obs(A.ALP, 282, ref="42-141")], [(CHOL, S.HIGH)]),
     ("alp-below-2x-is-mild", ON, [obs(A.ALP, 281, ref="42-141")], [(MILD, S.WARNING)]),
@@ -112,12 +115,15 @@ CASES = [
     ("synthetic-bilirubin-at-uln-silent", ON, [obs(A.BILI_TOTAL, 1.2, ref="0.1-1.2"), obs(A.INR, 1.6)], []),
     ("synthetic-with-this-panels-liver-alert", ON, [obs(A.ALT, 170, ref="7-56"), obs(A.INR, 1.6)],
      [(STOP, S.CRITICAL), (SYN, S.HIGH)]),
-    ("synthetic-needs-active-thiopurine", context(order(stop=T0 - D), alerts=(past(STOP, T0 - 2 * D, open=True),)),
+    # Decision 16: "active" here means exposed; a stop beyond the follow-up of the open alert is not.
+    ("synthetic-needs-active-thiopurine", context(order(start=T0 - 200 * D, stop=T0 - 91 * D),
+                                                  alerts=(past(STOP, T0 - 92 * D, open=True),)),
      [obs(A.INR, 1.6)], []),
     # -- post-stop
     ("seed-low-alp", STOPPED, seed_panel(39), [(LOW_ALP, S.INFO)]),
     ("alp-at-lln-normalized", STOPPED, seed_panel(42), [(NORMAL, S.INFO)]),
-    ("normalized-alt-above-uln-silent", STOPPED, seed_panel(42, alt=57), []),
+    # 14 days after the stop the patient is still exposed (decision 16): ALT above ULN is mild again.
+    ("normalized-alt-above-uln-silent", STOPPED, seed_panel(42, alt=57), [(MILD, S.WARNING)]),
     ("normalized-bilirubin-above-uln-silent", STOPPED, seed_panel(42, bili=1.3), []),
     ("normalized-needs-all-four", STOPPED, seed_panel(42)[:3], []),
     ("low-alp-alone", STOPPED, [obs(A.ALP, 39, ref="42-141")], [(LOW_ALP, S.INFO)]),
