@@ -110,7 +110,7 @@ def process(
                 started.append(state)  # a resent or repeated NW is not a new order
         changes = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
         changes += schedule_orders(tx, message, events, received_at=received_at, settings=settings)
-        return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
+        return Outcome(ack_code=AckCode.AA, changes=_announced(changes))
     if isinstance(message, ResultMessage):
         # A correction or cancellation replaces the stored value it names
         # before anything reads the patient's history.
@@ -121,13 +121,24 @@ def process(
             return Outcome(ack_code=AckCode.AA)
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
         changes += advance_schedules(tx, message, received_at=received_at, settings=settings)
-        return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
+        return Outcome(ack_code=AckCode.AA, changes=_announced(changes))
     if isinstance(message, MergeMessage):
         folded = tx.merge_patient(message.prior, message.patient)
         for alert_id in folded:
             announce_folded(tx, alert_id, settings=settings, at=received_at)
         log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
+
+
+def _announced(changes: Sequence[AlertChange]) -> tuple[AlertChange, ...]:
+    """The changes that went out as events (a silent one is only stored)."""
+    return tuple(c for c in changes if not c.silent)
+
+
+def arrival(message: OrderMessage, received_at: datetime) -> datetime:
+    """When an order message arrived, as the feed tells it: MSH-7, else our
+    clock. (A replayed archive keeps its own time; a live feed stamps now.)"""
+    return message.header.message_time or received_at
 
 
 def _patients(message: Message) -> tuple[PatientKey, ...]:
@@ -208,7 +219,7 @@ def _evaluate_orders(
         return []
     starts = [o.start for o in started if o.start is not None] or [received_at]
     ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
-    findings = evaluate_orders(ctx, started, settings.rules)
+    findings = evaluate_orders(ctx, started, settings.rules, arrived_at=arrival(message, received_at))
     return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
 
 

@@ -42,9 +42,13 @@ NOW = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
 
 def finding(severity: Severity, at: datetime = T0, rule: str = "aza.liver.mild") -> Finding:
-    """A finding resting on one ALT result taken at ``at`` (so findings at
-    different times carry different evidence, as real panels do)."""
-    alt = Evidence(observation=obs(Analyte.ALT, 80, ref="7-56", at=at), ref_low=7, ref_high=56, x_uln=1.43)
+    """A finding resting on one ALT result taken at ``at``, one U/L higher for
+    each day after T0 (so findings at different times carry different values,
+    as real panels do: the same values again would be stored silently,
+    CLINICAL.md decision 19)."""
+    value = 80 + (at - T0).days
+    alt = Evidence(observation=obs(Analyte.ALT, value, ref="7-56", at=at), ref_low=7, ref_high=56,
+                   x_uln=round(value / 56, 2))
     return Finding(
         rule=rule, severity=severity, title="t", summary="s", evidence=(alt,), order=None,
         recommendations=("recheck",), references=(), occurred_at=at,

@@ -118,8 +118,11 @@ def test_preliminary_is_evaluated_and_marked_pending_is_stored_only(tmp_path: Pa
     assert events(out)[1:] == [(STOP, "firing", "critical")]
     assert out[1]["observations"][0]["status"] == "P"
     assert out[1]["title"].startswith("Preliminary: ")
+    # Decision 19: P → F with the same values is stored silently (no `updated`; the
+    # stored alert drops "Preliminary:", test_p_to_f_same_values_is_stored_silently);
+    # F with other values updates, without the mark.
     final = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
-                      oru("L1F", "20261001080000", alt("190")))
+                      oru("L1F", "20261001080000", alt("190")), oru("L1G", "20261001080000", alt("200")))
     assert events(final)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
     assert not final[2]["title"].startswith("Preliminary")
     for status in ("I", "R"):
@@ -132,9 +135,13 @@ def test_same_panel_again_sends_no_spurious_update(tmp_path: Path) -> None:
     panel = oru("L1", "20261001080000", alt("190"))
     restamped = panel.replace("|20261001080000||ORU", "|20261001090000||ORU", 1)
     other_control = panel.replace("|L1|", "|L9|", 1)
+    # Decision 19: a later panel with the same values (L2) is no news either;
+    # other values (L3) are.
     out = run_check(tmp_path, START, panel, restamped, other_control,
-                    oru("L2", "20261002080000", alt("190"), specimen="S2"))
+                    oru("L2", "20261002080000", alt("190"), specimen="S2"),
+                    oru("L3", "20261003080000", alt("210"), specimen="S3"))
     assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert out[2]["occurred_at"].startswith("2026-10-03")
 
 
 def test_second_consecutive_mild_panel_escalates(tmp_path: Path) -> None:
@@ -177,7 +184,10 @@ def test_comparator_and_sn_values_are_accepted_and_evaluated(tmp_path: Path) -> 
 
 
 def test_hold_and_release(tmp_path: Path) -> None:
-    """Decision 9: HD holds from ORC-9 until RL; XO keeps the same order."""
+    """Decision 9: HD holds from ORC-9 until RL; XO keeps the same order.
+    Results observed while held are still exposed (decision 16): the alert
+    fires "while held" and never says to stop a held drug; the same values
+    on later panels (held, then released) are no news (decision 19)."""
     hold = order_msg("RX2", "HD", "RX1", AZA, "20260901090000", tx="20260930120000")
     release = order_msg("RX3", "RL", "RX1", AZA, "20260901090000", tx="20261005120000")
     change = order_msg("RX4", "XO", "RX1", AZA, "20260901090000", tx="20261006120000")
@@ -186,7 +196,10 @@ def test_hold_and_release(tmp_path: Path) -> None:
                     oru("L3", "20261007080000", alt("190"), specimen="S3"))
     # Held through 1 and 4 October; active again on the 7th; XO is no new order.
     assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
-    assert out[1]["occurred_at"].startswith("2026-10-07")
+    assert out[1]["occurred_at"].startswith("2026-10-01")
+    assert out[1]["medication"]["status"] == "held"
+    assert out[1]["recommendations"][0] == "Azathioprine on hold since 2026-09-30: urgent clinical review; keep it held"
+    assert "held since 2026-09-30" in out[1]["summary"]
 
 
 def test_pgx_and_allopurinol_on_file_before_the_thiopurine_order(tmp_path: Path) -> None:
@@ -219,7 +232,10 @@ def test_allopurinol_after_the_thiopurine(tmp_path: Path) -> None:
 def test_hys_law_across_two_messages_within_48h(tmp_path: Path) -> None:
     out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
                     oru("L2", "20261002200000", result(BILI, "2.6", "mg/dL", "0.1-1.2"), specimen="S2"))
-    assert events(out)[1:] == [(STOP, "firing", "critical"), ("aza.hys_law", "firing", "critical")]
+    # Decision 19: the open stop alert closes, superseded, and hys_law alone goes on.
+    assert events(out)[1:] == [(STOP, "firing", "critical"), ("aza.hys_law", "firing", "critical"),
+                               (STOP, "resolved", "critical")]
+    assert out[3]["reason"] == "superseded by aza.hys_law"
 
 
 def test_a40_merge_moves_history_orders_and_alerts(tmp_path: Path) -> None:
