@@ -251,6 +251,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP INDEX observations_analyte;
         """,
     ),
+    # 8: clinical safety (issue 19). When each liver-test schedule's order was
+    # first seen: a long-running order first seen late is on the monthly
+    # schedule from then, not overdue since its start years ago. Existing
+    # schedules keep NULL (their order was seen when the schedule began).
+    # Open alerts carry over as they are: nothing here closes or reopens one
+    # (an alert resolved by a stop before this version stays resolved).
+    Migration(
+        """
+        ALTER TABLE monitoring ADD COLUMN first_seen TEXT;
+        """,
+    ),
 )
 
 
