@@ -109,6 +109,7 @@ def process(
             if order.control is OrderControl.NEW and known is None:
                 started.append(state)  # a resent or repeated NW is not a new order
         changes = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
+        changes += _evaluate_late(tx, message, started, received_at=received_at, settings=settings)
         changes += schedule_orders(tx, message, events, received_at=received_at, settings=settings)
         return Outcome(ack_code=AckCode.AA, changes=_announced(changes))
     if isinstance(message, ResultMessage):
@@ -221,6 +222,35 @@ def _evaluate_orders(
     ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
     findings = evaluate_orders(ctx, started, settings.rules, arrived_at=arrival(message, received_at))
     return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
+
+
+def _evaluate_late(
+    tx: Transaction,
+    message: OrderMessage,
+    started: Sequence[OrderState],
+    *,
+    received_at: datetime,
+    settings: PipelineSettings,
+) -> list[AlertChange]:
+    """Decision 18: a thiopurine order whose start precedes results already on
+    file (pharmacy feeds lag) evaluates those results when it arrives, from
+    its start and at most ``late_order_days`` before its arrival. The alerts
+    are dated by their results. Results another order already judged find
+    their alerts open (nothing new on the page: no event) or closed (history)."""
+    starts = [o.start for o in started if o.ingredient in settings.rules.thiopurines and o.start is not None]
+    if not starts:
+        return []
+    since = max(min(starts), arrival(message, received_at) - timedelta(days=settings.rules.late_order_days))
+    results = tx.patient_history(message.patient, since)
+    if not results:
+        return []
+    patient, orders = message.patient, tx.patient_orders(message.patient)
+    ctx = _context(tx, patient, orders, message.demographics, earliest=since, settings=settings)
+    assessment = assess(ctx, results, settings.rules)
+    return _reconcile(
+        tx, message, assessment.findings, assessment.verdicts, {}, received_at=received_at,
+        settings=settings, ctx=ctx,
+    )
 
 
 def _reconcile(

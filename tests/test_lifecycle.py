@@ -9,6 +9,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from hl7_alerts.config import Config, parse_config
 from hl7_alerts.messages import parse_message
 from hl7_alerts.pipeline import process
@@ -309,3 +311,37 @@ async def test_a40_merge_announces_the_alert_it_folds(tmp_path: Path) -> None:
     assert pgx == [("open", 1), ("resolved", 1)]
     body = json.loads(announced[-1][1])
     assert (body["event"], body["version"], body["patient"]["id"]) == ("resolved", 2, "H0990001")
+
+
+def test_a_late_order_evaluates_the_results_it_covers(tmp_path: Path) -> None:
+    """Decision 18 (issue 19 item 6): ALT 300 on 1 October, then an order
+    arrives with start 1 September: the result is judged on arrival, the
+    alert dated by it; before, only aza.pgx.missing (which an order started
+    more than 30 days before it arrived no longer raises, decision 11)."""
+    late = order_msg("RX1", "NW", "RX1", AZA, "20260901090000", tx="20261005090000")
+    out = run_check(tmp_path, oru("L1", "20261001080000", alt("300")), late)
+    assert events(out) == [(STOP, "firing", "critical")]
+    assert out[0]["occurred_at"] == "2026-10-01T08:00:00+00:00"
+    assert out[0]["source"]["control_id"] == "RX1"
+
+
+@pytest.mark.parametrize(("start", "observed", "expected"), [
+    ("20260801090000", "20260905090000", [(STOP, "firing", "critical")]),  # 30 days before the arrival: judged
+    ("20260801090000", "20260905085959", []),  # a second more: history
+    ("20260920090000", "20260920090000", [(STOP, "firing", "critical")]),  # at the order's start: judged
+    ("20260920090000", "20260920085959", []),  # a second before it started: baseline
+], ids=["30-days-before-arrival", "a-second-more", "at-start", "a-second-before-start"])
+def test_a_late_order_looks_back_30_days_at_most_and_never_before_its_start(
+    tmp_path: Path, start: str, observed: str, expected: list
+) -> None:
+    late = order_msg("RX1", "NW", "RX1", AZA, start, tx="20261005090000")
+    out = run_check(tmp_path, oru("L1", observed, alt("300")), late)
+    assert [e for e in events(out) if e[0] != MISSING] == expected
+
+
+def test_an_order_arriving_after_results_another_order_judged_adds_nothing(tmp_path: Path) -> None:
+    """A dose change (new NW) after the alert: the results are on file and
+    already judged; the same values are no news (decision 19)."""
+    again = order_msg("RX2", "NW", "RX2", AZA, "20260915090000", tx="20261002090000")
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("300")), again)
+    assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
