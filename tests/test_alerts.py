@@ -29,11 +29,14 @@ from hl7_alerts.alerts import (
     reconcile,
     remind,
     reminder_due,
+    resolve,
+    supersede,
 )
 from hl7_alerts.model import PatientDemographics, Severity
 from hl7_alerts.rules.common import Evidence, Finding
+from hl7_alerts.rules.ids import ALL_RULES
 from hl7_alerts.terminology import Analyte
-from tests.support.mqtt import assert_valid_alert
+from tests.support.mqtt import ALERT_SCHEMA, assert_valid_alert
 from tests.support.rulekit import PATIENT, T0, obs
 
 SOURCE = Source(control_id="LAB1", sending_application="LAB", sending_facility="GENHOSP")
@@ -213,3 +216,27 @@ def test_phi_policy_decides_patient_fields(policy: PhiPolicy, expected: set[str]
     body = payload(change, demographics=demographics, phi=policy)
     assert set(body["patient"]) == expected
     assert_valid_alert(published(body))
+
+
+def test_the_schema_lists_every_rule_id_and_describes_reason() -> None:
+    """Issue 19: the schema gains aza.hyperbilirubinemia and aza.result.unscored
+    (the rule pattern accepted them already: alert@1 stays compatible) and an
+    optional `reason` for closing events."""
+    assert set(ALERT_SCHEMA["properties"]["rule"]["examples"]) == ALL_RULES
+    assert {"aza.hyperbilirubinemia", "aza.result.unscored"} <= ALL_RULES
+    assert ALERT_SCHEMA["properties"]["reason"] == {"description": ALERT_SCHEMA["properties"]["reason"]["description"],
+                                                    "type": "string"}
+    assert "reason" not in ALERT_SCHEMA["required"]
+
+
+def test_closing_events_say_why_and_others_do_not() -> None:
+    (fired,) = reconcile([finding(Severity.CRITICAL)], {}, patient=PATIENT, source=SOURCE, next_episode={})
+    assert "reason" not in payload(fired)
+    closed = resolve(fired.alert, T0 + timedelta(days=1), SOURCE, reason="a liver panel arrived")
+    body = published(payload(closed))
+    assert (body["event"], body["reason"]) == ("resolved", "a liver panel arrived")
+    assert_valid_alert(body)
+    superseded = supersede(fired.alert, "aza.hys_law", T0 + timedelta(days=1), SOURCE)
+    assert payload(superseded)["reason"] == "superseded by aza.hys_law"
+    carried = carried_payload(payload(closed), closed.alert, AlertEvent.REMINDER, reminder=1, reminder_max=2)
+    assert "reason" not in carried

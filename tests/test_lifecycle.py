@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from hl7_alerts.alerts import ReminderPolicy, Source, reconcile
 from hl7_alerts.config import Config, parse_config
+from hl7_alerts.lifecycle import send_reminders
 from hl7_alerts.messages import parse_message
+from hl7_alerts.outbox import enqueue_change
 from hl7_alerts.pipeline import process
+from hl7_alerts.rules.common import RuleSettings
+from hl7_alerts.rules.engine import assess
 from hl7_alerts.store import SqliteStore
+from hl7_alerts.terminology import Analyte
 from tests.support.hl7kit import (
     ALLOPURINOL,
     ALP,
@@ -28,6 +34,7 @@ from tests.support.hl7kit import (
     result,
     run_check,
 )
+from tests.support.rulekit import context, obs, order
 
 STOP, MILD, MISSING = "aza.hepatotoxicity.stop", "aza.liver.mild", "aza.pgx.missing"
 START = order_msg("RX1", "NW", "RX1", AZA, "20260901090000")
@@ -345,3 +352,61 @@ def test_an_order_arriving_after_results_another_order_judged_adds_nothing(tmp_p
     again = order_msg("RX2", "NW", "RX2", AZA, "20260915090000", tx="20261002090000")
     out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("300")), again)
     assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
+
+
+async def _store_with(tmp_path: Path, *texts: str) -> SqliteStore:
+    config = Config()
+    options, settings = config.parse_options(), config.pipeline_settings()
+    store = await SqliteStore.open(tmp_path / "s.db")
+    for text in texts:
+        raw = text.encode()
+        await store.transact(lambda tx, raw=raw: process(tx, parse_message(raw, options), raw,
+                                                         received_at=datetime(2026, 10, 2, tzinfo=UTC),
+                                                         settings=settings))
+    return store
+
+
+def _outbox(tmp_path: Path) -> list[tuple[str, str, dict]]:
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT alert_id, event, payload FROM outbox ORDER BY id").fetchall()
+    return [(alert_id, event, json.loads(body)) for alert_id, event, body in rows]
+
+
+async def test_p_to_f_same_values_is_stored_silently(tmp_path: Path) -> None:
+    """Decision 19: no `updated` for P → F with the same values; the stored
+    alert (what reminders carry) is the final one, at the same version."""
+    store = await _store_with(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
+                              oru("L1F", "20261001080000", alt("190")))
+    await store.close()
+    assert [(b["rule"], event) for _, event, b in _outbox(tmp_path)] == [(MISSING, "firing"), (STOP, "firing")]
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        version, payload = db.execute("SELECT version, payload FROM alerts WHERE rule = ?", (STOP,)).fetchone()
+    body = json.loads(payload)
+    assert version == 1
+    assert (body["version"], body["event"]) == (1, "firing")
+    assert not body["title"].startswith("Preliminary")
+    assert body["observations"][0]["status"] == "F"
+
+
+async def test_reminders_go_on_for_hys_law_alone(tmp_path: Path) -> None:
+    """Decision 19: a stop alert left open beside an open hys_law (as a store
+    from before this rule has them) is closed as superseded by the reminder
+    timer, not reminded; hys_law is reminded."""
+    store = await _store_with(tmp_path, START, oru("L1", "20261001080000", alt("300")))
+    config = Config()
+    settings = config.pipeline_settings()
+    patient = parse_message(START.encode(), config.parse_options()).patient
+    # A Hy's law alert opened beside it, as the daemon did before this rule.
+    findings = assess(context(order()), [obs(Analyte.ALT, 300, ref="7-56"),
+                                         obs(Analyte.BILI_TOTAL, 3.0, ref="0.1-1.2")], RuleSettings()).findings
+    old = Source(control_id="OLD", sending_application="LAB", sending_facility="GENHOSP")
+    (hys,) = reconcile(findings, {}, patient=patient, source=old, next_episode={})
+    paged = datetime(2026, 10, 2, tzinfo=UTC)
+    await store.transact(lambda tx: enqueue_change(tx, hys, None, settings=settings, at=paged))
+    sent = await store.transact(lambda tx: send_reminders(
+        tx, policy=ReminderPolicy(after_seconds=60), settings=settings, now=paged + timedelta(days=1)))
+    await store.close()
+    later = [(b["rule"], event, b.get("reason")) for _, event, b in _outbox(tmp_path)][2:]
+    assert later == [("aza.hys_law", "firing", None), (STOP, "resolved", "superseded by aza.hys_law"),
+                     ("aza.hys_law", "reminder", None)]
+    assert sent == [hys.alert.alert_id]
