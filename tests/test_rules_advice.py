@@ -119,7 +119,7 @@ def test_neutropenic_sepsis_line_below_1_0(neutrophils: float, sepsis: bool) -> 
 def test_values_on_the_panel_are_stated_not_asked_for() -> None:
     with_them = evaluate(context(order()), [obs(A.ALT, 200, ref="7-56"), obs(A.ALBUMIN, 3.9, ref="3.5-5.0"),
                                             obs(A.INR, 1.0)], SETTINGS)[0]
-    assert "On this panel: albumin 3.9 g/dL, INR 1.0 ratio" in with_them.recommendations
+    assert "On this panel: albumin 3.9 g/dL, INR 1" in with_them.recommendations
     assert "Check albumin and PT/INR" not in with_them.recommendations
     half = evaluate(context(order()), [obs(A.ALT, 200, ref="7-56"), obs(A.ALBUMIN, 3.9, ref="3.5-5.0")], SETTINGS)[0]
     assert "On this panel: albumin 3.9 g/dL; check PT/INR" in half.recommendations
@@ -128,7 +128,7 @@ def test_values_on_the_panel_are_stated_not_asked_for() -> None:
     hys = evaluate(context(order()), [obs(A.ALT, 200, ref="7-56"), obs(A.BILI_TOTAL, 3.0, ref="0.1-1.2"),
                                       obs(A.INR, 2.2)], SETTINGS)[0]
     assert hys.title == "Hy's law on azathioprine: ALT 3.57 × ULN, total bilirubin 2.5 × ULN"
-    assert any(r.startswith("INR 2.2 ratio on this panel") for r in hys.recommendations)
+    assert any(r.startswith("INR 2.2 on this panel") for r in hys.recommendations)
     assert not any(r.startswith("Check INR") for r in hys.recommendations)
 
 
@@ -138,7 +138,7 @@ def test_low_alp_page_answers_albumin_and_pt_it_carries() -> None:
                                     obs(A.INR, 1.0, ref="0.8-1.2")], SETTINGS)
     assert "Confirm that albumin and prothrombin time are normal" not in finding.recommendations
     assert ("Albumin and prothrombin time on this panel: albumin 4.1 g/dL (within range), "
-            "INR 1.0 ratio (within range)") in finding.recommendations
+            "INR 1 (within range)") in finding.recommendations
 
 
 @pytest.mark.parametrize(("panel", "pattern"), [

@@ -89,7 +89,13 @@ def _above_uln(panel: Panel, settings: RuleSettings, sex: str) -> list[Hit]:
 
 
 def _value(obs: Observation) -> str:
-    return f"{obs.comparator}{fmt(obs.value or 0)} {obs.unit}".strip()
+    """The value as the laboratory reported it (``39 U/L``, ``<5 U/L``,
+    ``INR 1.0``: a ratio has no unit worth printing)."""
+    text = obs.value_text.strip()
+    if not text or obs.value is None or "^" in text:
+        text = f"{obs.comparator}{fmt(obs.value or 0)}"
+    unit = "" if obs.analyte == Analyte.INR else obs.unit.strip()
+    return f"{text} {unit}".strip()
 
 
 def _describe(hits: Sequence[Hit]) -> str:
