@@ -42,9 +42,12 @@ def _why(obs: Observation) -> str:
     if obs.value is None:
         return "the value is not a number"
     if obs.ref_text and obs.ref_low is None and obs.ref_high is None:
-        unit = obs.unit or "(none)"
-        return f"the range {obs.ref_text!r} cannot be read and the unit {unit!r} does not convert"
-    return f"no range given and the unit {obs.unit or '(none)'!r} does not convert"
+        return f"the range {obs.ref_text!r} cannot be read and the unit {_unit(obs)!r} does not convert"
+    return f"no range given and the unit {_unit(obs)!r} does not convert"
+
+
+def _unit(obs: Observation) -> str:
+    return obs.unit.strip() or "(none)"
 
 
 def result_unscored(
@@ -62,7 +65,7 @@ def result_unscored(
         return None
     critical = any(obs.flag in CRITICAL_FLAGS for _, obs in unscored)
     described = ", ".join(
-        f"{a.label} {obs.value_text or '(empty)'} {obs.unit}".strip() + f" flagged {obs.flag}"
+        f"{a.label} {obs.value_text or '(empty)'} {obs.unit.strip()}".strip() + f" flagged {obs.flag}"
         for a, obs in unscored
     )
     reasons = "; ".join(f"{a.label}: {_why(obs)}" for a, obs in unscored)
