@@ -5,6 +5,7 @@ ALP above ULN, published references, and advice that is right for the drug."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -36,6 +37,7 @@ def _every_finding(drug: str, settings: RuleSettings) -> list[Finding]:
         (on, [obs(A.GGT, 60, ref="9-48")]),
         (on, [obs(A.NEUTROPHILS, 0.5), obs(A.PLATELETS, 100)]),
         (on, [coded(A.TPMT, "Poor metabolizer")]),
+        (on, [replace(obs(A.ALT, 400, unit=" "), flag="HH")]),
         (stopped, [obs(A.ALT, 40, ref="7-56"), obs(A.AST, 30, ref="10-40"), obs(A.ALP, 39, ref="42-141")]),
         (stopped, [obs(A.ALT, 40, ref="7-56"), obs(A.AST, 30, ref="10-40"), obs(A.ALP, 60, ref="42-141"),
                    obs(A.BILI_TOTAL, 0.5, ref="0.1-1.2")]),
@@ -52,6 +54,7 @@ RULES_SEEN = {
     "aza.hys_law", "aza.hepatotoxicity.stop", "aza.cholestasis", "aza.hyperbilirubinemia", "aza.liver.mild",
     "aza.synthetic_function", "aza.myelosuppression", "aza.pgx.poor_metabolizer", "aza.post_stop.low_alp",
     "aza.post_stop.normalized", "aza.rechallenge.recurrence", "aza.pgx.missing", "aza.interaction.allopurinol",
+    "aza.result.unscored",
 }
 
 
