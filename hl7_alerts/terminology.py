@@ -317,6 +317,10 @@ class Ingredient(enum.StrEnum):
     FEBUXOSTAT = "febuxostat"
 
 
+XANTHINE_OXIDASE_SUBSTRATES = frozenset({Ingredient.AZATHIOPRINE.value, Ingredient.MERCAPTOPURINE.value})
+"""The thiopurines xanthine oxidase breaks down (not thioguanine): allopurinol
+and febuxostat interact with these only."""
+
 RXNORM: Mapping[str, Ingredient] = {
     "1256": Ingredient.AZATHIOPRINE,
     "103": Ingredient.MERCAPTOPURINE,

@@ -163,3 +163,16 @@ def test_boundary_figures_shown_are_the_figures_compared() -> None:
     (stop,) = evaluate(context(order()), [obs(A.ALT, 3.3, unit="ukat/L", ref="0.1-1.1")], SETTINGS)
     assert stop.title == "Azathioprine hepatotoxicity: ALT 3.0 × ULN"
     assert stop.evidence[0].x_uln == 3.0
+
+
+@pytest.mark.parametrize(("drug", "allopurinol_line"), [("azathioprine", True), ("mercaptopurine", True),
+                                                         ("thioguanine", False)])
+def test_low_alp_advice_on_allopurinol_only_for_drugs_xanthine_oxidase_breaks_down(
+    drug: str, allopurinol_line: bool
+) -> None:
+    settings = RuleSettings(thiopurines=frozenset({"azathioprine", "mercaptopurine", "thioguanine"}))
+    stopped = context(order(ingredient=drug, start=T0 - 60 * D, stop=T0 - 14 * D),
+                      alerts=(past("aza.hepatotoxicity.stop", T0 - 15 * D),))
+    (finding,) = evaluate(stopped, [obs(A.ALP, 39, ref="42-141")], settings)
+    assert any("allopurinol" in r for r in finding.recommendations) is allopurinol_line
+    assert len(finding.recommendations) == (16 if allopurinol_line else 15)

@@ -8,6 +8,8 @@ the thresholds they back.
 
 from __future__ import annotations
 
+from hl7_alerts.terminology import XANTHINE_OXIDASE_SUBSTRATES
+
 SEED = (
     "Management of low ALP after stopping azathioprine due to elevated liver enzymes. "
     "Dr.Oracle Medical Advisory Board, 2025 (the seed guidance)"
@@ -66,6 +68,7 @@ LOW_ALP_ACTIONS = (
     "Hepatotoxicity can recur rapidly upon rechallenge",
 )
 _CONFIRM_SYNTHETIC = LOW_ALP_ACTIONS[3]
+_ALLOPURINOL = LOW_ALP_ACTIONS[9]
 
 
 def named(text: str, drug: str) -> str:
@@ -78,10 +81,14 @@ def named(text: str, drug: str) -> str:
 
 def low_alp_actions(drug: str, shown: str | None) -> tuple[str, ...]:
     """The seed's recommendations for ``drug``; ``shown``, when the panel
-    carries albumin and PT/INR, replaces the line asking to confirm them."""
+    carries albumin and PT/INR, replaces the line asking to confirm them.
+    The allopurinol co-therapy line is left out for a thiopurine that
+    xanthine oxidase does not break down (thioguanine): its dose advice would
+    be wrong."""
     return tuple(
         shown if line == _CONFIRM_SYNTHETIC and shown is not None else named(line, drug)
         for line in LOW_ALP_ACTIONS
+        if line != _ALLOPURINOL or drug in XANTHINE_OXIDASE_SUBSTRATES
     )
 
 

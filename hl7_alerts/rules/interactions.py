@@ -18,10 +18,9 @@ from hl7_alerts.model import OrderState, PatientContext, Severity
 from hl7_alerts.rules.advice import FEBUXOSTAT_LABEL, SEED
 from hl7_alerts.rules.common import Finding, RuleSettings
 from hl7_alerts.rules.ids import INTERACTION_ALLOPURINOL
-from hl7_alerts.terminology import Ingredient
+from hl7_alerts.terminology import XANTHINE_OXIDASE_SUBSTRATES, Ingredient
 
-XANTHINE_OXIDASE_SUBSTRATES = frozenset({Ingredient.AZATHIOPRINE.value, Ingredient.MERCAPTOPURINE.value})
-"""The thiopurines xanthine oxidase breaks down (not thioguanine)."""
+__all__ = ["XANTHINE_OXIDASE_SUBSTRATES", "allopurinol"]
 
 
 def _pairs(
