@@ -17,7 +17,14 @@ from dataclasses import replace
 from datetime import datetime
 
 from hl7_alerts.alerts import AlertChange, Source, reconcile, resolve
-from hl7_alerts.model import MedicationOrder, OrderMessage, OrderState, ResultMessage, ResultStatus
+from hl7_alerts.model import (
+    MedicationOrder,
+    Observation,
+    OrderMessage,
+    OrderState,
+    ResultMessage,
+    ResultStatus,
+)
 from hl7_alerts.outbox import enqueue_change
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.rules.monitoring import ScheduleState, next_due, overdue_finding, transition
@@ -34,12 +41,15 @@ def schedule_orders(
     *,
     received_at: datetime,
     settings: PipelineSettings,
+    on_file: tuple[datetime, Sequence[Observation]] | None = None,
 ) -> list[AlertChange]:
     """Start, pause, resume or stop the schedule of each thiopurine order the
     message touched (`monitoring.transition`). NW starts one (a new order is
     a start or reintroduction); HD pauses it, RL resumes it; DC/OD/CA/OC stop
     it. XO/SC keep it. An overdue alert no active order still supports is
-    resolved."""
+    resolved. ``on_file`` is (t, every result on file observed since t), when
+    the caller has read them: a new schedule starting at or after t needs no
+    query of its own."""
     m = settings.monitoring
     if not m.enabled:
         return []
@@ -60,7 +70,7 @@ def schedule_orders(
             start = state.start or event.transaction_time or received_at
             first_seen = message.header.message_time or received_at
             # Results already on file count (a pharmacy feed lags the lab's).
-            last = _latest_liver_panel(tx, message, start, m.liver_analytes)
+            last = _latest_liver_panel(tx, message, start, m.liver_analytes, on_file)
             due = next_due(start, last, m, first_seen)
             row = ScheduleRow(
                 patient=patient, order_id=state.order_id, start=start, last_panel=last, due=due.due,
@@ -78,13 +88,23 @@ def schedule_orders(
 
 
 def _latest_liver_panel(
-    tx: Transaction, message: OrderMessage, start: datetime, analytes: frozenset[str]
+    tx: Transaction,
+    message: OrderMessage,
+    start: datetime,
+    analytes: frozenset[str],
+    on_file: tuple[datetime, Sequence[Observation]] | None,
 ) -> datetime | None:
-    """The latest liver panel on file observed after ``start``, if any."""
+    """The latest liver panel on file observed after ``start``, if any (from
+    ``on_file`` when it covers ``start``)."""
+    if on_file is not None and on_file[0] <= start:
+        results = on_file[1]
+    else:
+        results = tx.patient_history(message.patient, start, analytes=sorted(analytes))
     times = [
         o.observed_at
-        for o in tx.patient_history(message.patient, start, analytes=sorted(analytes))
-        if o.observed_at > start and o.status not in (ResultStatus.CANCELLED, ResultStatus.DELETED)
+        for o in results
+        if o.analyte in analytes and o.observed_at > start
+        and o.status not in (ResultStatus.CANCELLED, ResultStatus.DELETED)
     ]
     return max(times, default=None)
 
