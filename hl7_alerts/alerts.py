@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from hl7_alerts.model import Header, PatientDemographics, PatientKey, Severity
+from hl7_alerts.model import Header, PatientDemographics, PatientKey, ResultStatus, Severity
 from hl7_alerts.rules.common import Evidence, Finding
 from hl7_alerts.rules.engine import PanelVerdict
+from hl7_alerts.rules.ids import HEPATOTOXICITY_STOP, HYS_LAW, PGX_MISSING
 from hl7_alerts.strictjson import finite
 from hl7_alerts.timeutil import to_iso
 
@@ -97,14 +98,22 @@ class Alert:
 
 
 def evidence_key(finding: Finding) -> str:
-    """What an update must change to be news: the results a finding rests on
-    (analyte, value, comparator, unit, status, observation time) and its order."""
-    h = hashlib.blake2b(digest_size=12)
-    parts = [finding.order.order_id if finding.order is not None else ""]
+    """What an update must change to be news (decision 19: only what the page
+    shows): the severity aside, the values and ×ULN the finding rests on, and
+    whether one of them is a correction (OBX-11 C). Not the observation time,
+    the specimen or P → F: a repeat panel with the same values, or a final
+    result that confirms its preliminary, is stored silently. A finding that
+    rests on no result (an order rule, a timer) is keyed by its title."""
+    h = hashlib.blake2b(digest_size=16)
+    parts = []
     for e in finding.evidence:
         o = e.observation
-        parts.append(f"{o.analyte}|{o.code}|{o.value_text}|{o.value}|{o.comparator}|{o.unit}|"
-                     f"{o.status}|{o.observed_at.isoformat()}|{o.specimen_id}")
+        if finding.rests_on and o.analyte not in finding.rests_on:
+            continue
+        corrected = "C" if o.status is ResultStatus.CORRECTED else ""
+        parts.append(f"{o.analyte}|{o.value_text.strip()}|{o.value}|{o.comparator}|{o.unit}|{e.x_uln}|{corrected}")
+    if not finding.evidence:
+        parts.append(f"{finding.title}|{','.join(finding.rests_on)}")
     for part in sorted(parts):
         h.update(part.encode())
         h.update(b"\x00")
@@ -114,12 +123,21 @@ def evidence_key(finding: Finding) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlertChange:
     """An alert's new state, the event that announces it, and the finding and
-    message behind it."""
+    message behind it. A ``silent`` change is stored without an event: the
+    alert's newest evidence moved on but nothing on the page changed
+    (decision 19), so no one is paged and the version stays."""
 
     alert: Alert
     event: AlertEvent
     finding: Finding
     source: Source
+    silent: bool = False
+
+
+SUPERSEDES = {HEPATOTOXICITY_STOP: HYS_LAW}
+"""An open alert of the key rule closes when the value's rule fires, and
+yields to it while that one is open (decision 19: reminders go on for
+hys_law alone)."""
 
 
 def reconcile(
@@ -138,10 +156,13 @@ def reconcile(
     ``open_alerts`` maps rule id to the open alert of that rule;
     ``next_episode`` maps rule id to the episode number a new alert would
     take. A finding for an open alert updates it (escalates when severity
-    rises) only when its evidence or severity differs from the alert's (an
-    identical finding, e.g. the same panel processed again, is no news); a
-    finding older than the alert's newest evidence is history and changes
-    nothing; otherwise a new alert fires.
+    rises) only when what the page shows differs from the alert's (decision
+    19: values, ×ULN, a correction, severity); otherwise, when it is newer,
+    the alert takes it silently (`AlertChange.silent`). A finding older than
+    the alert's newest evidence is history and changes nothing; otherwise a
+    new alert fires. When hys_law fires while hepatotoxicity.stop is open,
+    the stop alert closes as resolved, superseded; a stop finding while
+    hys_law stays open is folded into it (decisions 1 and 19).
 
     ``verdicts`` says which rules held on each new panel: a panel observed
     after the alert's newest evidence, carrying every analyte the alert rests
@@ -157,9 +178,14 @@ def reconcile(
     changes: list[AlertChange] = []
     current = dict(open_alerts)
     episodes = dict(next_episode)
+    resolving = {rule for rule, alert in current.items() for v in verdicts if _resolves(v, rule, alert)}
     for finding in findings:
+        superseding = SUPERSEDES.get(finding.rule)
+        if superseding in current and superseding not in resolving:
+            continue  # hepatotoxicity.stop folded into the open Hy's law alert
         existing = current.get(finding.rule)
         key = evidence_key(finding)
+        silent = False
         if existing is None:
             closed_by = (resolved_at or {}).get(finding.rule)
             if closed_by is not None and finding.occurred_at < closed_by:
@@ -181,24 +207,30 @@ def reconcile(
                 title=finding.title,
             )
             event = AlertEvent.FIRING
-        elif finding.occurred_at < existing.evidence_at or (
-            key == existing.evidence_key and finding.severity.rank <= existing.severity.rank
-        ):
-            continue  # history, or nothing new: no spurious `updated`
+        elif finding.occurred_at < existing.evidence_at:
+            continue  # history
         else:
             escalates = finding.severity.rank > existing.severity.rank
+            news = escalates or key != existing.evidence_key
+            if not news and finding.occurred_at == existing.evidence_at and finding.title == existing.title:
+                continue  # the same finding again: nothing to store either
+            silent = not news
             alert = replace(
                 existing,
                 severity=max(finding.severity, existing.severity, key=lambda s: s.rank),
-                version=existing.version + 1,
-                evidence_at=finding.occurred_at,
+                version=existing.version + (0 if silent else 1),
+                evidence_at=max(finding.occurred_at, existing.evidence_at),
                 rests_on=finding.rests_on or existing.rests_on,
                 evidence_key=key,
                 title=finding.title,
             )
             event = AlertEvent.ESCALATED if escalates else AlertEvent.UPDATED
         current[finding.rule] = alert
-        changes.append(AlertChange(alert=alert, event=event, finding=finding, source=source))
+        changes.append(AlertChange(alert=alert, event=event, finding=finding, source=source, silent=silent))
+    for superseded, by in SUPERSEDES.items():
+        fired = [f.occurred_at for f in findings if f.rule == by]
+        if fired and by in current and superseded in current:
+            changes.append(supersede(current.pop(superseded), by, max(fired), source))
     raised = {c.finding.rule for c in changes if c.finding.occurred_at in (corrected or {})}
     for at, analytes in (corrected or {}).items():
         verdict = next((v for v in verdicts if v.observed_at == at), None)
@@ -212,47 +244,74 @@ def reconcile(
             changes.append(closed)
     for verdict in sorted(verdicts, key=lambda v: v.observed_at):
         for rule, alert in list(current.items()):
-            if (
-                not alert.rests_on
-                or verdict.observed_at <= alert.evidence_at
-                or not set(alert.rests_on) <= verdict.analytes
-                or rule in verdict.held
-            ):
+            if not _resolves(verdict, rule, alert):
                 continue
             changes.append(_close(alert, AlertState.RESOLVED, verdict.observed_at, verdict, source))
             del current[rule]
     return changes
 
 
+def _resolves(verdict: PanelVerdict, rule: str, alert: Alert) -> bool:
+    """Decision 3: a panel newer than the alert's newest evidence, carrying
+    every analyte it rests on, on which its rule no longer holds."""
+    return (
+        bool(alert.rests_on)
+        and verdict.observed_at > alert.evidence_at
+        and set(alert.rests_on) <= verdict.analytes
+        and rule not in verdict.held
+    )
+
+
+_WHY = {
+    AlertState.WITHDRAWN: "the result it rested on was corrected or cancelled",
+    AlertState.RESOLVED: "a later panel no longer meets the rule: its values are below the thresholds",
+}
+
+
 def _close(
-    alert: Alert, state: AlertState, at: datetime, verdict: PanelVerdict | None, source: Source
+    alert: Alert,
+    state: AlertState,
+    at: datetime,
+    verdict: PanelVerdict | None,
+    source: Source,
+    *,
+    reason: str | None = None,
 ) -> AlertChange:
-    """The alert closed (resolved or withdrawn) by the panel observed at ``at``."""
+    """The alert closed (resolved or withdrawn) by the panel observed at ``at``
+    (or by ``reason``, when something other than a panel closes it)."""
     closed = replace(alert, state=state, version=alert.version + 1, evidence_at=max(alert.evidence_at, at))
-    if state is AlertState.WITHDRAWN:
-        what, why = "Withdrawn", "the result it rested on was corrected or cancelled"
-    else:
-        what, why = "Resolved", "a later panel no longer meets the rule"
+    what = "Withdrawn" if state is AlertState.WITHDRAWN else "Resolved"
+    if reason is None:
+        reason = _WHY[state]
+        if alert.rule == PGX_MISSING and state is AlertState.RESOLVED:
+            reason = "TPMT and NUDT15 results arrived"
     title = f"{what}: {alert.title}" if alert.title else f"{what}: {alert.rule}"
     finding = Finding(
         rule=alert.rule,
         severity=alert.severity,
         title=title,
-        summary=f"{alert.rule} {what.lower()}: {why}",
+        summary=f"{what}: {reason}",
         evidence=verdict.evidence if verdict is not None else (),
         order=None,
         recommendations=(),
         references=(),
         occurred_at=at,
+        reason=reason,
     )
     event = AlertEvent.WITHDRAWN if state is AlertState.WITHDRAWN else AlertEvent.RESOLVED
     return AlertChange(alert=closed, event=event, finding=finding, source=source)
 
 
-def resolve(alert: Alert, at: datetime, source: Source) -> AlertChange:
+def resolve(alert: Alert, at: datetime, source: Source, *, reason: str | None = None) -> AlertChange:
     """The alert resolved at ``at`` by something other than a panel verdict
-    (a time-driven alert whose condition no longer holds)."""
-    return _close(alert, AlertState.RESOLVED, at, None, source)
+    (a time-driven alert whose condition no longer holds), saying why."""
+    return _close(alert, AlertState.RESOLVED, at, None, source, reason=reason)
+
+
+def supersede(alert: Alert, by: str, at: datetime, source: Source) -> AlertChange:
+    """The alert closed as resolved because ``by`` (an open alert of another
+    rule) now speaks for it (decision 19)."""
+    return _close(alert, AlertState.RESOLVED, at, None, source, reason=f"superseded by {by}")
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +366,7 @@ def payload(
     pattern = None
     if finding.pattern is not None:
         pattern = {"r_ratio": finite(finding.pattern.r_ratio), "type": finding.pattern.type}
-    return {
+    body: dict[str, Any] = {
         "schema": SCHEMA,
         "alert_id": alert.alert_id,
         "version": alert.version,
@@ -330,6 +389,12 @@ def payload(
         },
         "occurred_at": to_iso(finding.occurred_at),
     }
+    if change.event in CLOSING_EVENTS:
+        body["reason"] = finding.reason or ""
+    return body
+
+
+CLOSING_EVENTS = frozenset({AlertEvent.RESOLVED, AlertEvent.WITHDRAWN})
 
 
 def _observation(e: Evidence) -> dict[str, Any]:
@@ -494,7 +559,7 @@ def carried_payload(
     """A new event's payload from the alert's last one: same content, new
     ``event``, ``version`` and ``severity``; ``acknowledged`` or ``reminder``
     blocks when they apply. ``published_at`` is the publisher's."""
-    body = {k: v for k, v in last.items() if k not in ("published_at", "acknowledged", "reminder")}
+    body = {k: v for k, v in last.items() if k not in ("published_at", "acknowledged", "reminder", "reason")}
     body["event"] = str(event)
     body["version"] = alert.version
     body["severity"] = str(alert.severity)

@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from hl7_alerts.alerts import (
+    SUPERSEDES,
     AckOutcome,
     AckRequest,
     AlertEvent,
@@ -77,6 +78,8 @@ def send_reminders(
         record = _locked_record(tx, candidate)
         if record is None:
             continue
+        if _superseded(tx, record, settings=settings, now=now):
+            continue
         alert = remind(record.alert, record.tracking, policy, now=now)
         if alert is None:
             continue
@@ -88,6 +91,24 @@ def send_reminders(
         enqueue_carried(tx, alert, AlertEvent.REMINDER, body, settings=settings, at=now)
         sent.append(alert.alert_id)
     return sent
+
+
+def _superseded(tx: Transaction, record: AlertRecord, *, settings: PipelineSettings, now: datetime) -> bool:
+    """Decision 19: reminders go on for hys_law alone. An open
+    hepatotoxicity.stop alert of a patient whose hys_law alert is open (both
+    open from before this rule, or a stop that slipped past it) is closed as
+    superseded instead of reminded."""
+    by = SUPERSEDES.get(record.alert.rule)
+    if by is None or record.alert.state is not AlertState.OPEN:
+        return False
+    if by not in tx.open_alerts(record.alert.patient):
+        return False
+    closed = replace(record.alert, state=AlertState.RESOLVED, version=record.alert.version + 1)
+    body = carried_payload(record.payload, closed, AlertEvent.RESOLVED)
+    body["reason"] = f"superseded by {by}"
+    body["summary"] = f"Resolved: superseded by {by}, which goes on for this patient"
+    enqueue_carried(tx, closed, AlertEvent.RESOLVED, body, settings=settings, at=now)
+    return True
 
 
 def _locked_record(tx: Transaction, record: AlertRecord) -> AlertRecord | None:
@@ -123,4 +144,5 @@ def announce_folded(tx: Transaction, alert_id: str, *, settings: PipelineSetting
     body["patient"] = {**body.get("patient", {}), "id": alert.patient.id, "id_type": alert.patient.id_type,
                        "authority": alert.patient.authority}
     body["summary"] = "Patient records merged (ADT^A40): continued in the surviving record's open alert"
+    body["reason"] = "patient records merged: continued in the surviving record's alert"
     enqueue_carried(tx, alert, AlertEvent.RESOLVED, body, settings=settings, at=at)

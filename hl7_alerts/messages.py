@@ -147,7 +147,7 @@ def parse_message(data: bytes, options: ParseOptions) -> Message:
             header=header,
             patient=patient,
             demographics=demographics,
-            observations=tuple(read_observations(segments, header, options)),
+            observations=tuple(read_observations(segments, header, options, sex=demographics.sex)),
         )
     if header.message_type == "ADT" and header.trigger_event == "A40":
         patient, _ = read_patient(segments, options)
@@ -272,17 +272,20 @@ def _person_name(family: str, given: str) -> str:
 
 
 def read_observations(
-    segments: list[Segment], header: Header, options: ParseOptions
+    segments: list[Segment], header: Header, options: ParseOptions, *, sex: str = ""
 ) -> Iterator[Observation]:
-    panel = _Panel(None, None, "")
+    """Every OBX, with what it takes from its OBR; ``sex`` (PID-8) picks the
+    limits of a sex-specific OBX-7 range."""
+    panel = _Panel(None, None, "", "")
     obx_count = 0
     for seg in segments:
         if seg.name == "OBR":
             specimen = seg.get(3).strip() or seg.get(2).strip()
-            panel = _Panel(seg, parse_dtm(seg.get(7), options.timezone), specimen)
+            status = seg.get(25).strip().upper()
+            panel = _Panel(seg, parse_dtm(seg.get(7), options.timezone), specimen, status)
         elif seg.name == "OBX":
             obx_count += 1
-            yield _observation(seg, panel, header, options, obx_count)
+            yield _observation(seg, panel, header, options, obx_count, sex=sex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,14 +295,39 @@ class _Panel:
     obr: Segment | None
     observed_at: datetime | None  # OBR-7
     specimen_id: str  # OBR-3, else OBR-2
+    status: str  # OBR-25, the report's status
 
 
-def _observation(obx: Segment, panel: _Panel, header: Header, options: ParseOptions, seq: int) -> Observation:
+# OBR-25 (HL7 table 0123) as the status of an OBX that leaves OBX-11 empty
+# (CLINICAL.md decision 15). "Some results available" reads as preliminary
+# (evaluated, marked so); "ordered" or "scheduled" with no result as pending.
+# Codes that say nothing about a result (no order, no patient on record) or
+# that we do not know read as final, like an empty OBR-25: a status field we
+# only inherit never costs the sender its message.
+_REPORT_STATUS = {
+    "F": ResultStatus.FINAL,
+    "C": ResultStatus.CORRECTED,
+    "P": ResultStatus.PRELIMINARY,
+    "A": ResultStatus.PRELIMINARY,
+    "X": ResultStatus.CANCELLED,
+    "R": ResultStatus.RESULTS_ENTERED,
+    "I": ResultStatus.PENDING,
+    "S": ResultStatus.PENDING,
+    "O": ResultStatus.PENDING,
+}
+
+
+def _observation(
+    obx: Segment, panel: _Panel, header: Header, options: ParseOptions, seq: int, *, sex: str
+) -> Observation:
     d = obx.delims
     value_type = obx.get(2).strip().upper()
     status_text = obx.get(11).strip().upper()
     try:
-        status = ResultStatus(status_text) if status_text else ResultStatus.FINAL
+        if status_text:
+            status = ResultStatus(status_text)
+        else:
+            status = _REPORT_STATUS.get(panel.status, ResultStatus.FINAL)
     except ValueError:
         raise _content_error(
             "OBX-11 not in HL7 table 0085",
@@ -326,11 +354,10 @@ def _observation(obx: Segment, panel: _Panel, header: Header, options: ParseOpti
         value, comparator = None, ""
     else:
         value_text = obx.get(5)
-        value, comparator = (
-            parse_value(value_type, value_text) if value_type in ("NM", "ST", "") else (None, "")
-        )
+        # NM, and ST/TX that is wholly a number (decision 15): parse_value decides.
+        value, comparator = parse_value(value_type, value_text)
     ref_text = obx.text(7)
-    rng = parse_range(ref_text)
+    rng = parse_range(ref_text, sex)
     units = obx.components(6)
     unit = (units[0].strip() if units else "") or (units[1].strip() if len(units) > 1 else "")
     return Observation(

@@ -65,8 +65,17 @@ def enqueue_change(
     settings: PipelineSettings,
     at: datetime,
 ) -> None:
-    """Persist an alert's new state (a finding's, rendered fresh) and its outbox row."""
+    """Persist an alert's new state (a finding's, rendered fresh) and its
+    outbox row; a silent change (nothing on the page changed) is stored
+    without a row: no one is paged, and the next reminder carries it."""
     body = payload(change, demographics=demographics, phi=settings.phi)
+    if change.silent:
+        # Same version: the stored payload keeps the event that version announced.
+        prior = tx.alert_record(change.alert.alert_id)
+        if prior is not None:
+            body["event"] = prior.payload.get("event", body["event"])
+        tx.save_alert(change.alert, body)
+        return
     tx.save_alert(change.alert, body)
     tx.enqueue(
         outbox_item(

@@ -17,7 +17,14 @@ from dataclasses import replace
 from datetime import datetime
 
 from hl7_alerts.alerts import AlertChange, Source, reconcile, resolve
-from hl7_alerts.model import MedicationOrder, OrderMessage, OrderState, ResultMessage, ResultStatus
+from hl7_alerts.model import (
+    MedicationOrder,
+    Observation,
+    OrderMessage,
+    OrderState,
+    ResultMessage,
+    ResultStatus,
+)
 from hl7_alerts.outbox import enqueue_change
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.rules.monitoring import ScheduleState, next_due, overdue_finding, transition
@@ -34,12 +41,15 @@ def schedule_orders(
     *,
     received_at: datetime,
     settings: PipelineSettings,
+    on_file: tuple[datetime, Sequence[Observation]] | None = None,
 ) -> list[AlertChange]:
     """Start, pause, resume or stop the schedule of each thiopurine order the
     message touched (`monitoring.transition`). NW starts one (a new order is
     a start or reintroduction); HD pauses it, RL resumes it; DC/OD/CA/OC stop
     it. XO/SC keep it. An overdue alert no active order still supports is
-    resolved."""
+    resolved. ``on_file`` is (t, every result on file observed since t), when
+    the caller has read them: a new schedule starting at or after t needs no
+    query of its own."""
     m = settings.monitoring
     if not m.enabled:
         return []
@@ -58,17 +68,45 @@ def schedule_orders(
             continue
         if row is None:
             start = state.start or event.transaction_time or received_at
-            due = next_due(start, None, m)
+            first_seen = message.header.message_time or received_at
+            # Results already on file count (a pharmacy feed lags the lab's).
+            last = _latest_liver_panel(tx, message, start, m.liver_analytes, on_file)
+            due = next_due(start, last, m, first_seen)
             row = ScheduleRow(
-                patient=patient, order_id=state.order_id, start=start, last_panel=None, due=due.due,
-                fires_at=due.fires_at, fired_due=None, state=new,
+                patient=patient, order_id=state.order_id, start=start, last_panel=last, due=due.due,
+                fires_at=due.fires_at, fired_due=None, state=new, first_seen=first_seen,
             )
         else:
             row = replace(row, state=new)
         rows[state.order_id] = row
         tx.put_schedule(row)
         touched = True
-    return _settle_overdue(tx, message, at, settings, received_at=received_at) if touched else []
+    if not touched:
+        return []
+    reason = "the thiopurine order was stopped or put on hold"
+    return _settle_overdue(tx, message, at, settings, received_at=received_at, reason=reason)
+
+
+def _latest_liver_panel(
+    tx: Transaction,
+    message: OrderMessage,
+    start: datetime,
+    analytes: frozenset[str],
+    on_file: tuple[datetime, Sequence[Observation]] | None,
+) -> datetime | None:
+    """The latest liver panel on file observed after ``start``, if any (from
+    ``on_file`` when it covers ``start``)."""
+    if on_file is not None and on_file[0] <= start:
+        results = on_file[1]
+    else:
+        results = tx.patient_history(message.patient, start, analytes=sorted(analytes))
+    times = [
+        o.observed_at
+        for o in results
+        if o.analyte in analytes and o.observed_at > start
+        and o.status not in (ResultStatus.CANCELLED, ResultStatus.DELETED)
+    ]
+    return max(times, default=None)
 
 
 def advance_schedules(
@@ -93,10 +131,13 @@ def advance_schedules(
         reference = row.last_panel or row.start
         if row.state is ScheduleState.STOPPED or panel_at <= reference:
             continue  # an older panel is history: the schedule counts from the latest
-        due = next_due(row.start, panel_at, m)
+        due = next_due(row.start, panel_at, m, row.first_seen)
         tx.put_schedule(replace(row, last_panel=panel_at, due=due.due, fires_at=due.fires_at))
         moved = True
-    return _settle_overdue(tx, message, panel_at, settings, received_at=received_at) if moved else []
+    if not moved:
+        return []
+    reason = "a liver panel arrived"
+    return _settle_overdue(tx, message, panel_at, settings, received_at=received_at, reason=reason)
 
 
 def _settle_overdue(
@@ -106,16 +147,17 @@ def _settle_overdue(
     settings: PipelineSettings,
     *,
     received_at: datetime,
+    reason: str,
 ) -> list[AlertChange]:
     """Resolve the patient's open overdue alert (as of ``at``, the panel's or
     order event's time) when no active schedule is still overdue (fired for
-    its current due time)."""
+    its current due time), saying why."""
     alert = tx.open_alerts(message.patient).get(MONITORING_OVERDUE)
     if alert is None:
         return []
     if any(r.state is ScheduleState.ACTIVE and r.fired for r in tx.patient_schedules(message.patient)):
         return []
-    change = resolve(alert, at, Source.of(message.header))
+    change = resolve(alert, at, Source.of(message.header), reason=reason)
     enqueue_change(tx, change, message.demographics, settings=settings, at=received_at)
     return [change]
 
@@ -133,7 +175,7 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
         return []
     raised: list[str] = []
     for candidate in tx.due_schedules(None):
-        guess = next_due(candidate.start, candidate.last_panel, m)
+        guess = next_due(candidate.start, candidate.last_panel, m, candidate.first_seen)
         if (guess.due, guess.fires_at) == (candidate.due, candidate.fires_at) and not guess.overdue(now):
             continue  # nothing to write: no lock taken (most schedules, most ticks)
         # Read again under the patient's lock: another daemon may have moved
@@ -144,7 +186,7 @@ def fire_overdue(tx: Transaction, *, settings: PipelineSettings, now: datetime) 
         )
         if stored is None or stored.state is not ScheduleState.ACTIVE or stored.fired:
             continue
-        due = next_due(stored.start, stored.last_panel, m)
+        due = next_due(stored.start, stored.last_panel, m, stored.first_seen)
         row = replace(stored, due=due.due, fires_at=due.fires_at)
         if row != stored:
             tx.put_schedule(row)
@@ -174,5 +216,5 @@ def next_overdue(tx: Transaction, *, settings: PipelineSettings) -> datetime | N
     m = settings.monitoring
     if not m.enabled:
         return None
-    times = [next_due(r.start, r.last_panel, m).fires_at for r in tx.due_schedules(None)]
+    times = [next_due(r.start, r.last_panel, m, r.first_seen).fires_at for r in tx.due_schedules(None)]
     return min(times, default=None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -26,6 +26,7 @@ from hl7_alerts.model import (
     MedicationOrder,
     MergeMessage,
     Message,
+    Observation,
     OrderControl,
     OrderMessage,
     OrderState,
@@ -108,9 +109,13 @@ def process(
             events.append((order, state))
             if order.control is OrderControl.NEW and known is None:
                 started.append(state)  # a resent or repeated NW is not a new order
-        changes = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
-        changes += schedule_orders(tx, message, events, received_at=received_at, settings=settings)
-        return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
+        changes, ctx = _evaluate_orders(tx, message, started, received_at=received_at, settings=settings)
+        changes += _evaluate_late(tx, message, started, ctx, received_at=received_at, settings=settings)
+        changes += schedule_orders(
+            tx, message, events, received_at=received_at, settings=settings,
+            on_file=_on_file(ctx, started),
+        )
+        return Outcome(ack_code=AckCode.AA, changes=_announced(changes))
     if isinstance(message, ResultMessage):
         # A correction or cancellation replaces the stored value it names
         # before anything reads the patient's history.
@@ -121,13 +126,33 @@ def process(
             return Outcome(ack_code=AckCode.AA)
         changes = _evaluate(tx, message, received_at=received_at, settings=settings)
         changes += advance_schedules(tx, message, received_at=received_at, settings=settings)
-        return Outcome(ack_code=AckCode.AA, changes=tuple(changes))
+        return Outcome(ack_code=AckCode.AA, changes=_announced(changes))
     if isinstance(message, MergeMessage):
         folded = tx.merge_patient(message.prior, message.patient)
         for alert_id in folded:
             announce_folded(tx, alert_id, settings=settings, at=received_at)
         log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
+
+
+def _announced(changes: Sequence[AlertChange]) -> tuple[AlertChange, ...]:
+    """The changes that went out as events (a silent one is only stored)."""
+    return tuple(c for c in changes if not c.silent)
+
+
+def arrival(message: OrderMessage, received_at: datetime) -> datetime:
+    """When an order message arrived, as the feed tells it: MSH-7, else our
+    clock. (A replayed archive keeps its own time; a live feed stamps now.)"""
+    return message.header.message_time or received_at
+
+
+def _on_file(
+    ctx: PatientContext | None, started: Sequence[OrderState]
+) -> tuple[datetime, tuple[Observation, ...]] | None:
+    """The results the order context read, and from when they are complete:
+    its history holds every result since before the earliest new start."""
+    starts = [o.start for o in started if o.start is not None]
+    return None if ctx is None or not starts else (min(starts), ctx.history)
 
 
 def _patients(message: Message) -> tuple[PatientKey, ...]:
@@ -196,20 +221,56 @@ def _evaluate_orders(
     *,
     received_at: datetime,
     settings: PipelineSettings,
-) -> list[AlertChange]:
+) -> tuple[list[AlertChange], PatientContext | None]:
     """Order rules (PGx on file, allopurinol) for the orders this message started.
     Results and orders that came before the thiopurine order are on file, so
-    the patients skipped until then are still judged in full now."""
+    the patients skipped until then are still judged in full now. Returns the
+    context too (None: no new order of a patient with a thiopurine order):
+    its history covers the new orders' starts, which is all the late results
+    and the liver-test schedule need."""
     if not started:
-        return []
+        return [], None
     patient = message.patient
     orders = tx.patient_orders(patient)
     if not any(o.ingredient in settings.rules.thiopurines for o in orders):
-        return []
+        return [], None
     starts = [o.start for o in started if o.start is not None] or [received_at]
     ctx = _context(tx, patient, orders, message.demographics, earliest=min(starts), settings=settings)
-    findings = evaluate_orders(ctx, started, settings.rules)
-    return _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
+    findings = evaluate_orders(ctx, started, settings.rules, arrived_at=arrival(message, received_at))
+    changes = _reconcile(tx, message, findings, (), {}, received_at=received_at, settings=settings, ctx=ctx)
+    return changes, ctx
+
+
+def _evaluate_late(
+    tx: Transaction,
+    message: OrderMessage,
+    started: Sequence[OrderState],
+    ctx: PatientContext | None,
+    *,
+    received_at: datetime,
+    settings: PipelineSettings,
+) -> list[AlertChange]:
+    """Decision 18: a thiopurine order whose start precedes results already on
+    file (pharmacy feeds lag) evaluates those results when it arrives, from
+    its start and at most ``late_order_days`` before its arrival. The alerts
+    are dated by their results. Results another order already judged find
+    their alerts open (nothing new on the page: no event) or closed (history).
+    ``ctx`` is the order rules' context, whose history starts before the new
+    orders' starts: a new patient costs no extra query."""
+    starts = [o.start for o in started if o.ingredient in settings.rules.thiopurines and o.start is not None]
+    if ctx is None or not starts:
+        return []
+    since = max(min(starts), arrival(message, received_at) - timedelta(days=settings.rules.late_order_days))
+    results = [o for o in ctx.history if o.observed_at >= since]
+    if not results:
+        return []
+    # The order rules may have raised alerts since the context was read.
+    ctx = replace(ctx, alerts=tx.alert_history(message.patient))
+    assessment = assess(ctx, results, settings.rules)
+    return _reconcile(
+        tx, message, assessment.findings, assessment.verdicts, {}, received_at=received_at,
+        settings=settings, ctx=ctx,
+    )
 
 
 def _reconcile(

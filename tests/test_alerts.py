@@ -29,11 +29,14 @@ from hl7_alerts.alerts import (
     reconcile,
     remind,
     reminder_due,
+    resolve,
+    supersede,
 )
 from hl7_alerts.model import PatientDemographics, Severity
 from hl7_alerts.rules.common import Evidence, Finding
+from hl7_alerts.rules.ids import ALL_RULES
 from hl7_alerts.terminology import Analyte
-from tests.support.mqtt import assert_valid_alert
+from tests.support.mqtt import ALERT_SCHEMA, assert_valid_alert
 from tests.support.rulekit import PATIENT, T0, obs
 
 SOURCE = Source(control_id="LAB1", sending_application="LAB", sending_facility="GENHOSP")
@@ -42,9 +45,13 @@ NOW = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
 
 def finding(severity: Severity, at: datetime = T0, rule: str = "aza.liver.mild") -> Finding:
-    """A finding resting on one ALT result taken at ``at`` (so findings at
-    different times carry different evidence, as real panels do)."""
-    alt = Evidence(observation=obs(Analyte.ALT, 80, ref="7-56", at=at), ref_low=7, ref_high=56, x_uln=1.43)
+    """A finding resting on one ALT result taken at ``at``, one U/L higher for
+    each day after T0 (so findings at different times carry different values,
+    as real panels do: the same values again would be stored silently,
+    CLINICAL.md decision 19)."""
+    value = 80 + (at - T0).days
+    alt = Evidence(observation=obs(Analyte.ALT, value, ref="7-56", at=at), ref_low=7, ref_high=56,
+                   x_uln=round(value / 56, 2))
     return Finding(
         rule=rule, severity=severity, title="t", summary="s", evidence=(alt,), order=None,
         recommendations=("recheck",), references=(), occurred_at=at,
@@ -209,3 +216,27 @@ def test_phi_policy_decides_patient_fields(policy: PhiPolicy, expected: set[str]
     body = payload(change, demographics=demographics, phi=policy)
     assert set(body["patient"]) == expected
     assert_valid_alert(published(body))
+
+
+def test_the_schema_lists_every_rule_id_and_describes_reason() -> None:
+    """Issue 19: the schema gains aza.hyperbilirubinemia and aza.result.unscored
+    (the rule pattern accepted them already: alert@1 stays compatible) and an
+    optional `reason` for closing events."""
+    assert set(ALERT_SCHEMA["properties"]["rule"]["examples"]) == ALL_RULES
+    assert {"aza.hyperbilirubinemia", "aza.result.unscored"} <= ALL_RULES
+    assert ALERT_SCHEMA["properties"]["reason"] == {"description": ALERT_SCHEMA["properties"]["reason"]["description"],
+                                                    "type": "string"}
+    assert "reason" not in ALERT_SCHEMA["required"]
+
+
+def test_closing_events_say_why_and_others_do_not() -> None:
+    (fired,) = reconcile([finding(Severity.CRITICAL)], {}, patient=PATIENT, source=SOURCE, next_episode={})
+    assert "reason" not in payload(fired)
+    closed = resolve(fired.alert, T0 + timedelta(days=1), SOURCE, reason="a liver panel arrived")
+    body = published(payload(closed))
+    assert (body["event"], body["reason"]) == ("resolved", "a liver panel arrived")
+    assert_valid_alert(body)
+    superseded = supersede(fired.alert, "aza.hys_law", T0 + timedelta(days=1), SOURCE)
+    assert payload(superseded)["reason"] == "superseded by aza.hys_law"
+    carried = carried_payload(payload(closed), closed.alert, AlertEvent.REMINDER, reminder=1, reminder_max=2)
+    assert "reason" not in carried

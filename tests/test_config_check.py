@@ -70,3 +70,15 @@ def test_shipped_config_yaml_shows_every_default() -> None:
         for key in type(model).model_fields:
             # Keys whose default is "unset" appear as comments with an example.
             assert key in data[section] or getattr(model, key) is None, f"config.yaml lacks {section}.{key}"
+
+
+def test_issue_19_rule_keys_reach_the_rules() -> None:
+    """rules.exposure_days, follow_up_days, late_order_days, long_running_days,
+    dose_change_hours and bilirubin_x_uln: config.yaml → RuleSettings."""
+    text = ("rules:\n  exposure_days: 14\n  follow_up_days: 60\n  late_order_days: 7\n  long_running_days: 10\n"
+            "  dose_change_hours: 12\n  bilirubin_x_uln: 2.5\n")
+    r = parse_config(text).rule_settings()
+    assert (r.exposure_days, r.follow_up_days, r.late_order_days, r.long_running_days, r.dose_change_hours,
+            r.bilirubin_x_uln) == (14, 60, 7, 10, 12.0, 2.5)
+    with pytest.raises(ConfigError, match=r"rules.exposure_days"):
+        parse_config("rules:\n  exposure_days: -1\n")

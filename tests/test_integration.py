@@ -165,7 +165,14 @@ async def test_seed_story_low_alp_carries_every_seed_recommendation(
         topic, low_alp = next((t, a) for t, a in mqtt.messages if a.get("rule") == "aza.post_stop.low_alp")
     assert topic == f"{prefix}/alerts/info/aza.post_stop.low_alp"
     assert (low_alp["event"], low_alp["severity"]) == ("firing", "info")
-    assert low_alp["recommendations"] == list(LOW_ALP_ACTIONS)
+    # Decision 19: the panel carries albumin and INR, so the seed's "confirm that albumin and
+    # prothrombin time are normal" is answered with their values instead of asked again
+    # (before issue 19 this compared equal to LOW_ALP_ACTIONS throughout).
+    confirm = LOW_ALP_ACTIONS.index("Confirm that albumin and prothrombin time are normal")
+    assert low_alp["recommendations"][:confirm] == list(LOW_ALP_ACTIONS[:confirm])
+    assert low_alp["recommendations"][confirm + 1:] == list(LOW_ALP_ACTIONS[confirm + 1:])
+    assert low_alp["recommendations"][confirm] == (
+        "Albumin and prothrombin time on this panel: albumin 4.1 g/dL (within range), INR 1.0 (within range)")
     text = " ".join(low_alp["recommendations"]).lower()
     for phrase in ("favorable sign", "weekly for the next 2-4 weeks", "albumin and prothrombin time",
                    "jaundice, right upper quadrant pain, fatigue, nausea", "1/3 to 1/4 of the previous dose",

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from hl7_alerts.alerts import ReminderPolicy, Source, reconcile
 from hl7_alerts.config import Config, parse_config
+from hl7_alerts.lifecycle import send_reminders
 from hl7_alerts.messages import parse_message
+from hl7_alerts.outbox import enqueue_change
 from hl7_alerts.pipeline import process
+from hl7_alerts.rules.common import RuleSettings
+from hl7_alerts.rules.engine import assess
 from hl7_alerts.store import SqliteStore
+from hl7_alerts.terminology import Analyte
 from tests.support.hl7kit import (
     ALLOPURINOL,
     ALP,
@@ -26,6 +34,7 @@ from tests.support.hl7kit import (
     result,
     run_check,
 )
+from tests.support.rulekit import context, obs, order
 
 STOP, MILD, MISSING = "aza.hepatotoxicity.stop", "aza.liver.mild", "aza.pgx.missing"
 START = order_msg("RX1", "NW", "RX1", AZA, "20260901090000")
@@ -118,8 +127,11 @@ def test_preliminary_is_evaluated_and_marked_pending_is_stored_only(tmp_path: Pa
     assert events(out)[1:] == [(STOP, "firing", "critical")]
     assert out[1]["observations"][0]["status"] == "P"
     assert out[1]["title"].startswith("Preliminary: ")
+    # Decision 19: P → F with the same values is stored silently (no `updated`; the
+    # stored alert drops "Preliminary:", test_p_to_f_same_values_is_stored_silently);
+    # F with other values updates, without the mark.
     final = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
-                      oru("L1F", "20261001080000", alt("190")))
+                      oru("L1F", "20261001080000", alt("190")), oru("L1G", "20261001080000", alt("200")))
     assert events(final)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
     assert not final[2]["title"].startswith("Preliminary")
     for status in ("I", "R"):
@@ -132,9 +144,13 @@ def test_same_panel_again_sends_no_spurious_update(tmp_path: Path) -> None:
     panel = oru("L1", "20261001080000", alt("190"))
     restamped = panel.replace("|20261001080000||ORU", "|20261001090000||ORU", 1)
     other_control = panel.replace("|L1|", "|L9|", 1)
+    # Decision 19: a later panel with the same values (L2) is no news either;
+    # other values (L3) are.
     out = run_check(tmp_path, START, panel, restamped, other_control,
-                    oru("L2", "20261002080000", alt("190"), specimen="S2"))
+                    oru("L2", "20261002080000", alt("190"), specimen="S2"),
+                    oru("L3", "20261003080000", alt("210"), specimen="S3"))
     assert events(out)[1:] == [(STOP, "firing", "critical"), (STOP, "updated", "critical")]
+    assert out[2]["occurred_at"].startswith("2026-10-03")
 
 
 def test_second_consecutive_mild_panel_escalates(tmp_path: Path) -> None:
@@ -177,7 +193,10 @@ def test_comparator_and_sn_values_are_accepted_and_evaluated(tmp_path: Path) -> 
 
 
 def test_hold_and_release(tmp_path: Path) -> None:
-    """Decision 9: HD holds from ORC-9 until RL; XO keeps the same order."""
+    """Decision 9: HD holds from ORC-9 until RL; XO keeps the same order.
+    Results observed while held are still exposed (decision 16): the alert
+    fires "while held" and never says to stop a held drug; the same values
+    on later panels (held, then released) are no news (decision 19)."""
     hold = order_msg("RX2", "HD", "RX1", AZA, "20260901090000", tx="20260930120000")
     release = order_msg("RX3", "RL", "RX1", AZA, "20260901090000", tx="20261005120000")
     change = order_msg("RX4", "XO", "RX1", AZA, "20260901090000", tx="20261006120000")
@@ -186,7 +205,10 @@ def test_hold_and_release(tmp_path: Path) -> None:
                     oru("L3", "20261007080000", alt("190"), specimen="S3"))
     # Held through 1 and 4 October; active again on the 7th; XO is no new order.
     assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
-    assert out[1]["occurred_at"].startswith("2026-10-07")
+    assert out[1]["occurred_at"].startswith("2026-10-01")
+    assert out[1]["medication"]["status"] == "held"
+    assert out[1]["recommendations"][0] == "Azathioprine on hold since 2026-09-30: urgent clinical review; keep it held"
+    assert "held since 2026-09-30" in out[1]["summary"]
 
 
 def test_pgx_and_allopurinol_on_file_before_the_thiopurine_order(tmp_path: Path) -> None:
@@ -219,7 +241,10 @@ def test_allopurinol_after_the_thiopurine(tmp_path: Path) -> None:
 def test_hys_law_across_two_messages_within_48h(tmp_path: Path) -> None:
     out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("190")),
                     oru("L2", "20261002200000", result(BILI, "2.6", "mg/dL", "0.1-1.2"), specimen="S2"))
-    assert events(out)[1:] == [(STOP, "firing", "critical"), ("aza.hys_law", "firing", "critical")]
+    # Decision 19: the open stop alert closes, superseded, and hys_law alone goes on.
+    assert events(out)[1:] == [(STOP, "firing", "critical"), ("aza.hys_law", "firing", "critical"),
+                               (STOP, "resolved", "critical")]
+    assert out[3]["reason"] == "superseded by aza.hys_law"
 
 
 def test_a40_merge_moves_history_orders_and_alerts(tmp_path: Path) -> None:
@@ -293,3 +318,95 @@ async def test_a40_merge_announces_the_alert_it_folds(tmp_path: Path) -> None:
     assert pgx == [("open", 1), ("resolved", 1)]
     body = json.loads(announced[-1][1])
     assert (body["event"], body["version"], body["patient"]["id"]) == ("resolved", 2, "H0990001")
+
+
+def test_a_late_order_evaluates_the_results_it_covers(tmp_path: Path) -> None:
+    """Decision 18 (issue 19 item 6): ALT 300 on 1 October, then an order
+    arrives with start 1 September: the result is judged on arrival, the
+    alert dated by it; before, only aza.pgx.missing (which an order started
+    more than 30 days before it arrived no longer raises, decision 11)."""
+    late = order_msg("RX1", "NW", "RX1", AZA, "20260901090000", tx="20261005090000")
+    out = run_check(tmp_path, oru("L1", "20261001080000", alt("300")), late)
+    assert events(out) == [(STOP, "firing", "critical")]
+    assert out[0]["occurred_at"] == "2026-10-01T08:00:00+00:00"
+    assert out[0]["source"]["control_id"] == "RX1"
+
+
+@pytest.mark.parametrize(("start", "observed", "expected"), [
+    ("20260801090000", "20260905090000", [(STOP, "firing", "critical")]),  # 30 days before the arrival: judged
+    ("20260801090000", "20260905085959", []),  # a second more: history
+    ("20260920090000", "20260920090000", [(STOP, "firing", "critical")]),  # at the order's start: judged
+    ("20260920090000", "20260920085959", []),  # a second before it started: baseline
+], ids=["30-days-before-arrival", "a-second-more", "at-start", "a-second-before-start"])
+def test_a_late_order_looks_back_30_days_at_most_and_never_before_its_start(
+    tmp_path: Path, start: str, observed: str, expected: list
+) -> None:
+    late = order_msg("RX1", "NW", "RX1", AZA, start, tx="20261005090000")
+    out = run_check(tmp_path, oru("L1", observed, alt("300")), late)
+    assert [e for e in events(out) if e[0] != MISSING] == expected
+
+
+def test_an_order_arriving_after_results_another_order_judged_adds_nothing(tmp_path: Path) -> None:
+    """A dose change (new NW) after the alert: the results are on file and
+    already judged; the same values are no news (decision 19)."""
+    again = order_msg("RX2", "NW", "RX2", AZA, "20260915090000", tx="20261002090000")
+    out = run_check(tmp_path, START, oru("L1", "20261001080000", alt("300")), again)
+    assert events(out) == [(MISSING, "firing", "info"), (STOP, "firing", "critical")]
+
+
+async def _store_with(tmp_path: Path, *texts: str) -> SqliteStore:
+    config = Config()
+    options, settings = config.parse_options(), config.pipeline_settings()
+    store = await SqliteStore.open(tmp_path / "s.db")
+    for text in texts:
+        raw = text.encode()
+        await store.transact(lambda tx, raw=raw: process(tx, parse_message(raw, options), raw,
+                                                         received_at=datetime(2026, 10, 2, tzinfo=UTC),
+                                                         settings=settings))
+    return store
+
+
+def _outbox(tmp_path: Path) -> list[tuple[str, str, dict]]:
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT alert_id, event, payload FROM outbox ORDER BY id").fetchall()
+    return [(alert_id, event, json.loads(body)) for alert_id, event, body in rows]
+
+
+async def test_p_to_f_same_values_is_stored_silently(tmp_path: Path) -> None:
+    """Decision 19: no `updated` for P → F with the same values; the stored
+    alert (what reminders carry) is the final one, at the same version."""
+    store = await _store_with(tmp_path, START, oru("L1", "20261001080000", alt("190", status="P")),
+                              oru("L1F", "20261001080000", alt("190")))
+    await store.close()
+    assert [(b["rule"], event) for _, event, b in _outbox(tmp_path)] == [(MISSING, "firing"), (STOP, "firing")]
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        version, payload = db.execute("SELECT version, payload FROM alerts WHERE rule = ?", (STOP,)).fetchone()
+    body = json.loads(payload)
+    assert version == 1
+    assert (body["version"], body["event"]) == (1, "firing")
+    assert not body["title"].startswith("Preliminary")
+    assert body["observations"][0]["status"] == "F"
+
+
+async def test_reminders_go_on_for_hys_law_alone(tmp_path: Path) -> None:
+    """Decision 19: a stop alert left open beside an open hys_law (as a store
+    from before this rule has them) is closed as superseded by the reminder
+    timer, not reminded; hys_law is reminded."""
+    store = await _store_with(tmp_path, START, oru("L1", "20261001080000", alt("300")))
+    config = Config()
+    settings = config.pipeline_settings()
+    patient = parse_message(START.encode(), config.parse_options()).patient
+    # A Hy's law alert opened beside it, as the daemon did before this rule.
+    findings = assess(context(order()), [obs(Analyte.ALT, 300, ref="7-56"),
+                                         obs(Analyte.BILI_TOTAL, 3.0, ref="0.1-1.2")], RuleSettings()).findings
+    old = Source(control_id="OLD", sending_application="LAB", sending_facility="GENHOSP")
+    (hys,) = reconcile(findings, {}, patient=patient, source=old, next_episode={})
+    paged = datetime(2026, 10, 2, tzinfo=UTC)
+    await store.transact(lambda tx: enqueue_change(tx, hys, None, settings=settings, at=paged))
+    sent = await store.transact(lambda tx: send_reminders(
+        tx, policy=ReminderPolicy(after_seconds=60), settings=settings, now=paged + timedelta(days=1)))
+    await store.close()
+    later = [(b["rule"], event, b.get("reason")) for _, event, b in _outbox(tmp_path)][2:]
+    assert later == [("aza.hys_law", "firing", None), (STOP, "resolved", "superseded by aza.hys_law"),
+                     ("aza.hys_law", "reminder", None)]
+    assert sent == [hys.alert.alert_id]

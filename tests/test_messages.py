@@ -10,6 +10,7 @@ from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import (
     AckCode,
     MergeMessage,
+    Observation,
     OrderControl,
     OrderMessage,
     OtherMessage,
@@ -180,3 +181,58 @@ def test_cwe_result_reads_the_text_component() -> None:
     assert isinstance(message, ResultMessage)
     (obs,) = message.observations
     assert (obs.analyte, obs.value_text, obs.value) == ("TPMT", "Intermediate metabolizer", None)
+
+
+def _oru(obx: str, *, obr25: str = "", sex: str = "F") -> bytes:
+    """One ORU^R01 with one OBR (OBR-25 ``obr25``) and one OBX line."""
+    obr = "OBR|1|O1|S1|24325-3^Hepatic function panel^LN|||20261020080000" + "|" * 18 + obr25
+    return (
+        "MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020093000||ORU^R01|L1|P|2.5.1\r"
+        f"PID|1||H1^^^GENHOSP^MR||TESTPATIENT^ECHO||19700101|{sex}\r{obr}\r{obx}\r"
+    ).encode()
+
+
+def _one(raw: bytes) -> Observation:
+    message = parse_message(raw, OPTIONS)
+    assert isinstance(message, ResultMessage)
+    (obs,) = message.observations
+    return obs
+
+
+def test_obr25_lands_where_the_table_says() -> None:
+    obr = _oru("OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56", obr25="P").split(b"\r")[2].decode()
+    assert obr.split("|")[25] == "P"
+
+
+@pytest.mark.parametrize(("obx11", "obr25", "expected"), [
+    ("", "", ResultStatus.FINAL), ("", "F", ResultStatus.FINAL), ("", "P", ResultStatus.PRELIMINARY),
+    ("", "C", ResultStatus.CORRECTED), ("", "X", ResultStatus.CANCELLED), ("", "I", ResultStatus.PENDING),
+    ("", "A", ResultStatus.PRELIMINARY), ("", "S", ResultStatus.PENDING), ("", "R", ResultStatus.RESULTS_ENTERED),
+    ("", "Y", ResultStatus.FINAL), ("", "p", ResultStatus.PRELIMINARY),
+    ("F", "P", ResultStatus.FINAL), ("P", "F", ResultStatus.PRELIMINARY), ("C", "", ResultStatus.CORRECTED),
+], ids=str)
+def test_empty_obx11_takes_obr25(obx11: str, obr25: str, expected: ResultStatus) -> None:
+    """Decision 15: an empty OBX-11 takes OBR-25; both empty read as final."""
+    obs = _one(_oru(f"OBX|1|NM|1742-6^ALT^LN||190|U/L|7-56||||{obx11}", obr25=obr25))
+    assert obs.status is expected
+
+
+@pytest.mark.parametrize(("value_type", "value", "expected"), [
+    ("ST", "190", (190.0, "")), ("TX", "<5", (5.0, "<")), ("ST", ">=1000", (1000.0, ">=")),
+    ("ST", "haemolysed", (None, "")), ("TX", "190 U/L", (None, "")),
+], ids=str)
+def test_st_and_tx_numbers_read_as_nm(value_type: str, value: str, expected: tuple[float | None, str]) -> None:
+    obs = _one(_oru(f"OBX|1|{value_type}|1742-6^ALT^LN||{value}|U/L|7-56||||F"))
+    assert (obs.value, obs.comparator) == expected
+    assert obs.value_text == value
+
+
+@pytest.mark.parametrize(("sex", "low", "high"), [("M", 10, 50), ("F", 7, 35), ("", 10, 35), ("U", 10, 35)], ids=str)
+def test_sex_specific_obx7_read_for_pid8(sex: str, low: float, high: float) -> None:
+    obs = _one(_oru("OBX|1|NM|1742-6^ALT^LN||40|U/L|M:10-50 F:7-35||||F", sex=sex))
+    assert (obs.ref_low, obs.ref_high, obs.ref_text) == (low, high, "M:10-50 F:7-35")
+
+
+@pytest.mark.parametrize("obx3", ["1742-6^ALT^LOINC", "ALTX^Alanine aminotransferase^L^1742-6^ALT^LOINC"], ids=str)
+def test_loinc_written_out_in_identifier_or_alternate(obx3: str) -> None:
+    assert _one(_oru(f"OBX|1|NM|{obx3}||40|U/L|7-56||||F")).analyte == "ALT"

@@ -258,3 +258,48 @@ def test_schedule_settings_come_from_config_and_errors_name_the_key() -> None:
         parse_config("rules:\n  monitoring:\n    weekly_interval: soon\n")
     with pytest.raises(ConfigError, match="twice_monthly_until must not be before weekly_until"):
         parse_config("rules:\n  monitoring:\n    weekly_until: 100d\n")
+
+
+GO_LIVE = START
+
+
+@pytest.mark.parametrize(("started_days_before", "late"), [(90, False), (91, True), (2000, True)],
+                         ids=["first-seen-90-days-after-start", "91-days", "years"])
+async def test_a_long_running_order_first_seen_late_is_monthly_from_then(
+    tmp_path: Path, started_days_before: int, late: bool
+) -> None:
+    """Issue 19 item 9 (the overdue row): an order first seen more than 90 days
+    after its start (long-running therapy at go-live) is on the monthly
+    schedule from when it was first seen, never "due 2019-01-08"."""
+    h = await harness(tmp_path)
+    start = GO_LIVE - started_days_before * D
+    await h.send(order_msg("ORD1", "NW", "RX1", AZA, hl7(start), tx=hl7(GO_LIVE)), GO_LIVE)
+    [row] = await h.rows()
+    assert row.first_seen == GO_LIVE
+    if late:
+        assert (row.due, row.fires_at) == (GO_LIVE + 30 * D, GO_LIVE + 37 * D)
+        assert await h.tick(GO_LIVE + D) == []
+        assert await h.tick(GO_LIVE + 37 * D - EPS) == []
+        [_] = await h.tick(GO_LIVE + 37 * D)
+        [body] = h.payloads()
+        assert body["summary"] == (f"No liver panel since the order was first seen on {GO_LIVE.date()}; "
+                                   f"the next was due {(GO_LIVE + 30 * D).date()} (monthly schedule)")
+    else:  # 90 days after its start is still the twice-monthly phase: due from its start
+        assert row.due < GO_LIVE
+        assert len(await h.tick(GO_LIVE + D)) == 1
+    # A panel moves it on from the panel, monthly, as for any order that old.
+    await h.panel(GO_LIVE + 40 * D)
+    [row] = await h.rows()
+    assert row.due == GO_LIVE + 70 * D
+    await h.store.close()
+
+
+async def test_liver_panels_already_on_file_count_when_the_schedule_starts(tmp_path: Path) -> None:
+    """A pharmacy feed that lags the lab's: the ALT observed on day 3 arrived
+    before the order (start day 0, sent day 5); the schedule counts from it."""
+    h = await harness(tmp_path)
+    await h.panel(START + 3 * D)
+    await h.send(order_msg("ORD1", "NW", "RX1", AZA, hl7(START), tx=hl7(START + 5 * D)), START + 5 * D)
+    [row] = await h.rows()
+    assert (row.last_panel, row.due, row.fires_at) == (START + 3 * D, START + 10 * D, START + 12 * D)
+    await h.store.close()

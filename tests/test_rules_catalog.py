@@ -26,6 +26,7 @@ SETTINGS = RuleSettings()
 
 STOP, HYS, CHOL, MILD = "aza.hepatotoxicity.stop", "aza.hys_law", "aza.cholestasis", "aza.liver.mild"
 RECH, SYN = "aza.rechallenge.recurrence", "aza.synthetic_function"
+HYPERBILI, UNSCORED = "aza.hyperbilirubinemia", "aza.result.unscored"
 LOW_ALP, NORMAL = "aza.post_stop.low_alp", "aza.post_stop.normalized"
 MYELO, POOR = "aza.myelosuppression", "aza.pgx.poor_metabolizer"
 MISSING, ALLO = "aza.pgx.missing", "aza.interaction.allopurinol"
@@ -56,7 +57,9 @@ CASES = [
      [obs(A.ALT, 170, ref="7-56")], [(HYS, S.CRITICAL)]),
     ("hys-bili-49h-apart", context(order(), history=(obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2", at=T0 - 49 * H, specimen="S0"),)),
      [obs(A.ALT, 170, ref="7-56")], [(STOP, S.CRITICAL)]),
-    ("hys-alt-below-3x", ON, [obs(A.ALT, 167, ref="7-56"), obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2")], [(MILD, S.WARNING)]),
+    # ALT 2.98× is no Hy's law; the bilirubin 2.0× is isolated jaundice, which takes liver.mild's place
+    # (issue 19 item 7; before aza.hyperbilirubinemia this row expected aza.liver.mild).
+    ("hys-alt-below-3x", ON, [obs(A.ALT, 167, ref="7-56"), obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2")], [(HYPERBILI, S.HIGH)]),
     # -- cholestasis (may share a panel with stop)
     ("alp-at-2x", ON, [obs(A.ALP, 282, ref="42-141")], [(CHOL, S.HIGH)]),
     ("alp-below-2x-is-mild", ON, [obs(A.ALP, 281, ref="42-141")], [(MILD, S.WARNING)]),
@@ -112,12 +115,15 @@ CASES = [
     ("synthetic-bilirubin-at-uln-silent", ON, [obs(A.BILI_TOTAL, 1.2, ref="0.1-1.2"), obs(A.INR, 1.6)], []),
     ("synthetic-with-this-panels-liver-alert", ON, [obs(A.ALT, 170, ref="7-56"), obs(A.INR, 1.6)],
      [(STOP, S.CRITICAL), (SYN, S.HIGH)]),
-    ("synthetic-needs-active-thiopurine", context(order(stop=T0 - D), alerts=(past(STOP, T0 - 2 * D, open=True),)),
+    # Decision 16: "active" here means exposed; a stop beyond the follow-up of the open alert is not.
+    ("synthetic-needs-active-thiopurine", context(order(start=T0 - 200 * D, stop=T0 - 91 * D),
+                                                  alerts=(past(STOP, T0 - 92 * D, open=True),)),
      [obs(A.INR, 1.6)], []),
     # -- post-stop
     ("seed-low-alp", STOPPED, seed_panel(39), [(LOW_ALP, S.INFO)]),
     ("alp-at-lln-normalized", STOPPED, seed_panel(42), [(NORMAL, S.INFO)]),
-    ("normalized-alt-above-uln-silent", STOPPED, seed_panel(42, alt=57), []),
+    # 14 days after the stop the patient is still exposed (decision 16): ALT above ULN is mild again.
+    ("normalized-alt-above-uln-silent", STOPPED, seed_panel(42, alt=57), [(MILD, S.WARNING)]),
     ("normalized-bilirubin-above-uln-silent", STOPPED, seed_panel(42, bili=1.3), []),
     ("normalized-needs-all-four", STOPPED, seed_panel(42)[:3], []),
     ("low-alp-alone", STOPPED, [obs(A.ALP, 39, ref="42-141")], [(LOW_ALP, S.INFO)]),
@@ -285,3 +291,141 @@ def test_pgx_missing_names_which() -> None:
 ], ids=str)
 def test_metabolizer_reading(analyte: Analyte, text: str, expected: Metabolizer | None) -> None:
     assert metabolizer(coded(analyte, text), SETTINGS) is expected
+
+
+# -- Issue 19: the cases a ward sees, with both sides of each boundary.
+
+LONG_AFTER = context(order(start=T0 - 200 * D, stop=T0 - 60 * D), alerts=(past(STOP, T0 - 61 * D),))
+"""Stopped 60 days ago after a (closed) liver alert: past exposure, inside the post-stop window."""
+
+SAFETY_CASES = [
+    # Item 2 (false reassurance): the seed's low ALP reassures only when it comes alone.
+    ("low-alp-with-ast-3x-and-bili-2.3x-is-hys-law", STOPPED,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.AST, 120, ref="10-40"), obs(A.BILI_TOTAL, 2.8, ref="0.1-1.2")],
+     [(HYS, S.CRITICAL)]),
+    ("low-alp-with-ast-3x-and-bili-2.3x-unexposed-no-reassurance", LONG_AFTER,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.AST, 120, ref="10-40"), obs(A.BILI_TOTAL, 2.8, ref="0.1-1.2")], []),
+    ("low-alp-ast-at-uln-reassures", LONG_AFTER, [obs(A.ALP, 39, ref="42-141"), obs(A.AST, 40, ref="10-40")],
+     [(LOW_ALP, S.INFO)]),
+    ("low-alp-ast-1.01x-no-reassurance", LONG_AFTER, [obs(A.ALP, 39, ref="42-141"), obs(A.AST, 40.4, ref="10-40")],
+     []),
+    ("low-alp-alt-1.01x-no-reassurance", LONG_AFTER, [obs(A.ALP, 39, ref="42-141"), obs(A.ALT, 56.6, ref="7-56")],
+     []),
+    ("low-alp-bili-at-uln-reassures", LONG_AFTER,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.BILI_TOTAL, 1.2, ref="0.1-1.2")], [(LOW_ALP, S.INFO)]),
+    ("low-alp-bili-1.01x-no-reassurance", LONG_AFTER,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.BILI_TOTAL, 1.21, ref="0.1-1.2")], []),
+    ("low-alp-ast-unscorable-no-reassurance", LONG_AFTER,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.AST, 40, unit="furlongs")], []),
+    ("low-alp-while-a-liver-rule-fires-no-reassurance", STOPPED,
+     [obs(A.ALP, 39, ref="42-141"), obs(A.GGT, 60, ref="9-48")], [(MILD, S.WARNING)]),
+    ("normalized-while-a-liver-rule-fires-is-not-said", STOPPED, [*seed_panel(42), obs(A.GGT, 60, ref="9-48")],
+     [(MILD, S.WARNING)]),
+    # Item 4 / decision 17: thresholds compare the figure the page shows (two decimals).
+    ("ukat-3.3-over-1.1-is-3.00x-critical", ON, [obs(A.ALT, 3.3, unit="ukat/L", ref="0.1-1.1")], [(STOP, S.CRITICAL)]),
+    ("ukat-3.28-over-1.1-is-2.98x-mild", ON, [obs(A.ALT, 3.28, unit="ukat/L", ref="0.1-1.1")], [(MILD, S.WARNING)]),
+    ("alp-1.995x-shows-2.00x-cholestasis", ON, [obs(A.ALP, 281.3, ref="42-141")], [(CHOL, S.HIGH)]),
+    ("alp-1.994x-shows-1.99x-mild", ON, [obs(A.ALP, 281.2, ref="42-141")], [(MILD, S.WARNING)]),
+    ("alt-1.004x-shows-1.00x-silent", ON, [obs(A.ALT, 56.2, ref="7-56")], []),
+    ("alt-1.005x-shows-1.01x-mild", ON, [obs(A.ALT, 56.3, ref="7-56")], [(MILD, S.WARNING)]),
+    ("neutrophils-per-ul-at-the-reported-precision", ON, [obs(A.NEUTROPHILS, 999, unit="/uL")], [(MYELO, S.CRITICAL)]),
+    ("neutrophils-per-ul-at-the-critical-limit", ON, [obs(A.NEUTROPHILS, 1000, unit="/uL")], [(MYELO, S.HIGH)]),
+    ("platelets-per-ul-just-below", ON, [obs(A.PLATELETS, 139999, unit="/uL")], [(MYELO, S.HIGH)]),
+    ("platelets-per-ul-at-the-limit", ON, [obs(A.PLATELETS, 140000, unit="/uL")], []),
+    # Item 5 / decision 15: counts in every spelling senders use.
+    ("neutrophils-x10e9", ON, [obs(A.NEUTROPHILS, 0.4, unit="x10E9/L")], [(MYELO, S.CRITICAL)]),
+    ("platelets-g-per-l", ON, [obs(A.PLATELETS, 30, unit="G/L")], [(MYELO, S.CRITICAL)]),
+    ("wbc-thou-per-ul", ON, [obs(A.WBC, 3.4, unit="thou/uL")], [(MYELO, S.HIGH)]),
+    ("alt-units-per-l-default-range", ON, [obs(A.ALT, 400, unit="Units/L")], [(STOP, S.CRITICAL)]),
+    ("alt-iu-default-range", ON, [obs(A.ALT, 400, unit="IU")], [(STOP, S.CRITICAL)]),
+    ("alt-u-per-l-at-37c-default-range", ON, [obs(A.ALT, 400, unit="U/L@37C")], [(STOP, S.CRITICAL)]),
+    # Item 7: isolated jaundice, and cholestasis with jaundice.
+    ("isolated-jaundice-bili-4.0", ON, [obs(A.BILI_TOTAL, 4.0, ref="0.1-1.2"), obs(A.ALT, 40, ref="7-56"),
+                                        obs(A.ALP, 100, ref="42-141")], [(HYPERBILI, S.HIGH)]),
+    ("bili-2.00x-hyperbilirubinemia", ON, [obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2")], [(HYPERBILI, S.HIGH)]),
+    ("bili-1.99x-silent", ON, [obs(A.BILI_TOTAL, 2.39, ref="0.1-1.2")], []),
+    ("bili-umol-default-range", ON, [obs(A.BILI_TOTAL, 42, unit="umol/L")], [(HYPERBILI, S.HIGH)]),
+    ("hyperbilirubinemia-takes-mild's-place", ON, [obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2"), obs(A.ALT, 60, ref="7-56")],
+     [(HYPERBILI, S.HIGH)]),
+    ("hyperbilirubinemia-with-stop-is-hys-law", ON,
+     [obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2"), obs(A.ALT, 170, ref="7-56")], [(HYS, S.CRITICAL)]),
+    ("cholestasis-2.8x-with-bili-3.3x-critical", ON,
+     [obs(A.ALP, 395, ref="42-141"), obs(A.BILI_TOTAL, 4.0, ref="0.1-1.2")], [(CHOL, S.CRITICAL)]),
+    ("cholestasis-with-bili-1.99x-high", ON,
+     [obs(A.ALP, 395, ref="42-141"), obs(A.BILI_TOTAL, 2.39, ref="0.1-1.2")], [(CHOL, S.HIGH)]),
+    ("cholestasis-bili-within-48h-critical",
+     context(order(), history=(obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2", at=T0 - 48 * H, specimen="S0"),)),
+     [obs(A.ALP, 395, ref="42-141")], [(CHOL, S.CRITICAL)]),
+    ("cholestasis-bili-49h-before-high",
+     context(order(), history=(obs(A.BILI_TOTAL, 2.4, ref="0.1-1.2", at=T0 - 49 * H, specimen="S0"),)),
+     [obs(A.ALP, 395, ref="42-141")], [(CHOL, S.HIGH)]),
+    # Item 9 / decision 10: a rechallenge follows stop, Hy's law or cholestasis (not mild), >= 24 h later.
+    ("rechallenge-after-cholestasis", context(
+        order(order_id="RX0", start=T0 - 120 * D, stop=T0 - 60 * D), order(order_id="RX2", start=T0 - 30 * D),
+        alerts=(past(CHOL, T0 - 65 * D),)), [obs(A.ALT, 57, ref="7-56")], [(RECH, S.HIGH)]),
+    ("rechallenge-after-hys-law", context(
+        order(order_id="RX0", start=T0 - 120 * D, stop=T0 - 60 * D), order(order_id="RX2", start=T0 - 30 * D),
+        alerts=(past(HYS, T0 - 65 * D),)), [obs(A.ALT, 57, ref="7-56")], [(RECH, S.HIGH)]),
+    ("not-rechallenge-after-mild", context(
+        order(order_id="RX0", start=T0 - 120 * D, stop=T0 - 60 * D), order(order_id="RX2", start=T0 - 30 * D),
+        alerts=(past(MILD, T0 - 65 * D),)), [obs(A.ALT, 57, ref="7-56")], [(MILD, S.WARNING)]),
+    ("not-rechallenge-same-day-dose-change", context(
+        order(order_id="RX0", start=T0 - 120 * D, stop=T0 - 30 * D),
+        order(order_id="RX2", start=T0 - 30 * D + 23 * H), alerts=(past(STOP, T0 - 31 * D),)),
+     [obs(A.ALT, 57, ref="7-56")], [(MILD, S.WARNING)]),
+    ("rechallenge-24h-after-the-stop", context(
+        order(order_id="RX0", start=T0 - 120 * D, stop=T0 - 30 * D),
+        order(order_id="RX2", start=T0 - 29 * D), alerts=(past(STOP, T0 - 31 * D),)),
+     [obs(A.ALT, 57, ref="7-56")], [(RECH, S.HIGH)]),
+    # Item 8: febrile neutropenia line (tested on the text below); thioguanine watched when configured.
+    ("neutrophils-0.99-critical", ON, [obs(A.NEUTROPHILS, 0.99)], [(MYELO, S.CRITICAL)]),
+]
+
+
+@pytest.mark.parametrize(("ctx", "observations", "expected"), [c[1:] for c in SAFETY_CASES],
+                         ids=[c[0] for c in SAFETY_CASES])
+def test_issue_19_panel_cases(ctx, observations: list, expected: list) -> None:
+    findings = evaluate(ctx, observations, SETTINGS)
+    assert [(f.rule, f.severity) for f in findings] == expected
+    for f in findings:
+        assert f.recommendations, f.rule
+
+
+MP = RuleSettings(thiopurines=frozenset({"azathioprine", "mercaptopurine", "thioguanine"}))
+TG = order(order_id="TG1", ingredient="thioguanine", start=T0)
+MERCAPTO = order(order_id="MP1", ingredient="mercaptopurine", start=T0)
+FEBUXOSTAT = order(order_id="FX1", ingredient="febuxostat", start=T0 - D)
+
+SAFETY_ORDER_CASES = [
+    # id, settings, context, started, expected
+    ("thioguanine-with-allopurinol-silent", MP, context(ALLOPURINOL, TG, history=PGX_NORMAL), [TG], []),
+    ("thioguanine-with-febuxostat-silent", MP, context(FEBUXOSTAT, TG, history=PGX_NORMAL), [TG], []),
+    ("mercaptopurine-with-allopurinol", MP, context(ALLOPURINOL, MERCAPTO, history=PGX_NORMAL), [MERCAPTO],
+     [(ALLO, S.HIGH)]),
+    ("allopurinol-after-thioguanine-silent", MP,
+     context(TG, order(order_id="AL9", ingredient="allopurinol", start=T0 + D)),
+     [order(order_id="AL9", ingredient="allopurinol", start=T0 + D)], []),
+    ("pgx-both-intermediate", SETTINGS, context(NEW, history=(coded(A.TPMT, "*1/*3A", at=T0 - 9 * D),
+                                                              coded(A.NUDT15, "*1/*3", at=T0 - 9 * D))),
+     [NEW], [(POOR, S.HIGH)]),
+    # Decision 11: once per patient.
+    ("pgx-missing-once-per-patient", SETTINGS, context(NEW, alerts=(past(MISSING, T0 - 100 * D),)), [NEW], []),
+    ("pgx-missing-open-no-second", SETTINGS, context(NEW, alerts=(past(MISSING, T0 - 100 * D, open=True),)),
+     [NEW], []),
+]
+
+
+@pytest.mark.parametrize(("settings", "ctx", "started", "expected"), [c[1:] for c in SAFETY_ORDER_CASES],
+                         ids=[c[0] for c in SAFETY_ORDER_CASES])
+def test_issue_19_order_cases(settings: RuleSettings, ctx, started: list, expected: list) -> None:
+    assert [(f.rule, f.severity) for f in evaluate_orders(ctx, started, settings)] == expected
+
+
+@pytest.mark.parametrize(("arrived_after_start", "fires"), [
+    (timedelta(days=30), True), (timedelta(days=30, seconds=1), False), (timedelta(days=2000), False),
+], ids=["30-days", "30-days-and-a-second", "years"])
+def test_pgx_missing_not_for_a_long_running_order(arrived_after_start: timedelta, fires: bool) -> None:
+    """Decision 11: an order that started more than 30 days before it first
+    arrived (therapy since 2019, seen at go-live) raises no pgx.missing."""
+    found = evaluate_orders(context(NEW), [NEW], SETTINGS, arrived_at=T0 + arrived_after_start)
+    assert [f.rule for f in found] == ([MISSING] if fires else [])

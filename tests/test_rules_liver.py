@@ -19,7 +19,12 @@ SETTINGS = RuleSettings()
 CASES = [
     # id, orders, observations, expected (rule ids)
     ("alt-at-3x-fires", [order()], [obs(A.ALT, 168, ref="7-56")], ["aza.hepatotoxicity.stop"]),
-    ("alt-just-below-3x-silent", [order()], [obs(A.ALT, 167.9, ref="7-56")], []),
+    # Decision 17: ×ULN is rounded to two decimals and compared as shown. 167.6/56 = 2.99;
+    # 167.9/56 = 2.998 shows as 3.00 and fires (this row used 167.9 before the decision).
+    ("alt-just-below-3x-silent", [order()], [obs(A.ALT, 167.6, ref="7-56")], []),
+    ("alt-2.998x-shows-3.00x-fires", [order()], [obs(A.ALT, 167.9, ref="7-56")], ["aza.hepatotoxicity.stop"]),
+    ("ukat-3.3-over-1.1-is-3.00x-fires", [order()], [obs(A.ALT, 3.3, unit="ukat/L", ref="0.1-1.1")],
+     ["aza.hepatotoxicity.stop"]),
     ("ast-above-3x-fires", [order()], [obs(A.AST, 121, ref="10-40")], ["aza.hepatotoxicity.stop"]),
     ("ast-below-3x-silent", [order()], [obs(A.AST, 119, ref="10-40")], []),
     ("alp-high-is-not-this-rule", [order()], [obs(A.ALP, 900, ref="42-141")], []),
@@ -36,10 +41,17 @@ CASES = [
     ("mercaptopurine-not-watched-by-default", [order(ingredient="mercaptopurine")], [obs(A.ALT, 500, ref="7-56")], []),
     ("order-starts-after-result-silent", [order(start=T0 + timedelta(hours=1))], [obs(A.ALT, 500, ref="7-56")], []),
     ("order-starts-at-result-fires", [order(start=T0)], [obs(A.ALT, 500, ref="7-56")], ["aza.hepatotoxicity.stop"]),
-    ("stopped-before-result-silent", [order(stop=T0)], [obs(A.ALT, 500, ref="7-56")], []),
+    # Decision 16: stopped at most rules.exposure_days (30) before the result is still exposed.
+    ("stopped-before-result-silent", [order(start=T0 - timedelta(days=90), stop=T0 - timedelta(days=30, seconds=1))],
+     [obs(A.ALT, 500, ref="7-56")], []),
+    ("stopped-at-result-fires", [order(stop=T0)], [obs(A.ALT, 500, ref="7-56")], ["aza.hepatotoxicity.stop"]),
+    ("stopped-30-days-before-fires", [order(start=T0 - timedelta(days=90), stop=T0 - timedelta(days=30))],
+     [obs(A.ALT, 500, ref="7-56")], ["aza.hepatotoxicity.stop"]),
     ("stopped-after-result-fires", [order(stop=T0 + timedelta(seconds=1))], [obs(A.ALT, 500, ref="7-56")],
      ["aza.hepatotoxicity.stop"]),
-    ("on-hold-silent", [order(holds=((T0 - timedelta(days=1), None),))], [obs(A.ALT, 500, ref="7-56")], []),
+    # Decisions 9 and 16: held is still exposed; the alert says "while held" (this row expected silence before).
+    ("on-hold-fires", [order(holds=((T0 - timedelta(days=1), None),))], [obs(A.ALT, 500, ref="7-56")],
+     ["aza.hepatotoxicity.stop"]),
     ("released-hold-fires", [order(holds=((T0 - timedelta(days=2), T0 - timedelta(days=1)),))],
      [obs(A.ALT, 500, ref="7-56")], ["aza.hepatotoxicity.stop"]),
     ("pending-status-silent", [order()], [obs(A.ALT, 500, ref="7-56", status=ResultStatus.PENDING)], []),
@@ -60,7 +72,13 @@ def test_hepatotoxicity_stop(orders: list, observations: list, expected: list[st
     assert [f.rule for f in findings] == expected
     for f in findings:
         assert f.severity is Severity.CRITICAL
-        assert f.recommendations[0] == "Discontinue azathioprine now"
+        assert f.order is not None
+        if f.order.status_at(f.occurred_at) == "active":
+            assert f.recommendations[0] == "Discontinue azathioprine now"
+        else:  # never advise stopping a drug that is held or stopped (decision 16)
+            assert f.recommendations[0].startswith(("Azathioprine on hold since", "Azathioprine stopped on"))
+            assert "urgent clinical review" in f.recommendations[0]
+            assert not any(r.startswith("Discontinue") for r in f.recommendations)
 
 
 def test_threshold_comes_from_settings() -> None:

@@ -4,6 +4,7 @@ and how order events move a schedule (`transition`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -86,6 +87,27 @@ def test_the_finding_is_a_warning_with_the_catalog_recommendation() -> None:
     assert "start of the order" in f.summary
     later = overdue_finding(o, next_due(START, day(7), S))
     assert "last liver panel" in later.summary
+
+
+def test_the_finding_says_when_the_last_panel_was_and_names_the_drug() -> None:
+    """Issue 19 item 10: not "No liver panel since the last liver panel"."""
+    later = overdue_finding(order(start=START), next_due(START, day(7), S))
+    assert later.summary == (f"The last liver panel was on {day(7).date()}; "
+                             f"the next was due {day(14).date()} (weekly schedule)")
+    assert later.title == "Azathioprine monitoring overdue: liver tests"
+    mp = overdue_finding(replace(order(start=START), ingredient="mercaptopurine"), next_due(START, None, S))
+    assert mp.title == "Mercaptopurine monitoring overdue: liver tests"
+    assert "azathioprine" not in (mp.title + mp.summary).lower()
+    assert not any("shared/" in r or "CLINICAL" in r for r in later.references)
+
+
+@pytest.mark.parametrize(("seen_after", "due_after"), [
+    (timedelta(days=90), timedelta(days=7)),  # at the end of months 2-3: the schedule runs from the start
+    (timedelta(days=90, seconds=1), timedelta(days=120, seconds=1)),  # later: monthly from first seen
+], ids=["seen-90-days-after-start", "seen-later"])
+def test_an_order_first_seen_late_is_monthly_from_then(seen_after: timedelta, due_after: timedelta) -> None:
+    d = next_due(START, None, S, first_seen=START + seen_after)
+    assert d.due - START == due_after
 
 
 ACTIVE, PAUSED, STOPPED = ScheduleState.ACTIVE, ScheduleState.PAUSED, ScheduleState.STOPPED

@@ -170,17 +170,21 @@ async def test_results_before_the_order_are_kept_and_the_next_one_alerts(tmp_pat
     store = await SqliteStore.open(tmp_path / "s.db")
     settings = PipelineSettings()
     panel = messages("02_seed_liver_panel_above_3xuln.hl7")[0]
-    later_panel = panel.replace(b"|LAB0001|", b"|LAB0001B|").replace(b"SPC100", b"SPC101")
+    # Another value: the same values again would be no news (CLINICAL.md decision 19).
+    later_panel = panel.replace(b"|LAB0001|", b"|LAB0001B|").replace(b"SPC100", b"SPC101").replace(b"||190|", b"||250|")
     order = messages("01_seed_order_azathioprine.hl7")[0]
 
     def unit(raw: bytes):
         return lambda tx: process(tx, parse_message(raw, OPTIONS), raw, received_at=NOW, settings=settings)
 
     before = await store.transact(unit(panel))
-    await store.transact(unit(order))
+    ordered = await store.transact(unit(order))
     after = await store.transact(unit(later_panel))
     await store.close()
     assert before.changes == ()  # no thiopurine order yet: stored, not evaluated
+    # Decision 18: the order started before that panel, so its arrival evaluates it.
+    assert [(c.alert.rule, str(c.event)) for c in ordered.changes] == [
+        ("aza.pgx.missing", "firing"), ("aza.hepatotoxicity.stop", "firing")]
     assert len(after.changes) == 1
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT count(*) FROM observations").fetchone() == (10,)

@@ -25,7 +25,7 @@ from tests.support.mqtt import recording, strict_json
 
 AT = datetime(2026, 10, 20, 8, 0, tzinfo=UTC)
 HUGE = "9" * 400  # float("9" * 400) is inf
-BIG = "9" * 300  # a finite float (about 1e300), whose ratio over a tiny ULN is not
+BIG = "9" * 300  # a finite float (about 1e300), whose ratio over a tiny ULN would not be
 
 
 def obs(value: float | None, *, analyte: str = "ALT", low: float | None = 7, high: float | None = 56,
@@ -130,7 +130,15 @@ async def test_a_400_digit_alt_goes_out_as_text_and_no_rule_reads_it(
     assert raw  # and the recorder checked every payload with a strict parser (no NaN, no Infinity)
 
 
-async def test_a_ratio_no_double_holds_is_null(tmp_path: Path, broker: Broker, prefix: str) -> None:
+async def test_a_value_longer_than_any_number_is_text_and_makes_no_ratio(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    """A 300-digit ALT would be a finite double whose ratio over a tiny ULN no
+    double holds. Since values longer than any number are not numbers
+    (issue 18 item 1, `terminology.MAX_VALUE_CHARS`), no message can make
+    that ratio any more: it goes out as the lab's text with x_uln null. The
+    overflow guards themselves stay, tested directly above
+    (`test_x_uln_is_a_finite_number_or_none`, `test_r_ratio_that_overflows_is_no_pattern`)."""
     config = make_config(tmp_path, broker.port, prefix, rules=NO_MONITORING)
     async with recording(broker, prefix) as mqtt, running(config) as daemon:
         await send_all(daemon.port, _order_and_panel(BIG, alt_range="0-0.0000000001"))
@@ -138,7 +146,7 @@ async def test_a_ratio_no_double_holds_is_null(tmp_path: Path, broker: Broker, p
     stop = next(a for a in alerts if a["rule"] == "aza.hepatotoxicity.stop")
     alt = next(o for o in stop["observations"] if o["analyte"] == "ALT")
     assert alt["x_uln"] is None
-    assert isinstance(alt["value"], int)  # finite: still a number
+    assert alt["value"] == BIG  # not a number: the lab's text
     assert stop["pattern"] is None or math.isfinite(stop["pattern"]["r_ratio"] or 0)
 
 

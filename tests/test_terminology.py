@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hl7_alerts.terminology import (
     LOINC,
+    MAX_RANGE_CHARS,
+    MAX_VALUE_CHARS,
+    NO_RANGE,
     Analyte,
     Ingredient,
     Terminology,
@@ -82,3 +87,110 @@ def test_values(value_type: str, text: str, expected: tuple[float | None, str]) 
 ], ids=str)
 def test_drugs(code: str, system: str, text: str, expected: Ingredient | None) -> None:
     assert SITE.ingredient(code, system, text) == expected
+
+
+# -- CLINICAL.md decision 15: values, units and ranges as senders write them
+
+@pytest.mark.parametrize(("value_type", "text", "expected"), [
+    ("ST", "190", (190.0, "")), ("TX", "190", (190.0, "")), ("ST", " <5 ", (5.0, "<")),
+    ("TX", ">1000", (1000.0, ">")), ("ST", "<=0.5", (0.5, "<=")), ("TX", ">= 12.5", (12.5, ">=")),
+    ("ST", "190 U/L", (None, "")), ("TX", "see comment", (None, "")), ("ST", "1:128", (None, "")),
+    ("ST", "<", (None, "")), ("NM", "", (None, "")), ("FT", "190", (None, "")), ("CWE", "190", (None, "")),
+    ("NM", "<>5", (None, "")), ("NM", "1.2.3", (None, "")), ("NM", "5.", (None, "")),
+    ("SN", "<=^0.5", (0.5, "<=")), ("SN", "abc^5", (None, "")),
+], ids=str)
+def test_values_as_senders_write_them(value_type: str, text: str, expected: tuple[float | None, str]) -> None:
+    assert parse_value(value_type, text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (" " * (MAX_VALUE_CHARS - 3) + "190", (190.0, "")),  # padding that fits is still a number
+    (" " * (MAX_VALUE_CHARS - 2) + "190", (None, "")),  # one character more is not
+    ("1" * MAX_VALUE_CHARS, (float("1" * MAX_VALUE_CHARS), "")),
+    ("1" * (MAX_VALUE_CHARS + 1), (None, "")),
+    (" " * 12_000 + "x", (None, "")),  # issue 18 item 1: once 6 s on the event loop
+    (" " * 12_000 + "190", (None, "")),
+], ids=["padded-fits", "padded-too-long", "digits-fit", "digits-too-long", "spaces-then-x", "spaces-then-number"])
+def test_a_value_longer_than_any_number_is_not_a_number(text: str, expected: tuple[float | None, str]) -> None:
+    for value_type in ("NM", "ST", "TX"):
+        assert parse_value(value_type, text) == expected
+
+
+@pytest.mark.parametrize(("analyte", "unit"), [
+    (A.ALT, "u/L"), (A.ALT, "U/L"), (A.ALT, " IU/L "), (A.AST, "Units/L"), (A.ALP, "IU"), (A.GGT, "U/L@37C"),
+    (A.ALT, "u/l @ 37 C"), (A.ALT, "U/L@37°C"),
+    (A.WBC, "10*3/uL"), (A.WBC, "10^3/uL"), (A.NEUTROPHILS, "x10E3/uL"), (A.NEUTROPHILS, "K/uL"),
+    (A.PLATELETS, "thou/uL"), (A.PLATELETS, "10*9/L"), (A.NEUTROPHILS, "x10E9/L"), (A.PLATELETS, "G/L"),
+    (A.WBC, "10^9/L"), (A.WBC, "×10^9/L"), (A.PLATELETS, "k/ul"),
+], ids=str)
+def test_unit_spellings_convert_unchanged(analyte: Analyte, unit: str) -> None:
+    assert to_canonical(analyte, 42.0, unit) == 42.0
+
+
+@pytest.mark.parametrize(("analyte", "unit"), [
+    (A.ALT, "U/mL"), (A.ALT, "G/L"), (A.WBC, "U/L"), (A.PLATELETS, "10*6/uL"), (A.ALT, "U/L" + " " * 40),
+    (A.ALBUMIN, "IU"),
+], ids=str)
+def test_other_units_do_not_convert(analyte: Analyte, unit: str) -> None:
+    assert to_canonical(analyte, 42.0, unit) is None
+
+
+@pytest.mark.parametrize(("text", "sex", "low", "high"), [
+    ("M:10-50 F:7-35", "M", 10, 50), ("M:10-50 F:7-35", "F", 7, 35), ("M:10-50 F:7-35", "", 10, 35),
+    ("M 10-50; F 7-35", "F", 7, 35), ("M 10-50; F 7-35", "M", 10, 50),
+    ("Male: 10-50 Female: 7-35", "M", 10, 50), ("Male: 10-50 Female: 7-35", "F", 7, 35),
+    ("Male: 10-50 Female: 7-35", "U", 10, 35), ("F: 7-35 U/L, M: 10-50 U/L", "M", 10, 50),
+    ("female 7-35", "F", 7, 35), ("female 7-35", "", 7, 35), ("female 7-35", "M", None, None),
+    ("M:<50 F:<35", "", None, 35), ("M: see note", "M", None, None), ("7-56", "F", 7, 56),
+], ids=str)
+def test_sex_specific_ranges(text: str, sex: str, low: float | None, high: float | None) -> None:
+    rng = parse_range(text, sex)
+    assert (rng.low, rng.high) == (low, high)
+
+
+@pytest.mark.parametrize(("text", "low", "high"), [
+    ("7 to 56", 7, 56), ("7–56", 7, 56), ("<=40", None, 40), ("≤ 40", None, 40), ("≥3.5", 3.5, None),
+    (" " * 12_000 + "x", None, None), (" " * 12_000 + "7-56", 7, 56),  # stripped, then it fits
+    ("7-56" + " (adult reference interval, method changed)" * 3, None, None), ("-", None, None),
+], ids=["to", "en-dash", "le", "unicode-le", "unicode-ge", "spaces-then-x", "spaces-then-range",
+        "too-long", "dash-only"])
+def test_more_range_forms(text: str, low: float | None, high: float | None) -> None:
+    rng = parse_range(text)
+    assert (rng.low, rng.high) == (low, high)
+
+
+@pytest.mark.parametrize(("codes", "expected"), [
+    ((("1742-6", "LOINC"),), A.ALT), ((("1742-6", "loinc"),), A.ALT),
+    ((("LFT1", "L"), ("1920-8", "LOINC")), A.AST),
+], ids=str)
+def test_loinc_spelled_out_is_ln(codes: tuple[tuple[str, str], ...], expected: Analyte) -> None:
+    assert SITE.analyte(codes) == expected
+
+
+_PADDING = st.text(alphabet=" \t0123456789.<>=-x", max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=_PADDING, body=st.text(alphabet=" 0123456789", min_size=0, max_size=20_000), tail=_PADDING)
+def test_long_whitespace_and_digit_inputs_read_or_refuse_without_error(head: str, body: str, tail: str) -> None:
+    """Property (issue 18 item 1): on long runs of spaces and digits, parsing
+    returns a number only for text a lab could send (at most MAX_VALUE_CHARS),
+    never raises, and ranges are read only within MAX_RANGE_CHARS. (How long
+    it takes is the benchmark's business, not a test's.)"""
+    text = head + body + tail
+    for value_type in ("NM", "ST", "TX", "SN"):
+        value, comparator = parse_value(value_type, text)
+        if value is not None:
+            assert len(text) <= MAX_VALUE_CHARS
+            assert comparator in ("", "<", ">", "<=", ">=")
+    rng = parse_range(text, "F")
+    if rng != NO_RANGE:
+        assert len(text.strip()) <= MAX_RANGE_CHARS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False).map(lambda v: f"{v:.2f}"),
+       st.sampled_from(["", "<", ">", "<=", ">="]), st.integers(min_value=0, max_value=8))
+def test_numbers_with_comparator_and_padding_read_back(number: str, comparator: str, pad: int) -> None:
+    text = " " * pad + comparator + number + " " * pad
+    assert parse_value("ST", text) == (float(number), comparator)

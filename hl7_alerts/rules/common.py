@@ -2,7 +2,9 @@
 
 A rule reads ``value / ULN`` in the result's own units when OBX-7 gives a
 range, and in the analyte's canonical unit against the configured default
-range otherwise (CLINICAL.md, "ULN / LLN").
+range otherwise (CLINICAL.md, "ULN / LLN"). ×ULN is that ratio rounded to two
+decimals, the figure the page shows, and thresholds compare that figure
+(decision 17).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from hl7_alerts.model import Observation, OrderState, PatientContext, Severity
-from hl7_alerts.rules.ids import LIVER_RULES
+from hl7_alerts.rules.ids import LIVER_RULES, RECHALLENGE_CAUSES
 from hl7_alerts.terminology import Analyte, Ingredient, to_canonical
 
 
@@ -55,8 +57,22 @@ class RuleSettings:
     hys_law_bilirubin_x_uln: float = 2.0
     hys_law_window_hours: float = 48.0
     cholestasis_alp_x_uln: float = 2.0
+    bilirubin_x_uln: float = 2.0
+    """Total bilirubin at or above this × ULN: aza.hyperbilirubinemia, and
+    aza.cholestasis becomes critical."""
     rechallenge_days: int = 30
+    dose_change_hours: float = 24.0
+    """A stop and a new order within this are a dose change, not a rechallenge."""
     post_stop_days: int = 90
+    exposure_days: int = 30
+    """Exposed at t: active, held, or stopped at most this long before t (decision 16)."""
+    follow_up_days: int = 90
+    """An open liver or marrow alert is followed this long after a stop."""
+    late_order_days: int = 30
+    """An order arriving after results it covers evaluates them, this far back
+    from its arrival at most (decision 18)."""
+    long_running_days: int = 30
+    """An order that started this long before it first arrived raises no aza.pgx.missing."""
     synthetic_inr_above: float = 1.5
     wbc_below: float = 3.5
     neutrophils_below: float = 1.6
@@ -107,6 +123,8 @@ class Finding:
     rests_on: tuple[str, ...] = ()
     """Analytes whose values made the rule hold: a later panel carrying all of
     them that no longer meets the rule resolves the alert (CLINICAL.md decision 3)."""
+    reason: str | None = None
+    """Why an alert closed (resolved or withdrawn events only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,7 +187,7 @@ def reference(
     return value, low, high
 
 
-def x_uln(obs: Observation, settings: RuleSettings, sex: str = "") -> float | None:
+def _ratio(obs: Observation, settings: RuleSettings, sex: str) -> float | None:
     """value / ULN, or None when there is no ratio to read: no number, no ULN,
     or a quotient no float can hold (a huge value over a tiny ULN), which is
     not a number either (payloads are strict JSON: `strictjson`)."""
@@ -180,27 +198,44 @@ def x_uln(obs: Observation, settings: RuleSettings, sex: str = "") -> float | No
     return ratio if math.isfinite(ratio) else None
 
 
+def x_uln(obs: Observation, settings: RuleSettings, sex: str = "") -> float | None:
+    """value ÷ ULN rounded to two decimals: what the page shows, and what
+    thresholds compare (decision 17: 3.3 µkat/L against 1.1 is 3.00×)."""
+    ratio = _ratio(obs, settings, sex)
+    return None if ratio is None else round(ratio, 2)
+
+
+def fmt_x(ratio: float) -> str:
+    """A ×ULN figure as the page shows it: two decimals, one trailing zero
+    dropped (3.39, 2.96, 3.0, 5.0), so a title never rounds across a threshold."""
+    text = f"{ratio:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 def evidence(obs: Observation, settings: RuleSettings, sex: str = "") -> Evidence:
     _, low, high = reference(obs, settings, sex)
-    ratio = x_uln(obs, settings, sex)
-    return Evidence(
-        observation=obs, ref_low=low, ref_high=high, x_uln=None if ratio is None else round(ratio, 2)
-    )
+    return Evidence(observation=obs, ref_low=low, ref_high=high, x_uln=x_uln(obs, settings, sex))
 
 
 def r_ratio(panel: Panel, settings: RuleSettings, sex: str = "") -> Pattern | None:
-    """R = (ALT/ULN) / (ALP/ULN): hepatocellular ≥ 5, mixed 2–5, cholestatic ≤ 2."""
+    """R = (ALT/ULN) / (ALP/ULN): hepatocellular ≥ 5, mixed 2–5, cholestatic
+    ≤ 2; only when ALT or ALP is above ULN (a pattern of normal enzymes is
+    no pattern, decision 19)."""
     alt, alp = panel.get(Analyte.ALT), panel.get(Analyte.ALP)
     if alt is None or alp is None:
         return None
     alt_x, alp_x = x_uln(alt, settings, sex), x_uln(alp, settings, sex)
-    if alt_x is None or not alp_x:
+    if alt_x is None or not alp_x or (alt_x <= 1.0 and alp_x <= 1.0):
         return None
-    r = alt_x / alp_x
+    # R from the exact ratios, then judged as shown (two decimals, decision 17).
+    exact_alt, exact_alp = _ratio(alt, settings, sex), _ratio(alp, settings, sex)
+    assert exact_alt is not None
+    assert exact_alp
+    r = round(exact_alt / exact_alp, 2)
     if not math.isfinite(r):
         return None
     kind = "hepatocellular" if r >= 5 else "cholestatic" if r <= 2 else "mixed"
-    return Pattern(r_ratio=round(r, 2), type=kind)
+    return Pattern(r_ratio=r, type=kind)
 
 
 def previous(ctx: PatientContext, analyte: Analyte, before: datetime) -> Observation | None:
@@ -217,13 +252,15 @@ def thiopurine_orders(ctx: PatientContext, settings: RuleSettings) -> list[Order
     return [o for o in ctx.orders if o.ingredient in settings.thiopurines and o.start is not None]
 
 
-def liver_alert_during(ctx: PatientContext, order: OrderState) -> datetime | None:
-    """The latest liver alert raised on ``order`` (observed between its start and
-    its stop), or None."""
+def liver_alert_during(
+    ctx: PatientContext, order: OrderState, rules: frozenset[str] = LIVER_RULES
+) -> datetime | None:
+    """The latest alert of ``rules`` (liver alerts by default) raised on
+    ``order`` (observed between its start and its stop), or None."""
     times = [
         a.opened_at
         for a in ctx.alerts
-        if a.rule in LIVER_RULES
+        if a.rule in rules
         and order.start is not None
         and order.start <= a.opened_at
         and (order.stop is None or a.opened_at <= order.stop)
@@ -233,14 +270,17 @@ def liver_alert_during(ctx: PatientContext, order: OrderState) -> datetime | Non
 
 def is_rechallenge(ctx: PatientContext, order: OrderState, settings: RuleSettings) -> bool:
     """CLINICAL.md decision 10: an earlier thiopurine order of the patient was
-    stopped within ``rechallenge_days`` after a liver alert on it."""
+    stopped within ``rechallenge_days`` after a hepatotoxicity.stop, hys_law or
+    cholestasis alert on it (not liver.mild), and this order started at least
+    ``dose_change_hours`` after that stop (sooner is a dose change)."""
     if order.start is None:
         return False
     window = timedelta(days=settings.rechallenge_days)
+    gap = timedelta(hours=settings.dose_change_hours)
     for earlier in thiopurine_orders(ctx, settings):
-        if earlier.order_id == order.order_id or earlier.stop is None or earlier.stop > order.start:
+        if earlier.order_id == order.order_id or earlier.stop is None or earlier.stop + gap > order.start:
             continue
-        alerted = liver_alert_during(ctx, earlier)
+        alerted = liver_alert_during(ctx, earlier, RECHALLENGE_CAUSES)
         if alerted is not None and earlier.stop - alerted <= window:
             return True
     return False

@@ -1,11 +1,13 @@
 """Liver rules: hepatotoxicity on a thiopurine, and what follows stopping it.
 
-Source: shared/seed (discontinue azathioprine if enzymes rise above 3×ULN; low
-ALP after stopping is a favourable sign), the DILI consensus criteria, Hy's
-law, and CLINICAL.md's catalog. Each rule is evaluated per panel at the
-panel's observation time, against the orders active then, and returns its
-finding when its condition holds; `engine` decides which of the liver
-findings of one panel are sent (CLINICAL.md decision 1).
+Sources: the seed guidance (discontinue azathioprine if enzymes rise above
+3×ULN; a low ALP after stopping is a favourable sign when it comes alone),
+the DILI consensus criteria (Aithal 2011), Hy's law (FDA 2009), and
+CLINICAL.md's catalog. Each rule is evaluated per panel at the panel's
+observation time. The injury rules take the patient's `Exposure` from the
+engine (decision 16: active, held, recently stopped, or followed) and say
+where the drug stands; the post-stop rules ask for a stopped drug. `engine`
+decides which findings of one panel are sent (decision 1).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from hl7_alerts.model import Observation, OrderState, PatientContext, Severity
+from hl7_alerts.model import Observation, OrderState, OrderStatus, PatientContext, Severity
+from hl7_alerts.rules import advice
+from hl7_alerts.rules.advice import LOW_ALP_ACTIONS
 from hl7_alerts.rules.common import (
     Evidence,
     Finding,
@@ -22,6 +26,7 @@ from hl7_alerts.rules.common import (
     active_thiopurine,
     evidence,
     fmt,
+    fmt_x,
     is_rechallenge,
     liver_alert_during,
     previous,
@@ -30,9 +35,11 @@ from hl7_alerts.rules.common import (
     thiopurine_orders,
     x_uln,
 )
+from hl7_alerts.rules.exposure import Exposure
 from hl7_alerts.rules.ids import (
     CHOLESTASIS,
     HEPATOTOXICITY_STOP,
+    HYPERBILIRUBINEMIA,
     HYS_LAW,
     LIVER_MILD,
     LIVER_RULES,
@@ -46,92 +53,15 @@ from hl7_alerts.terminology import LIVER_ENZYMES, Analyte
 __all__ = [
     "CHOLESTASIS",
     "HEPATOTOXICITY_STOP",
+    "HYPERBILIRUBINEMIA",
     "HYS_LAW",
     "LIVER_MILD",
+    "LOW_ALP_ACTIONS",
     "POST_STOP_LOW_ALP",
     "POST_STOP_NORMALIZED",
     "RECHALLENGE_RECURRENCE",
     "SYNTHETIC_FUNCTION",
 ]
-
-_STOP_ACTIONS = (
-    "Discontinue azathioprine now",
-    "Repeat ALT, AST, ALP, GGT, total and direct bilirubin",
-    "Check albumin and PT/INR",
-    "Assess for jaundice, right upper quadrant pain, fatigue, nausea",
-    "Exclude viral hepatitis, alcohol and other hepatotoxic drugs",
-)
-_STOP_REFERENCES = (
-    "Discontinue azathioprine immediately if liver enzymes rise above 3x ULN (shared/seed)",
-    "International DILI Expert Working Group, Aithal et al. 2011",
-)
-_HYS_ACTIONS = (
-    *_STOP_ACTIONS,
-    "Urgent hepatology review",
-    "Check INR now (Hy's law: risk of severe drug-induced liver injury)",
-)
-_HYS_REFERENCES = (*_STOP_REFERENCES, "FDA Guidance for Industry: Drug-Induced Liver Injury, 2009 (Hy's law)")
-_CHOLESTASIS_ACTIONS = (
-    "Azathioprine injury is often cholestatic: hold azathioprine and review",
-    "Check GGT to confirm hepatic origin of the ALP",
-    "Repeat ALT, AST, ALP, GGT, total and direct bilirubin",
-)
-_MILD_ACTIONS = (
-    "Don't ignore mild persistent elevations of liver enzymes",
-    "Recheck liver enzymes in 1 week",
-    "Exclude other causes (viral hepatitis, alcohol use, other medications)",
-)
-_RECHALLENGE_ACTIONS = (
-    "Hepatotoxicity can recur rapidly on rechallenge",
-    "Permanent discontinuation of azathioprine may be necessary",
-    "Repeat ALT, AST, ALP, GGT, total and direct bilirubin",
-)
-_RECHALLENGE_REFERENCES = (
-    "Azathioprine-Induced Rapid Hepatotoxicity. J Pharm Technol 2014 (shared/seed)",
-    "If liver enzymes rise again upon reintroduction, permanent discontinuation may be necessary "
-    "(shared/seed)",
-)
-_SYNTHETIC_ACTIONS = (
-    "Synthetic liver dysfunction: urgent clinical review",
-    "Repeat albumin, PT/INR and bilirubin",
-    "Assess for jaundice, encephalopathy and bleeding",
-)
-# The seed's own answer to its question (a low ALP after stopping azathioprine
-# for raised enzymes): every recommendation it lists, in its order.
-LOW_ALP_ACTIONS = (
-    "Low ALP after stopping azathioprine is likely a favorable sign of resolving drug-induced "
-    "cholestatic liver injury",
-    "Low ALP alone without other abnormalities generally needs no intervention if the patient is "
-    "asymptomatic",
-    "Resume monitoring liver enzymes (ALT, AST, ALP, GGT, total and direct bilirubin) weekly for the "
-    "next 2-4 weeks",
-    "Confirm that albumin and prothrombin time are normal",
-    "Assess for symptoms of liver dysfunction (jaundice, right upper quadrant pain, fatigue, nausea)",
-    "If other liver enzymes have normalized and the patient is asymptomatic, consider cautious "
-    "reintroduction at about 1/3 to 1/4 of the previous dose",
-    "After reintroduction, monitor liver enzymes weekly in the first month, then twice monthly in "
-    "months 2-3, then monthly if stable",
-    "Consider TPMT and NUDT15 testing if not previously done",
-    "If reintroduction is high-risk, consider alternative immunosuppressive therapy",
-    "For IBD, low-dose azathioprine with allopurinol may be better tolerated, but the azathioprine "
-    "dose must then be reduced to about 1/3 to 1/4 of the usual dose",
-    "Continue liver enzyme monitoring until complete normalization or stabilization",
-    "Discontinue azathioprine immediately if liver enzymes rise again above 3x ULN",
-    "Don't ignore mild persistent elevations if they recur after reintroduction",
-    "Don't attribute all liver enzyme abnormalities to azathioprine without excluding other causes "
-    "(viral hepatitis, alcohol use, other medications)",
-    "Don't increase the azathioprine dose too rapidly after reintroduction",
-    "Hepatotoxicity can recur rapidly upon rechallenge",
-)
-_NORMALIZED_ACTIONS = (
-    "Liver enzymes have normalized after stopping azathioprine",
-    "If reintroducing: start at 1/3 to 1/4 of the previous dose",
-    "Check LFTs weekly in month 1, twice monthly in months 2-3, monthly after",
-    "Consider TPMT and NUDT15 testing if not previously done",
-)
-_SEED_REFERENCE = (
-    "Management of low ALP after stopping azathioprine for elevated liver enzymes (shared/seed)",
-)
 
 _SHOWN = (Analyte.ALT, Analyte.AST, Analyte.ALP, Analyte.GGT, Analyte.BILI_TOTAL)
 
@@ -158,8 +88,18 @@ def _above_uln(panel: Panel, settings: RuleSettings, sex: str) -> list[Hit]:
     return [h for h in _hits(panel, LIVER_ENZYMES, settings, sex, 1.0) if h[2] > 1.0]
 
 
+def _value(obs: Observation) -> str:
+    """The value as the laboratory reported it (``39 U/L``, ``<5 U/L``,
+    ``INR 1.0``: a ratio has no unit worth printing)."""
+    text = obs.value_text.strip()
+    if not text or obs.value is None or "^" in text:
+        text = f"{obs.comparator}{fmt(obs.value or 0)}"
+    unit = "" if obs.analyte == Analyte.INR else obs.unit.strip()
+    return f"{text} {unit}".strip()
+
+
 def _describe(hits: Sequence[Hit]) -> str:
-    return "; ".join(f"{a.value} {fmt(o.value or 0)} {o.unit} ({fmt(r)} × ULN)" for a, o, r in hits)
+    return "; ".join(f"{a.label} {_value(o)} ({fmt_x(r)} × ULN)" for a, o, r in hits)
 
 
 def _shown(
@@ -170,30 +110,68 @@ def _shown(
     return tuple(evidence(o, settings, sex) for o in observations)
 
 
-def _drug(order: OrderState) -> str:
-    return order.ingredient or "thiopurine"
+def _on_panel(panel: Panel, *analytes: Analyte) -> str:
+    """``albumin 4.1 g/dL, INR 1.0``: the values the panel already carries."""
+    return ", ".join(f"{a.label} {_value(o)}" for a in analytes if (o := panel.get(a)) is not None)
 
 
-def hepatotoxicity_stop(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """Active thiopurine and ALT or AST ≥ 3×ULN → critical."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
-        return None
+def synthetic_check(panel: Panel) -> str:
+    """Ask for albumin and PT/INR, or say what the panel already shows of
+    them (decision 19: never ask again for values on the page)."""
+    clotting = Analyte.INR if panel.get(Analyte.INR) is not None else Analyte.PT
+    shown = _on_panel(panel, Analyte.ALBUMIN, clotting)
+    if not shown:
+        return "Check albumin and PT/INR"
+    missing = [
+        what for what, a in (("albumin", Analyte.ALBUMIN), ("PT/INR", clotting)) if panel.get(a) is None
+    ]
+    return f"On this panel: {shown}" + (f"; check {' and '.join(missing)}" if missing else "")
+
+
+def _stop_actions(exp: Exposure, panel: Panel) -> tuple[str, ...]:
+    return (
+        exp.stop_advice(),
+        advice.REPEAT_PANEL,
+        synthetic_check(panel),
+        advice.SYMPTOMS,
+        advice.OTHER_CAUSES,
+    )
+
+
+def _stop_references(drug: str) -> tuple[str, ...]:
+    return (
+        f"Discontinue {drug} immediately if liver enzymes rise above 3x ULN: {advice.SEED}",
+        advice.AITHAL_2011,
+    )
+
+
+def _title(exp: Exposure, text: str) -> str:
+    """A title says when the drug is no longer being given."""
+    if exp.active:
+        return text
+    return f"{text} ({'held' if exp.status is OrderStatus.HELD else 'stopped'})"
+
+
+def hepatotoxicity_stop(
+    ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure
+) -> Finding | None:
+    """Exposed and ALT or AST ≥ 3×ULN → critical."""
     sex = ctx.demographics.sex
     hits = _hits(panel, (Analyte.ALT, Analyte.AST), settings, sex, settings.hepatotoxicity_x_uln)
     if not hits:
         return None
     worst = max(hits, key=lambda hit: hit[2])
-    drug = _drug(order)
+    drug = exp.drug
+    act = f"stop {drug} and repeat the liver panel" if exp.active else "urgent review; repeat the liver panel"
     return Finding(
         rule=HEPATOTOXICITY_STOP,
         severity=Severity.CRITICAL,
-        title=f"{drug.capitalize()} hepatotoxicity: {worst[0].value} {fmt(worst[2])} × ULN",
-        summary=f"{_describe(hits)} on active {drug}: stop {drug} and repeat liver panel",
+        title=_title(exp, f"{drug.capitalize()} hepatotoxicity: {worst[0].label} {fmt_x(worst[2])} × ULN"),
+        summary=f"{_describe(hits)} {exp.state}: {act}",
         evidence=_shown(panel, settings, sex),
-        order=order,
-        recommendations=_STOP_ACTIONS,
-        references=_STOP_REFERENCES,
+        order=exp.order,
+        recommendations=_stop_actions(exp, panel),
+        references=_stop_references(drug),
         occurred_at=panel.observed_at,
         pattern=r_ratio(panel, settings, sex),
         rests_on=tuple(h[0].value for h in hits),
@@ -223,12 +201,9 @@ def _nearby(
     return best
 
 
-def hys_law(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """Active thiopurine, ALT or AST ≥ 3×ULN and total bilirubin ≥ 2×ULN, on the
-    same specimen or within the configured window (48 h) → critical."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
-        return None
+def hys_law(ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure) -> Finding | None:
+    """Exposed, ALT or AST ≥ 3×ULN and total bilirubin ≥ 2×ULN, on the same
+    specimen or within the configured window (48 h) → critical."""
     if not any(panel.get(a) is not None for a in (Analyte.ALT, Analyte.AST, Analyte.BILI_TOTAL)):
         return None
     enzyme = _nearby(ctx, panel, (Analyte.ALT, Analyte.AST), settings, settings.hepatotoxicity_x_uln)
@@ -236,53 +211,129 @@ def hys_law(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Findin
     if enzyme is None or bili is None:
         return None
     sex = ctx.demographics.sex
-    drug = _drug(order)
+    drug = exp.drug
+    inr = panel.get(Analyte.INR)
+    inr_line = (
+        f"INR {_value(inr)} on this panel: Hy's law marks a risk of severe drug-induced liver injury"
+        if inr is not None
+        else "Check INR now (Hy's law: risk of severe drug-induced liver injury)"
+    )
+    act = f"stop {drug}" if exp.active else "urgent review"
     return Finding(
         rule=HYS_LAW,
         severity=Severity.CRITICAL,
-        title=f"Hy's law on {drug}: {enzyme[0].value} {fmt(enzyme[2])} × ULN, bilirubin {fmt(bili[2])} × ULN",
-        summary=f"{_describe([enzyme, bili])} on active {drug}: stop {drug}, urgent hepatology review, INR",
+        title=_title(
+            exp,
+            f"Hy's law on {drug}: {enzyme[0].label} {fmt_x(enzyme[2])} × ULN, "
+            f"total bilirubin {fmt_x(bili[2])} × ULN",
+        ),
+        summary=f"{_describe([enzyme, bili])} {exp.state}: {act}, urgent hepatology review, INR",
         evidence=_shown(panel, settings, sex, extra=(enzyme[1], bili[1])),
-        order=order,
-        recommendations=_HYS_ACTIONS,
-        references=_HYS_REFERENCES,
+        order=exp.order,
+        recommendations=(
+            exp.stop_advice(),
+            "Urgent hepatology review",
+            inr_line,
+            advice.REPEAT_PANEL,
+            advice.SYMPTOMS,
+            advice.OTHER_CAUSES,
+        ),
+        references=(*_stop_references(drug), advice.FDA_2009),
         occurred_at=panel.observed_at,
         pattern=r_ratio(panel, settings, sex),
         rests_on=(enzyme[0].value, Analyte.BILI_TOTAL.value),
     )
 
 
-def cholestasis(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """Active thiopurine and ALP ≥ 2×ULN → high."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
-        return None
+def _ggt_line(panel: Panel, settings: RuleSettings, sex: str) -> str:
+    ggt = panel.get(Analyte.GGT)
+    ratio = None if ggt is None else x_uln(ggt, settings, sex)
+    if ggt is None or ratio is None:
+        return "Check GGT to confirm hepatic origin of the ALP"
+    if ratio > 1.0:
+        return f"GGT {_value(ggt)} ({fmt_x(ratio)} × ULN) on this panel supports a hepatic origin of the ALP"
+    return f"GGT {_value(ggt)} is within range on this panel: consider a non-hepatic source of the ALP"
+
+
+def cholestasis(ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure) -> Finding | None:
+    """Exposed and ALP ≥ 2×ULN → high; critical with total bilirubin ≥ 2×ULN
+    on the panel or within the Hy's law window (jaundice)."""
     sex = ctx.demographics.sex
     hits = _hits(panel, (Analyte.ALP,), settings, sex, settings.cholestasis_alp_x_uln)
     if not hits:
         return None
-    drug = _drug(order)
+    bili = _nearby(ctx, panel, (Analyte.BILI_TOTAL,), settings, settings.bilirubin_x_uln)
+    drug = exp.drug
+    first = f"{drug.capitalize()} injury is often cholestatic: " + (
+        f"hold {drug} and review" if exp.active else exp.hold_advice()
+    )
+    actions = [first, _ggt_line(panel, settings, sex), advice.REPEAT_PANEL]
+    if bili is not None:
+        actions.insert(
+            0,
+            f"With jaundice: stop {drug} and arrange urgent review"
+            if exp.active
+            else f"With jaundice: urgent review ({exp.state})",
+        )
+    described = _describe([*hits, *([bili] if bili is not None else [])])
+    jaundice = " with jaundice" if bili is not None else ""
     return Finding(
         rule=CHOLESTASIS,
-        severity=Severity.HIGH,
-        title=f"Cholestasis on {drug}: ALP {fmt(hits[0][2])} × ULN",
-        summary=f"{_describe(hits)} on active {drug}: hold and review; GGT to confirm hepatic origin",
-        evidence=_shown(panel, settings, sex),
-        order=order,
-        recommendations=_CHOLESTASIS_ACTIONS,
-        references=("International DILI Expert Working Group, Aithal et al. 2011 (ALP ≥ 2×ULN)",),
+        severity=Severity.CRITICAL if bili is not None else Severity.HIGH,
+        title=_title(exp, f"Cholestasis{jaundice} on {drug}: ALP {fmt_x(hits[0][2])} × ULN"),
+        summary=f"{described} {exp.state}: "
+        + ("urgent review" if bili is not None else "hold and review; GGT to confirm hepatic origin"),
+        evidence=_shown(panel, settings, sex, extra=() if bili is None else (bili[1],)),
+        order=exp.order,
+        recommendations=tuple(actions),
+        references=(f"{advice.AITHAL_2011} (cholestatic injury: ALP ≥ 2×ULN)",),
         occurred_at=panel.observed_at,
         pattern=r_ratio(panel, settings, sex),
-        rests_on=(Analyte.ALP.value,),
+        rests_on=(Analyte.ALP.value, *((Analyte.BILI_TOTAL.value,) if bili is not None else ())),
     )
 
 
-def liver_mild(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """Active thiopurine and an enzyme above ULN → warning; high when the same
-    analyte was also above ULN on its previous result (two consecutive panels)."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
+def hyperbilirubinemia(
+    ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure
+) -> Finding | None:
+    """Exposed and total bilirubin ≥ 2×ULN on this panel → high (the engine
+    sends it only when neither hys_law nor cholestasis fires: decision 1)."""
+    sex = ctx.demographics.sex
+    hits = _hits(panel, (Analyte.BILI_TOTAL,), settings, sex, settings.bilirubin_x_uln)
+    if not hits:
         return None
+    drug = exp.drug
+    direct = panel.get(Analyte.BILI_DIRECT)
+    direct_line = (
+        f"Direct bilirubin {_value(direct)} on this panel: "
+        "a mostly unconjugated rise points away from the liver"
+        if direct is not None
+        else "Check direct (conjugated) bilirubin"
+    )
+    return Finding(
+        rule=HYPERBILIRUBINEMIA,
+        severity=Severity.HIGH,
+        title=_title(exp, f"Raised total bilirubin on {drug}: {fmt_x(hits[0][2])} × ULN"),
+        summary=f"{_describe(hits)} {exp.state}: "
+        f"check direct bilirubin, haemolysis and Gilbert's; review {drug}",
+        evidence=_shown(panel, settings, sex, extra=() if direct is None else (direct,)),
+        order=exp.order,
+        recommendations=(
+            direct_line,
+            "Check for haemolysis (full blood count, reticulocytes, LDH, haptoglobin) and Gilbert's syndrome",
+            f"Review {drug}" if exp.active else exp.hold_advice(),
+            advice.REPEAT_PANEL,
+        ),
+        references=(advice.AITHAL_2011, advice.FDA_2009),
+        occurred_at=panel.observed_at,
+        pattern=r_ratio(panel, settings, sex),
+        rests_on=(Analyte.BILI_TOTAL.value,),
+    )
+
+
+def liver_mild(ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure) -> Finding | None:
+    """Exposed and an enzyme above ULN → warning; high when the same analyte
+    was also above ULN on its previous result (two consecutive panels)."""
     sex = ctx.demographics.sex
     hits = _above_uln(panel, settings, sex)
     if not hits:
@@ -293,29 +344,32 @@ def liver_mild(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Fin
         ratio = None if prior is None else x_uln(prior, settings, sex)
         if prior is not None and ratio is not None and ratio > 1.0:
             persistent.append((analyte, prior))
-    drug = _drug(order)
+    drug = exp.drug
     severity = Severity.HIGH if persistent else Severity.WARNING
     what = "Persistent mild" if persistent else "Mild"
     return Finding(
         rule=LIVER_MILD,
         severity=severity,
-        title=f"{what} liver enzyme elevation on {drug}: {', '.join(h[0].value for h in hits)}",
-        summary=f"{_describe(hits)} on active {drug}: recheck in 1 week, exclude other causes",
+        title=_title(exp, f"{what} liver enzyme elevation on {drug}: {', '.join(h[0].label for h in hits)}"),
+        summary=f"{_describe(hits)} {exp.state}: recheck in 1 week, exclude other causes",
         evidence=_shown(panel, settings, sex, extra=[p for _, p in persistent]),
-        order=order,
-        recommendations=_MILD_ACTIONS,
-        references=("Don't ignore mild persistent elevations of liver enzymes (shared/seed)",),
+        order=exp.order,
+        recommendations=advice.MILD_ACTIONS,
+        references=(f"Don't ignore mild persistent elevations of liver enzymes: {advice.SEED}",),
         occurred_at=panel.observed_at,
         pattern=r_ratio(panel, settings, sex),
         rests_on=tuple(h[0].value for h in hits),
     )
 
 
-def rechallenge_recurrence(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """On a rechallenge order (decision 10), an enzyme above ULN → critical at
-    ≥ 3×ULN, else high."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None or not is_rechallenge(ctx, order, settings):
+def rechallenge_recurrence(
+    ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure
+) -> Finding | None:
+    """On an active rechallenge order (decision 10), an enzyme above ULN →
+    critical at ≥ 3×ULN, else high. An open rechallenge alert is followed
+    after a hold or stop like every liver alert (decision 16)."""
+    followed = any(a.open and a.rule == RECHALLENGE_RECURRENCE for a in ctx.alerts)
+    if not (exp.active or exp.judging or followed) or not is_rechallenge(ctx, exp.order, settings):
         return None
     sex = ctx.demographics.sex
     hits = _above_uln(panel, settings, sex)
@@ -323,59 +377,69 @@ def rechallenge_recurrence(ctx: PatientContext, panel: Panel, settings: RuleSett
         return None
     worst = max(hits, key=lambda h: h[2])
     critical = worst[2] >= settings.hepatotoxicity_x_uln
-    drug = _drug(order)
+    drug = exp.drug
+    actions = (
+        "Hepatotoxicity can recur rapidly on rechallenge",
+        f"Permanent discontinuation of {drug} may be necessary",
+        advice.REPEAT_PANEL,
+    )
     return Finding(
         rule=RECHALLENGE_RECURRENCE,
         severity=Severity.CRITICAL if critical else Severity.HIGH,
-        title=f"Liver injury recurs on {drug} rechallenge: {worst[0].value} {fmt(worst[2])} × ULN",
+        title=_title(
+            exp, f"Liver injury recurs on {drug} rechallenge: {worst[0].label} {fmt_x(worst[2])} × ULN"
+        ),
         summary=f"{_describe(hits)} after reintroducing {drug}: permanent discontinuation may be necessary",
         evidence=_shown(panel, settings, sex),
-        order=order,
-        recommendations=(_STOP_ACTIONS[0], *_RECHALLENGE_ACTIONS) if critical else _RECHALLENGE_ACTIONS,
-        references=_RECHALLENGE_REFERENCES,
+        order=exp.order,
+        recommendations=(exp.stop_advice(), *actions) if critical else actions,
+        references=(
+            advice.RECHALLENGE_CASE,
+            f"If liver enzymes rise again upon reintroduction, permanent discontinuation may be necessary: "
+            f"{advice.SEED}",
+        ),
         occurred_at=panel.observed_at,
         pattern=r_ratio(panel, settings, sex),
         rests_on=tuple(h[0].value for h in hits),
     )
 
 
-def synthetic_function(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """Active thiopurine (decision 6), a liver alert open (or total bilirubin
-    above ULN), and albumin below LLN or INR above the configured limit → high."""
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
-        return None
+def synthetic_function(
+    ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure
+) -> Finding | None:
+    """Exposed (decision 6), a liver alert open (or total bilirubin above
+    ULN), and albumin below LLN or INR above the configured limit → high."""
     sex = ctx.demographics.sex
     bili = panel.get(Analyte.BILI_TOTAL)
     bili_x = None if bili is None else x_uln(bili, settings, sex)
     liver_open = any(a.open and a.rule in LIVER_RULES for a in ctx.alerts)
     if not liver_open and not (bili_x is not None and bili_x > 1.0):
         return None
-    abnormal: list[Observation] = []
+    abnormal: list[tuple[Analyte, Observation]] = []
     albumin = panel.get(Analyte.ALBUMIN)
     if albumin is not None:
         value, low, _ = reference(albumin, settings, sex)
         if value is not None and low is not None and value < low:
-            abnormal.append(albumin)
+            abnormal.append((Analyte.ALBUMIN, albumin))
     inr = panel.get(Analyte.INR)
     if inr is not None and inr.value is not None and inr.value > settings.synthetic_inr_above:
-        abnormal.append(inr)
+        abnormal.append((Analyte.INR, inr))
     if not abnormal:
         return None
-    drug = _drug(order)
-    described = ", ".join(f"{o.text or o.analyte} {fmt(o.value or 0)} {o.unit}".strip() for o in abnormal)
+    drug = exp.drug
+    described = ", ".join(f"{a.label} {_value(o)}" for a, o in abnormal)
     shown = [o for a in (*_SHOWN, Analyte.ALBUMIN, Analyte.INR) if (o := panel.get(a)) is not None]
     return Finding(
         rule=SYNTHETIC_FUNCTION,
         severity=Severity.HIGH,
-        title=f"Synthetic liver dysfunction on {drug}: {described}",
-        summary=f"{described} with liver injury on {drug}: urgent review",
+        title=_title(exp, f"Synthetic liver dysfunction on {drug}: {described}"),
+        summary=f"{described} with liver injury {exp.state}: urgent review",
         evidence=tuple(evidence(o, settings, sex) for o in shown),
-        order=order,
-        recommendations=_SYNTHETIC_ACTIONS,
-        references=("CLINICAL.md: albumin < LLN or INR > 1.5 with liver injury",),
+        order=exp.order,
+        recommendations=advice.SYNTHETIC_ACTIONS,
+        references=(f"{advice.AITHAL_2011} (severe injury: INR ≥ 1.5 with jaundice)", advice.FDA_2009),
         occurred_at=panel.observed_at,
-        rests_on=tuple(o.analyte for o in abnormal if o.analyte is not None),
+        rests_on=tuple(a.value for a, _ in abnormal),
     )
 
 
@@ -395,8 +459,20 @@ def _post_stop_order(ctx: PatientContext, panel: Panel, settings: RuleSettings) 
     return last
 
 
+def _within_range(obs: Observation | None, settings: RuleSettings, sex: str) -> bool:
+    """Missing, or not above its ULN (a value no range can score is not
+    within range: no reassurance rests on it)."""
+    if obs is None:
+        return True
+    ratio = x_uln(obs, settings, sex)
+    return ratio is not None and ratio <= 1.0
+
+
 def post_stop_low_alp(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    """ALP below LLN after stopping a thiopurine for a liver alert → info."""
+    """ALP below LLN after stopping a thiopurine for a liver alert, with ALT,
+    AST and total bilirubin on the panel (when present) within range → info.
+    The seed's reassurance is for a low ALP *alone* (the engine also drops it
+    when any liver rule fires on the panel)."""
     alp = panel.get(Analyte.ALP)
     if alp is None:
         return None
@@ -407,15 +483,22 @@ def post_stop_low_alp(ctx: PatientContext, panel: Panel, settings: RuleSettings)
     value, low, _ = reference(alp, settings, sex)
     if value is None or low is None or value >= low:
         return None
-    drug = _drug(order)
+    if not all(
+        _within_range(panel.get(a), settings, sex) for a in (Analyte.ALT, Analyte.AST, Analyte.BILI_TOTAL)
+    ):
+        return None
+    drug = order.ingredient or "thiopurine"
     assert order.stop is not None
     days = (panel.observed_at - order.stop).days
+    both = panel.get(Analyte.ALBUMIN) is not None and (
+        panel.get(Analyte.INR) is not None or panel.get(Analyte.PT) is not None
+    )
     return Finding(
         rule=POST_STOP_LOW_ALP,
         severity=Severity.INFO,
-        title=f"Low ALP {fmt(alp.value or 0)} {alp.unit} {days} days after stopping {drug}",
-        summary=f"ALP {fmt(alp.value or 0)} {alp.unit} (LLN {fmt(low)}) after stopping {drug} for liver "
-        "injury: likely resolving; monitor LFTs weekly",
+        title=f"Low ALP {_value(alp)} {days} days after stopping {drug}",
+        summary=f"ALP {_value(alp)} (LLN {fmt(low)}) after stopping {drug} for liver injury, other liver "
+        "tests within range: likely resolving; monitor LFTs weekly",
         evidence=_shown(
             panel,
             settings,
@@ -423,11 +506,32 @@ def post_stop_low_alp(ctx: PatientContext, panel: Panel, settings: RuleSettings)
             extra=[o for a in (Analyte.ALBUMIN, Analyte.INR, Analyte.PT) if (o := panel.get(a)) is not None],
         ),
         order=order,
-        recommendations=LOW_ALP_ACTIONS,
-        references=_SEED_REFERENCE,
+        recommendations=advice.low_alp_actions(
+            drug, _synthetic_shown(panel, settings, sex) if both else None
+        ),
+        references=(advice.SEED,),
         occurred_at=panel.observed_at,
         rests_on=(Analyte.ALP.value,),
     )
+
+
+def _synthetic_shown(panel: Panel, settings: RuleSettings, sex: str) -> str:
+    """ "Albumin and prothrombin time on this panel: albumin 4.1 g/dL (within
+    range), INR 1.0 (within range)": the seed's "confirm" line, answered."""
+    parts = []
+    for analyte in (Analyte.ALBUMIN, Analyte.INR, Analyte.PT):
+        obs = panel.get(analyte)
+        if obs is None:
+            continue
+        value, low, high = reference(obs, settings, sex)
+        if value is None or (low is None and high is None):
+            verdict = "no range to judge it by"
+        elif (low is not None and value < low) or (high is not None and value > high):
+            verdict = "outside its range"
+        else:
+            verdict = "within range"
+        parts.append(f"{analyte.label} {_value(obs)} ({verdict})")
+    return "Albumin and prothrombin time on this panel: " + ", ".join(parts)
 
 
 def post_stop_normalized(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
@@ -446,17 +550,17 @@ def post_stop_normalized(ctx: PatientContext, panel: Panel, settings: RuleSettin
         value, low, high = reference(obs, settings, sex)
         if value is None or high is None or value > high or (low is not None and value < low):
             return None
-    drug = _drug(order)
+    drug = order.ingredient or "thiopurine"
     return Finding(
         rule=POST_STOP_NORMALIZED,
         severity=Severity.INFO,
         title=f"Liver enzymes normalized after stopping {drug}",
-        summary=f"ALT, AST, ALP and bilirubin within range after stopping {drug}: reintroduction may be "
-        "considered at a reduced dose",
+        summary=f"ALT, AST, ALP and total bilirubin within range after stopping {drug}: "
+        "reintroduction may be considered at a reduced dose",
         evidence=_shown(panel, settings, sex),
         order=order,
-        recommendations=_NORMALIZED_ACTIONS,
-        references=_SEED_REFERENCE,
+        recommendations=tuple(advice.named(line, drug) for line in advice.NORMALIZED_ACTIONS),
+        references=(advice.SEED,),
         occurred_at=panel.observed_at,
         rests_on=tuple(a.value for a in needed),
     )

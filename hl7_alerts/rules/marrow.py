@@ -1,36 +1,45 @@
 """Marrow rule: myelosuppression on a thiopurine.
 
-Shared-care thresholds (CLINICAL.md): WBC < 3.5, neutrophils < 1.6 or
-platelets < 140 ×10⁹/L → high; neutrophils < 1.0 or platelets < 50 →
-critical. Values are compared in 10⁹/L after unit conversion (10*3/uL, K/uL
-and /uL convert); a count in a unit we do not know is not compared.
+Shared-care thresholds (CLINICAL.md; BSR/BHPR 2017): WBC < 3.5, neutrophils
+< 1.6 or platelets < 140 ×10⁹/L → high; neutrophils < 1.0 or platelets < 50
+→ critical. Counts are compared in 10⁹/L after unit conversion, at the
+precision they were reported (decision 17); a count in a unit we do not know
+is not compared (`aza.result.unscored` speaks for it when the lab flagged it).
+The patient's `Exposure` comes from the engine (decision 16).
 """
 
 from __future__ import annotations
 
-from hl7_alerts.model import Observation, PatientContext, Severity
-from hl7_alerts.rules.common import Finding, Panel, RuleSettings, active_thiopurine, evidence, fmt
+import math
+
+from hl7_alerts.model import Observation, OrderStatus, PatientContext, Severity
+from hl7_alerts.rules import advice
+from hl7_alerts.rules.common import Finding, Panel, RuleSettings, evidence, fmt
+from hl7_alerts.rules.exposure import Exposure
 from hl7_alerts.rules.ids import MYELOSUPPRESSION
-from hl7_alerts.terminology import Analyte, to_canonical
+from hl7_alerts.terminology import Analyte, conversion_factor, reported_decimals
 
-_ACTIONS = (
-    "Hold azathioprine and review (shared-care thresholds)",
-    "Repeat full blood count",
-    "Check TPMT and NUDT15 status",
-    "Patients with low or absent TPMT or NUDT15 activity are at increased risk of severe myelosuppression",
+COUNTS = (Analyte.WBC, Analyte.NEUTROPHILS, Analyte.PLATELETS)
+_CPIC_LINE = (
+    "Patients with low or absent TPMT or NUDT15 activity are at increased risk of severe myelosuppression"
 )
-_REFERENCES = (
-    "Patients with low or absent TPMT or NUDT15 activity are at increased risk for severe "
-    "myelosuppression (shared/seed)",
-    "CPIC guideline for thiopurines and TPMT/NUDT15",
-)
-_NAMES = {Analyte.WBC: "WBC", Analyte.NEUTROPHILS: "neutrophils", Analyte.PLATELETS: "platelets"}
 
 
-def myelosuppression(ctx: PatientContext, panel: Panel, settings: RuleSettings) -> Finding | None:
-    order = active_thiopurine(ctx, panel.observed_at, settings)
-    if order is None:
+def count(obs: Observation) -> float | None:
+    """The count in 10⁹/L, rounded to the precision it was reported at (a
+    count in /uL keeps three more decimals), or None when it cannot be read."""
+    if obs.value is None or obs.analyte is None:
         return None
+    factor = conversion_factor(Analyte(obs.analyte), obs.unit)
+    if factor is None:
+        return None
+    extra = max(0, round(-math.log10(factor)))
+    return round(obs.value * factor, reported_decimals(obs.value_text) + extra)
+
+
+def myelosuppression(
+    ctx: PatientContext, panel: Panel, settings: RuleSettings, exp: Exposure
+) -> Finding | None:
     limits = {
         Analyte.WBC: (settings.wbc_below, None),
         Analyte.NEUTROPHILS: (settings.neutrophils_below, settings.neutrophils_critical_below),
@@ -38,29 +47,42 @@ def myelosuppression(ctx: PatientContext, panel: Panel, settings: RuleSettings) 
     }
     low: list[tuple[Analyte, Observation, float]] = []
     critical = False
+    neutropenic = False
     for analyte, (below, critical_below) in limits.items():
         obs = panel.get(analyte)
-        if obs is None or obs.value is None:
-            continue
-        value = to_canonical(analyte, obs.value, obs.unit)
-        if value is None or value >= below:
+        value = None if obs is None else count(obs)
+        if obs is None or value is None or value >= below:
             continue
         low.append((analyte, obs, value))
-        critical = critical or (critical_below is not None and value < critical_below)
+        if critical_below is not None and value < critical_below:
+            critical = True
+            neutropenic = neutropenic or analyte is Analyte.NEUTROPHILS
     if not low:
         return None
-    drug = order.ingredient or "thiopurine"
-    described = ", ".join(f"{_NAMES[a]} {fmt(v)} ×10⁹/L" for a, _, v in low)
+    drug = exp.drug
+    described = ", ".join(f"{a.label} {fmt(v)} ×10⁹/L" for a, _, v in low)
     shown = [o for a in limits if (o := panel.get(a)) is not None]
+    actions = [
+        f"{exp.hold_advice()} (shared-care thresholds)",
+        "Repeat full blood count",
+        "Check TPMT and NUDT15 status",
+        _CPIC_LINE,
+    ]
+    if neutropenic:
+        actions.insert(
+            0, "Neutrophils below 1.0 ×10⁹/L: if febrile or unwell, treat as neutropenic sepsis now"
+        )
+    act = "hold and review" if exp.active else "review"
     return Finding(
         rule=MYELOSUPPRESSION,
         severity=Severity.CRITICAL if critical else Severity.HIGH,
-        title=f"Myelosuppression on {drug}: {described}",
-        summary=f"{described} on active {drug}: hold and review; check TPMT/NUDT15",
+        title=f"Myelosuppression on {drug}: {described}"
+        + ("" if exp.active else f" ({'held' if exp.status is OrderStatus.HELD else 'stopped'})"),
+        summary=f"{described} {exp.state}: {act}; check TPMT/NUDT15",
         evidence=tuple(evidence(o, settings, ctx.demographics.sex) for o in shown),
-        order=order,
-        recommendations=_ACTIONS,
-        references=_REFERENCES,
+        order=exp.order,
+        recommendations=tuple(advice.named(a, drug) for a in actions),
+        references=(advice.SHARED_CARE, advice.CPIC),
         occurred_at=panel.observed_at,
         rests_on=tuple(a.value for a, _, _ in low),
     )

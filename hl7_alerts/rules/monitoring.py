@@ -22,12 +22,13 @@ from datetime import datetime, timedelta
 
 from hl7_alerts.model import OrderControl, OrderState, Severity
 from hl7_alerts.orders import STOPPING
+from hl7_alerts.rules.advice import SEED
 from hl7_alerts.rules.common import Finding
 from hl7_alerts.rules.ids import MONITORING_OVERDUE
 from hl7_alerts.terminology import Analyte
 
 RECOMMENDATION = "Order ALT, AST, ALP, GGT, bilirubin"
-REFERENCE = "Seed: LFTs weekly for month 1, twice monthly months 2-3, monthly after (re)introduction"
+REFERENCE = f"Liver enzymes weekly for the first month, twice monthly in months 2-3, then monthly: {SEED}"
 
 
 class ScheduleState(enum.StrEnum):
@@ -82,16 +83,32 @@ class Due:
     reference: datetime
     due: datetime
     fires_at: datetime
+    first_seen: bool = False
+    """The reference is when a long-running order was first seen, not a panel."""
 
     def overdue(self, now: datetime) -> bool:
         """Overdue once the grace period after the due time has passed."""
         return now >= self.fires_at
 
 
-def next_due(start: datetime, last_panel: datetime | None, settings: MonitoringSettings) -> Due:
+def next_due(
+    start: datetime,
+    last_panel: datetime | None,
+    settings: MonitoringSettings,
+    first_seen: datetime | None = None,
+) -> Due:
     """The schedule of an order started at ``start`` whose latest liver panel
-    was observed at ``last_panel`` (None, or before the start: none yet)."""
+    was observed at ``last_panel`` (None, or before the start: none yet).
+    An order first seen (``first_seen``) after the twice-monthly phase was
+    over (long-running therapy at go-live, a feed joined mid-stream) is on
+    the monthly schedule from when it was first seen, not overdue since
+    years before (CLINICAL.md's overdue row)."""
     reference = last_panel if last_panel is not None and last_panel > start else start
+    seen_late = first_seen is not None and first_seen - start > settings.twice_monthly_until
+    if first_seen is not None and seen_late and first_seen > reference:
+        reference = first_seen
+    else:
+        seen_late = False
     elapsed = reference - start
     if elapsed < settings.weekly_until:
         phase, interval, grace = "weekly", settings.weekly_interval, settings.weekly_grace
@@ -102,18 +119,28 @@ def next_due(start: datetime, last_panel: datetime | None, settings: MonitoringS
     else:
         phase, interval, grace = "monthly", settings.monthly_interval, settings.monthly_grace
     due = reference + interval
-    return Due(phase=phase, reference=reference, due=due, fires_at=due + grace)
+    return Due(phase=phase, reference=reference, due=due, fires_at=due + grace, first_seen=seen_late)
 
 
 def overdue_finding(order: OrderState, due: Due) -> Finding:
     """The alert for an order whose liver panel is overdue (severity warning;
-    nothing time-driven raises it further, decision 5)."""
-    since = "the start of the order" if due.reference == order.start else "the last liver panel"
+    nothing time-driven raises it further, decision 5): when the last panel
+    was, and when this one was due."""
+    drug = order.ingredient or "thiopurine"
+    when = due.due.date().isoformat()
+    phase = due.phase.replace("_", "-")
+    reference = due.reference.date().isoformat()
+    if due.first_seen:
+        since = f"No liver panel since the order was first seen on {reference}"
+    elif order.start is not None and due.reference == order.start:
+        since = f"No liver panel since the start of the order on {reference}"
+    else:
+        since = f"The last liver panel was on {reference}"
     return Finding(
         rule=MONITORING_OVERDUE,
         severity=Severity.WARNING,
-        title="Azathioprine monitoring overdue: liver tests",
-        summary=f"No liver panel since {since}; due {due.due.date().isoformat()} ({due.phase} schedule)",
+        title=f"{drug.capitalize()} monitoring overdue: liver tests",
+        summary=f"{since}; the next was due {when} ({phase} schedule)",
         evidence=(),
         order=order,
         recommendations=(RECOMMENDATION,),

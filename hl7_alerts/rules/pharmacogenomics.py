@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 
 from hl7_alerts.model import Observation, OrderState, PatientContext, Severity
+from hl7_alerts.rules.advice import CPIC, SEED
 from hl7_alerts.rules.common import Evidence, Finding, Panel, RuleSettings, active_thiopurine
 from hl7_alerts.rules.ids import PGX_MISSING, PGX_POOR_METABOLIZER
 from hl7_alerts.terminology import Analyte
@@ -76,20 +77,41 @@ def latest_per_gene(results: Iterable[Observation]) -> dict[Analyte, Observation
     return latest
 
 
-_POOR_ACTIONS = (
-    "CPIC: poor metabolizer — avoid azathioprine or drastically reduce the dose",
-    "Risk of severe myelosuppression",
-    "Consider alternative immunosuppressive therapy",
-)
-_INTERMEDIATE_ACTIONS = (
-    "CPIC: intermediate metabolizer — start at 30-80% of the normal dose",
-    "Risk of severe myelosuppression: monitor blood counts closely",
-)
-_REFERENCES = (
-    "CPIC Guideline for Thiopurine Dosing Based on TPMT and NUDT15 Genotypes (2018 update)",
-    "Patients with low or absent TPMT or NUDT15 activity are at increased risk for severe "
-    "myelosuppression and hepatotoxicity from azathioprine (shared/seed)",
-)
+def _actions(flagged: Mapping[Analyte, Metabolizer], drug: str) -> tuple[str, ...]:
+    """CPIC: poor — avoid or drastically reduce; intermediate — 30-80 % of the
+    normal dose; intermediate for both TPMT and NUDT15 — 20-50 %."""
+    if Metabolizer.POOR in flagged.values():
+        return (
+            f"CPIC: poor metabolizer — avoid {drug} or drastically reduce the dose",
+            "Risk of severe myelosuppression",
+            "Consider alternative immunosuppressive therapy",
+        )
+    if len(flagged) == len(GENES):
+        first = (
+            "CPIC: intermediate metabolizer for both TPMT and NUDT15 — "
+            f"start {drug} at 20-50% of the normal dose"
+        )
+    else:
+        first = f"CPIC: intermediate metabolizer — start {drug} at 30-80% of the normal dose"
+    return (first, "Risk of severe myelosuppression: monitor blood counts closely")
+
+
+def _dose(flagged: Mapping[Analyte, Metabolizer]) -> str:
+    if Metabolizer.POOR in flagged.values():
+        return "avoid or drastically reduce"
+    return (
+        "start at 20-50% of the normal dose"
+        if len(flagged) == len(GENES)
+        else "start at 30-80% of the normal dose"
+    )
+
+
+def _references(drug: str) -> tuple[str, ...]:
+    return (
+        CPIC,
+        f"Patients with low or absent TPMT or NUDT15 activity are at increased risk for severe "
+        f"myelosuppression and hepatotoxicity from {drug}: {SEED}",
+    )
 
 
 def _poor_metabolizer(
@@ -100,20 +122,20 @@ def _poor_metabolizer(
     if not flagged:
         return None
     poor = Metabolizer.POOR in flagged.values()
-    described = ", ".join(f"{g.value} {m.value} metabolizer" for g, m in flagged.items())
+    # Genes in capitals, as written (decision 19): never str.capitalize() this.
+    described = ", ".join(f"{g.label} {m.value} metabolizer" for g, m in flagged.items())
     drug = order.ingredient or "thiopurine"
     return Finding(
         rule=PGX_POOR_METABOLIZER,
         severity=Severity.CRITICAL if poor else Severity.HIGH,
-        title=f"{described.capitalize()} on {drug}",
-        summary=f"{described} with {drug} ordered: "
-        + ("avoid or drastically reduce" if poor else "start at 30-80% of the normal dose"),
+        title=f"{described} on {drug}",
+        summary=f"{described} with {drug} ordered: {_dose(flagged)}",
         evidence=tuple(
             Evidence(observation=results[g], ref_low=None, ref_high=None, x_uln=None) for g in flagged
         ),
         order=order,
-        recommendations=_POOR_ACTIONS if poor else _INTERMEDIATE_ACTIONS,
-        references=_REFERENCES,
+        recommendations=_actions(flagged, drug),
+        references=_references(drug),
         occurred_at=at,
         rests_on=tuple(g.value for g in flagged),
     )
@@ -131,7 +153,11 @@ def poor_metabolizer(ctx: PatientContext, panel: Panel, settings: RuleSettings) 
 
 
 def poor_metabolizer_on_order(
-    ctx: PatientContext, started: Sequence[OrderState], settings: RuleSettings
+    ctx: PatientContext,
+    started: Sequence[OrderState],
+    settings: RuleSettings,
+    *,
+    arrived_at: datetime | None = None,
 ) -> Finding | None:
     """A thiopurine newly ordered with a poor/intermediate result on file."""
     for order in started:
@@ -144,10 +170,25 @@ def poor_metabolizer_on_order(
     return None
 
 
-def pgx_missing(ctx: PatientContext, started: Sequence[OrderState], settings: RuleSettings) -> Finding | None:
-    """A new thiopurine order and no TPMT or NUDT15 result on file (either) → info."""
+def pgx_missing(
+    ctx: PatientContext,
+    started: Sequence[OrderState],
+    settings: RuleSettings,
+    *,
+    arrived_at: datetime | None = None,
+) -> Finding | None:
+    """A new thiopurine order and no TPMT or NUDT15 result on file (either),
+    naming which → info, once per patient (decision 11): a patient who had
+    this alert gets no second one from a later order, and an order that
+    started more than ``long_running_days`` before it arrived (long-running
+    therapy, a feed joined mid-stream) raises none."""
+    if any(a.rule == PGX_MISSING for a in ctx.alerts):
+        return None
+    long_running = timedelta(days=settings.long_running_days)
     for order in started:
         if order.ingredient not in settings.thiopurines or order.start is None:
+            continue
+        if arrived_at is not None and arrived_at - order.start > long_running:
             continue
         on_file = latest_per_gene(ctx.history)
         missing = [g.value for g in GENES if g not in on_file]
@@ -163,10 +204,7 @@ def pgx_missing(ctx: PatientContext, started: Sequence[OrderState], settings: Ru
             evidence=(),
             order=order,
             recommendations=(f"Consider {names} testing before or early in therapy",),
-            references=(
-                "Consider TPMT and NUDT15 testing if not previously done (shared/seed)",
-                "CPIC Guideline for Thiopurine Dosing Based on TPMT and NUDT15 Genotypes",
-            ),
+            references=(f"Consider TPMT and NUDT15 testing if not previously done: {SEED}", CPIC),
             occurred_at=order.start,
             rests_on=tuple(missing),  # a later panel carrying them resolves the alert
         )

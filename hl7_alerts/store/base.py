@@ -178,6 +178,9 @@ class ScheduleRow:
     fires_at: datetime
     fired_due: datetime | None
     state: ScheduleState
+    first_seen: datetime | None = None
+    """When the order was first seen (its first message): a long-running order
+    first seen late is on the monthly schedule from then."""
 
     @property
     def fired(self) -> bool:

@@ -440,16 +440,17 @@ class SqlTransaction(OperationsQueries, WebQueries):
         p = row.patient
         self.execute(
             "INSERT INTO monitoring (patient, order_id, patient_id, patient_id_type, "
-            "patient_authority, start, last_panel, due, fires_at, fires_ts, fired_due, state) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient, order_id) DO UPDATE SET "
+            "patient_authority, start, last_panel, due, fires_at, fires_ts, fired_due, state, first_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient, order_id) DO UPDATE SET "
             "patient_id = excluded.patient_id, patient_id_type = excluded.patient_id_type, "
             "patient_authority = excluded.patient_authority, start = excluded.start, "
             "last_panel = excluded.last_panel, due = excluded.due, fires_at = excluded.fires_at, "
-            "fires_ts = excluded.fires_ts, fired_due = excluded.fired_due, state = excluded.state",
+            "fires_ts = excluded.fires_ts, fired_due = excluded.fired_due, state = excluded.state, "
+            "first_seen = excluded.first_seen",
             (
                 p.key, row.order_id, p.id, p.id_type, p.authority, to_iso(row.start),
                 to_iso(row.last_panel), to_iso(row.due), to_iso(row.fires_at), epoch(row.fires_at),
-                to_iso(row.fired_due), str(row.state),
+                to_iso(row.fired_due), str(row.state), to_iso(row.first_seen),
             ),
         )
 

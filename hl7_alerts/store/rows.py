@@ -44,7 +44,7 @@ def _when(text: str) -> datetime:
 
 SCHEDULE_COLUMNS = (
     "patient_id, patient_id_type, patient_authority, order_id, start, last_panel, due, fires_at, "
-    "fired_due, state"
+    "fired_due, state, first_seen"
 )
 
 
@@ -58,6 +58,7 @@ def schedule_from_row(r: Sequence[Any]) -> ScheduleRow:
         fires_at=_when(r[7]),
         fired_due=from_iso(r[8]),
         state=ScheduleState(r[9]),
+        first_seen=from_iso(r[10]),
     )
 
 

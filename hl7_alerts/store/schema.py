@@ -303,6 +303,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         FOR EACH ROW EXECUTE FUNCTION audit_append_only();
         """,
     ),
+    # 9: clinical safety (issue 19). When each liver-test schedule's order was
+    # first seen: a long-running order first seen late is on the monthly
+    # schedule from then, not overdue since its start years ago. Existing
+    # schedules keep NULL (their order was seen when the schedule began).
+    # Open alerts carry over as they are: nothing here closes or reopens one
+    # (an alert resolved by a stop before this version stays resolved).
+    Migration(
+        """
+        ALTER TABLE monitoring ADD COLUMN first_seen TEXT;
+        """,
+    ),
 )
 
 
