@@ -25,7 +25,7 @@ from tests.support.mqtt import recording, strict_json
 
 AT = datetime(2026, 10, 20, 8, 0, tzinfo=UTC)
 HUGE = "9" * 400  # float("9" * 400) is inf
-BIG = "9" * 300  # a finite float (about 1e300), whose ratio over a tiny ULN would not be
+BIG = "9" * 300  # a finite float (about 1e300): its ratio over a tiny ULN would overflow a double
 
 
 def obs(value: float | None, *, analyte: str = "ALT", low: float | None = 7, high: float | None = 56,
