@@ -7,9 +7,10 @@ from __future__ import annotations
 import click
 
 from hl7_alerts.cli import alerts, check, config, orders, schedule, send, serve, store
+from hl7_alerts.cli.common import Main
 
 
-@click.group()
+@click.group(cls=Main)
 @click.version_option(package_name="hl7-alerts")
 def main() -> None:
     """Pages the on-call clinician when an azathioprine patient's labs call for action."""
