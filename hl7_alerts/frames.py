@@ -28,7 +28,7 @@ from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.metrics import Metrics
-from hl7_alerts.model import AckCode, Header, Message
+from hl7_alerts.model import AckCode, Header, Message, ResultMessage
 from hl7_alerts.pipeline import Outcome, process
 from hl7_alerts.segments import ErrorCode, MessageError
 from hl7_alerts.settings import PipelineSettings
@@ -154,6 +154,8 @@ class FrameHandler:
                         error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
                     )
                 self._metrics.alert_changes(outcome.changes)
+                if isinstance(message, ResultMessage) and not outcome.duplicate:
+                    self._count_unmapped(message)
                 # Debug, not info: one JSON line per message was a tenth of the
                 # daemon's CPU at load (bench/). Rejections and warnings stay.
                 log.debug(
@@ -164,6 +166,18 @@ class FrameHandler:
                 )
                 answer = self._answer(header, outcome.ack_code, text=outcome.ack_text)
                 return replace(answer, message=message, outcome=outcome)
+
+    def _count_unmapped(self, message: ResultMessage) -> None:
+        """Results whose code maps to no analyte are stored but never read
+        by a rule: a site that has not mapped its local codes gets no alert.
+        Counted per code, and said once per code in the log (codes are not
+        patient data; the code's text is not logged)."""
+        unmapped = [(o.code, o.code_system) for o in message.observations if o.analyte is None]
+        if not unmapped:
+            return
+        for code, system in self._metrics.unmapped_results(unmapped):
+            log.info("lab_code_unmapped", code=code, system=system,
+                     hint="map it in terminology.lab_codes; `hl7-alerts codes` lists the codes seen")
 
     async def _reject(
         self, data: bytes, exc: MessageError, received_at: datetime, options: ParseOptions

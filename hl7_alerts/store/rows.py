@@ -17,7 +17,14 @@ from typing import Any
 from hl7_alerts.alerts import Alert, AlertEvent, AlertState, Tracking
 from hl7_alerts.model import HoldPeriod, Observation, OrderState, PatientKey, ResultStatus, Severity
 from hl7_alerts.rules.monitoring import ScheduleState
-from hl7_alerts.store.base import AlertRecord, AuditRow, OutboxRow, ScheduleRow
+from hl7_alerts.store.base import (
+    AlertRecord,
+    AuditRow,
+    CodeCount,
+    OutboxRow,
+    RejectedMessage,
+    ScheduleRow,
+)
 from hl7_alerts.timeutil import from_iso, to_iso
 
 
@@ -184,3 +191,24 @@ def audit_from_row(r: Sequence[Any]) -> AuditRow:
     return AuditRow(
         id=r[0], at=r[1], kind=r[2], alert_id=r[3], version=r[4], event=r[5], outbox_id=r[6], detail=r[7]
     )
+
+
+REJECTED_COLUMNS = (
+    "id, sending_application, sending_facility, control_id, received_at, ack_code, reason, length(raw), "
+    "resent_at, resend_ack, resend_text"
+)
+
+
+def rejected_from_row(r: Sequence[Any], raw: bytes | None = None) -> RejectedMessage:
+    return RejectedMessage(
+        id=r[0], sending_application=r[1], sending_facility=r[2], control_id=r[3], received_at=r[4],
+        ack_code=r[5], reason=r[6], size=r[7], resent_at=r[8], resend_ack=r[9], resend_text=r[10],
+        raw=None if raw is None else bytes(raw),
+    )
+
+
+CODE_COUNT_COLUMNS = "code, code_system, max(text), count(*), analyte"
+
+
+def code_count_from_row(r: Sequence[Any]) -> CodeCount:
+    return CodeCount(code=r[0], system=r[1], text=r[2] or "", results=r[3], analyte=r[4])
