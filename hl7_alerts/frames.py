@@ -73,6 +73,8 @@ class FrameHandler:
     ``settings`` is read once per frame (see `FrameSettings`). ``replay``
     is for archived files (`offline.check`), which carry no arrival time: a
     message counts as received at its MSH-7, else at the clock.
+    ``keep_rejected=False`` is for resending a rejected message (`resend`):
+    it is already kept, and a second copy would say nothing new.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class FrameHandler:
         *,
         max_message_bytes: int,
         replay: bool = False,
+        keep_rejected: bool = True,
     ) -> None:
         self.store = store
         self._settings = settings
@@ -91,6 +94,7 @@ class FrameHandler:
         self._clock = clock
         self._max_message_bytes = max_message_bytes
         self._replay = replay
+        self._keep_rejected = keep_rejected
         self._ack_ids = itertools.count(1)
         self._ack_prefix = f"{os.getpid():x}{int(clock().timestamp()):x}"
 
@@ -194,11 +198,12 @@ class FrameHandler:
                 field=exc.field,
             )
             try:
-                await self.store.transact(
-                    lambda tx: tx.insert_rejected(
-                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
+                if self._keep_rejected:
+                    await self.store.transact(
+                        lambda tx: tx.insert_rejected(
+                            header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason
+                        )
                     )
-                )
             except StoreError as store_exc:
                 return self._store_unavailable(header, store_exc)
             answer = self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))

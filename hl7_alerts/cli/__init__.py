@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hl7_alerts.cli import alerts, check, codes, config, orders, schedule, send, serve, store
+from hl7_alerts.cli import alerts, check, codes, config, orders, rejected, schedule, send, serve, store
 from hl7_alerts.cli.common import Main
 
 
@@ -25,3 +25,4 @@ main.add_command(schedule.schedule)
 main.add_command(alerts.alerts)
 main.add_command(store.store)
 main.add_command(codes.codes)
+main.add_command(rejected.rejected)

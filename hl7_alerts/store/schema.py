@@ -251,6 +251,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP INDEX observations_analyte;
         """,
     ),
+    # 8: a rejected message remembers its last resend (`hl7-alerts rejected
+    # resend`): when, the ACK code it got, and the answer's text.
+    Migration(
+        """
+        ALTER TABLE rejected_messages ADD COLUMN resent_at TEXT;
+        ALTER TABLE rejected_messages ADD COLUMN resend_ack TEXT;
+        ALTER TABLE rejected_messages ADD COLUMN resend_text TEXT;
+        """,
+    ),
 )
 
 
