@@ -331,6 +331,11 @@ async def test_service_install_as_written_to_a_first_alert(checkout: Path, own_b
         subprocess.run, [str(venv / "bin/python"), "-c", "import hl7_alerts; print(hl7_alerts.__file__)"],
         cwd=root, capture_output=True, text=True, check=True)).stdout.strip()
     assert where.startswith(str(venv / "lib")), where
+    # The daemon's user must be able to run the interpreter the venv links to:
+    # every folder on its way open to others, the file executable by them.
+    interpreter = Path(os.path.realpath(venv / "bin/python"))
+    closed = [str(p) for p in (interpreter, *interpreter.parents) if not p.stat().st_mode & 0o001]
+    assert closed == [], f"the venv's interpreter {interpreter} is out of another user's reach: {closed}"
     assert oct((root / "var/lib/hl7-alerts").stat().st_mode & 0o777) == "0o700"
     config = root / "etc/hl7-alerts/config.yaml"
     assert oct(config.stat().st_mode & 0o777) == "0o640"
