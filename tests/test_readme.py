@@ -333,7 +333,7 @@ async def test_service_install_as_written_to_a_first_alert(checkout: Path, own_b
     assert where.startswith(str(venv / "lib")), where
     # The daemon's user must be able to run the interpreter the venv links to:
     # every folder on its way open to others, the file executable by them.
-    interpreter = Path(os.path.realpath(venv / "bin/python"))
+    interpreter = (venv / "bin/python").resolve()
     closed = [str(p) for p in (interpreter, *interpreter.parents) if not p.stat().st_mode & 0o001]
     assert closed == [], f"the venv's interpreter {interpreter} is out of another user's reach: {closed}"
     assert oct((root / "var/lib/hl7-alerts").stat().st_mode & 0o777) == "0o700"
