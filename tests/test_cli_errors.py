@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from hl7_alerts.store import SqliteStore
+from hl7_alerts.store.postgres import PostgresStore
 from tests.support.daemon import CLI
 from tests.support.waiting import WAIT
 
@@ -124,6 +125,25 @@ def test_on_postgresql_a_database_without_the_schema_is_one_line_and_stays_empty
     with psycopg.connect(pg_dsn) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
     assert tables == (0,)
+
+
+@pytest.mark.parametrize("command", READ_ONLY)
+def test_on_postgresql_read_only_commands_do_not_migrate_an_older_schema(
+    tmp_path: Path, pg_dsn: str, command: list[str]
+) -> None:
+    async def make_store() -> None:
+        await (await PostgresStore.open(pg_dsn, owner="t")).close()
+
+    asyncio.run(make_store())
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        latest = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        conn.execute("DELETE FROM schema_version WHERE version = %s", (latest,))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  dsn: {pg_dsn}\n")
+    line = one_error_line(hl7_alerts(*command, "--config", str(config)))
+    assert f"store schema version {latest - 1} is older than this hl7-alerts ({latest})" in line
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == latest - 1
 
 
 @pytest.fixture
