@@ -33,7 +33,10 @@ ownership options (the data folder the daemon user's, the config readable
 by its group). Both walks differ from a person's in one way each: the
 daemon's config gets port 0 for MLLP and metrics, the test broker's port and
 JSON logs (a free port, not 2575 and 1883, and a log the test can read), and
-``send`` and ``mosquitto_sub`` get those ports.
+``send`` and ``mosquitto_sub`` get those ports. The installs reach the
+package index as ``.ci/run``'s own does (pip's cache makes them quick).
+Timing the same walk as a person meets it, user and systemd included, is
+``bench/first_day.sh``'s job, not a test's.
 """
 
 from __future__ import annotations
