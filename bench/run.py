@@ -578,6 +578,48 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+_README_NAMES = {
+    "sqlite": "hl7-alerts, SQLite",
+    "postgresql×1": "hl7-alerts, PostgreSQL, 1 daemon",
+    "postgresql×2": "hl7-alerts, PostgreSQL, 2 daemons",
+    "bare": "bare asyncio",
+}
+
+
+def _ms(value: float) -> str:
+    """Latencies as the README gives them: whole ms from 100 on, else one decimal."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def markdown_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The table as the README's Performance section shows it, ready to paste:
+    the same rows as `table`, rounded, "!" where the paced run fell behind."""
+    rate = format(args.rate, "g")
+    header = ["server", "msg/s", "CPU µs/msg", "PG µs/msg", "p50 ms", "p99 ms", f"@{rate}/s p50",
+              f"@{rate}/s p99", "alerts/s", "peak RSS"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        sat, paced = r["saturation"], r["paced"]
+        name = _README_NAMES.get(r.get("store") or r["server"], r["server"])
+        cpu = f"{sat['server_cpu_us_per_message']:,.0f}" + (" (both)" if r.get("processes", 1) > 1 else "")
+        db, alerts = sat.get("database_cpu_us_per_message"), r.get("alerts_per_second")
+        behind = paced_p99(r, args).endswith("!")
+        cells = [
+            name,
+            f"{sat['messages_per_second']:,.0f}",
+            cpu,
+            "–" if db is None else f"{db:,.0f}",
+            _ms(sat["latency_ms"]["p50"]),
+            _ms(sat["latency_ms"]["p99"]),
+            _ms(paced["latency_ms"]["p50"]),
+            _ms(paced["latency_ms"]["p99"]) + (" !" if behind else ""),
+            "–" if alerts is None else f"{alerts:.1f}",
+            f"{r['memory_kib']['VmHWM'] / 1024:.0f} MiB",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def store_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The daemon's rows side by side: msg/s, p99 saturated and paced, and
     msg/s as a fraction of SQLite's."""
@@ -737,6 +779,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, ratio in report["ratios"].items():
             target_note = "  (target ≥ 0.5)" if name == "postgresql×1/sqlite" else ""
             print(f"{name}: {ratio}x{target_note}")
+        print()
+        print("For the README's Performance section:")
+        print(markdown_table(report["results"], args))
     if "long" in report:
         print(f"RSS growth from first to last point: {report['long']['rss_growth_percent']} %")
     print(f"results: {args.out}")

@@ -31,7 +31,7 @@ from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.metrics import Metrics
-from hl7_alerts.model import AckCode, Header, Message
+from hl7_alerts.model import AckCode, Header, Message, ResultMessage
 from hl7_alerts.pipeline import Outcome, process
 from hl7_alerts.segments import ErrorCode, MessageError
 from hl7_alerts.settings import PipelineSettings
@@ -82,7 +82,9 @@ class FrameHandler:
     is for archived files (`offline.check`), which carry no arrival time: a
     message counts as received at its MSH-7, else at the clock. With
     ``ack_keys`` (``mqtt.acks.hmac_key_file``), a pager's ack must be signed
-    with one of them (`acksig`).
+    with one of them (`acksig`). ``keep_rejected=False`` is for resending a
+    rejected message (`resend`): it is already kept, and a second copy would
+    say nothing new.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class FrameHandler:
         max_message_bytes: int,
         replay: bool = False,
         ack_keys: Sequence[bytes] = (),
+        keep_rejected: bool = True,
     ) -> None:
         self.store = store
         self._settings = settings
@@ -103,6 +106,7 @@ class FrameHandler:
         self._max_message_bytes = max_message_bytes
         self._replay = replay
         self._ack_keys = tuple(ack_keys)
+        self._keep_rejected = keep_rejected
         self._ack_ids = itertools.count(1)
         self._ack_prefix = f"{os.getpid():x}{int(clock().timestamp()):x}"
 
@@ -166,6 +170,8 @@ class FrameHandler:
                         error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
                     )
                 self._metrics.alert_changes(outcome.changes)
+                if isinstance(message, ResultMessage) and not outcome.duplicate:
+                    self._count_unmapped(message)
                 # Debug, not info: one JSON line per message was a tenth of the
                 # daemon's CPU at load (bench/). Rejections and warnings stay.
                 log.debug(
@@ -176,6 +182,18 @@ class FrameHandler:
                 )
                 answer = self._answer(header, outcome.ack_code, text=outcome.ack_text)
                 return replace(answer, message=message, outcome=outcome)
+
+    def _count_unmapped(self, message: ResultMessage) -> None:
+        """Results whose code maps to no analyte are stored but never read
+        by a rule: a site that has not mapped its local codes gets no alert.
+        Counted per code, and said once per code in the log (codes are not
+        patient data; the code's text is not logged)."""
+        unmapped = [(o.code, o.code_system) for o in message.observations if o.analyte is None]
+        if not unmapped:
+            return
+        for code, system in self._metrics.unmapped_results(unmapped):
+            log.info("lab_code_unmapped", code=code, system=system,
+                     hint="map it in terminology.lab_codes; `hl7-alerts codes` lists the codes seen")
 
     async def _reject(
         self, data: bytes, exc: MessageError, received_at: datetime, current: FrameSettings
@@ -194,12 +212,14 @@ class FrameHandler:
                 field=exc.field,
             )
             try:
-                trimmed = await self.store.transact(
-                    lambda tx: tx.insert_rejected(
-                        header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason,
-                        keep_rows=keep_rows,
+                trimmed = 0
+                if self._keep_rejected:
+                    trimmed = await self.store.transact(
+                        lambda tx: tx.insert_rejected(
+                            header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason,
+                            keep_rows=keep_rows,
+                        )
                     )
-                )
             except StoreError as store_exc:
                 return self._store_unavailable(header, store_exc)
             self._metrics.rejected_over_cap(trimmed)

@@ -44,6 +44,11 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 # A sender chooses MSH-9; cap the label values it can create.
 MAX_MESSAGE_TYPES = 64
 _TYPE_CODE = re.compile(r"[A-Z0-9]{2,4}(\^[A-Z0-9]{2,4})?")
+# OBX-3 codes are not patient data, but a sender chooses them too: past this
+# many distinct (code, system) pairs a process counts the rest as "other",
+# and a code that does not look like one is counted as "invalid".
+MAX_UNMAPPED_CODES = 200
+_LAB_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+#-]{0,39}")
 
 
 class Metrics:
@@ -111,7 +116,15 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.unmapped = Counter(
+            "hl7_alerts_unmapped_results",
+            "Results whose OBX-3 code (and alternate code) mapped to no analyte, by code and coding "
+            f"system; past {MAX_UNMAPPED_CODES} codes: other",
+            ["code", "system"],
+            registry=r,
+        )
         self._types: set[str] = set()
+        self._unmapped: set[tuple[str, str]] = set()
 
     def watch(self, *, mqtt_connected: Callable[[], bool], open_connections: Callable[[], int]) -> None:
         """Read these when scraped."""
@@ -131,6 +144,22 @@ class Metrics:
 
     def message_answered(self, type_code: str, ack_code: str) -> None:
         self.messages.labels(self._type_label(type_code), ack_code).inc()
+
+    def unmapped_results(self, codes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Count results by the OBX-3 (code, coding system) that mapped to no
+        analyte; return the pairs this process had not seen before (each is
+        logged once), in order. An empty code or system is "(none)"."""
+        first_seen: list[tuple[str, str]] = []
+        for code, system in codes:
+            key = (_lab_code_label(code), _lab_code_label(system))
+            if key not in self._unmapped:
+                if len(self._unmapped) >= MAX_UNMAPPED_CODES:
+                    key = ("other", "other")
+                else:
+                    self._unmapped.add(key)
+                    first_seen.append(key)
+            self.unmapped.labels(*key).inc()
+        return first_seen
 
     def parse_error(self, ack_code: str, error_code: str) -> None:
         self.parse_errors.labels(ack_code, error_code).inc()
@@ -170,6 +199,13 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _lab_code_label(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return "(none)"
+    return text if _LAB_CODE.fullmatch(text) else "invalid"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -258,8 +258,17 @@ class MllpClient:
     server so both sides agree on what a frame is.
     """
 
-    def __init__(self, host: str, port: int, *, timeout: float = 30.0) -> None:
-        self._sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, *, timeout: float = 30.0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self._sock = sock
         self._framer = Framer()
 
     def __enter__(self) -> MllpClient:

@@ -12,6 +12,7 @@ orders back. The command line (`cli.py`) only parses arguments and prints.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -125,6 +126,26 @@ def _when(text: str, tz: tzinfo) -> datetime | None:
     except ValueError:
         return parse_dtm(text, tz) if text.isdigit() or text[:8].isdigit() else None
     return value if value.tzinfo is not None else value.replace(tzinfo=tz)
+
+
+def decode_csv(data: bytes, source: str = "orders.csv") -> str:
+    """A CSV file's text: UTF-8 (with or without the BOM Excel writes), or
+    UTF-16 when its BOM says so (Excel's "Unicode" export). Anything else is
+    an `OrdersCsvError` naming the line, not a guess: a name read in the
+    wrong charset would be a wrong name."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise OrdersCsvError(f"{source}: has a UTF-16 byte order mark but is not UTF-16") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OrdersCsvError(
+            f"{source}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8 "
+            "(Excel: \"CSV UTF-8\"; iconv -f latin1 -t utf-8) and import it again"
+        ) from None
 
 
 def read_orders_csv(

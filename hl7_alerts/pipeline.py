@@ -59,8 +59,13 @@ class Outcome:
 
 def digest(raw: bytes) -> str:
     """Content hash of a message, blind to MSH-7 (some engines restamp it on
-    resend) and to segment-end style."""
-    text = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    resend) and to segment-end style: CR, LF or CRLF, with or without the
+    CR before the frame's end, blank lines between segments. The canonical
+    form is the segments joined by CR with one CR after the last: what a
+    message written that way (most are) hashed to before this normalisation,
+    so the digests already in a store still recognise their resends."""
+    segments = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    text = b"\r".join(s for s in segments if s) + b"\r"
     msh, _, rest = text.partition(b"\r")
     if msh.startswith(b"MSH") and len(msh) > 3:
         fields = msh.split(msh[3:4])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog.testing
+
 from hl7_alerts.rules.liver import LOW_ALP_ACTIONS
 from tests.support.backends import Backend
 from tests.support.broker import Broker
@@ -109,6 +111,33 @@ async def test_resend_gets_same_ack_and_no_second_alert(
     assert (first["code"], first["control_id"]) == (second["code"], second["control_id"]) == ("AA", "LAB0001")
     assert [a["patient"]["id"] for a in alerts] == ["H010001", "H030003"]
     assert backend.query("SELECT count(*) FROM messages WHERE control_id = 'LAB0001'") == [(1,)]
+
+
+async def test_resend_differing_only_in_segment_ends_is_the_same_message(
+    tmp_path: Path, broker: Broker, prefix: str, backend: Backend
+) -> None:
+    """The README promises dedup blind to the segment-end style: the same
+    panel framed with and without the CR before FS, with LF and CRLF ends,
+    and with a blank line between segments, is one message, answered the
+    same, stored once, and no `control_id_reused`."""
+    config = make_config(tmp_path, broker.port, prefix, store=backend.store_section())
+    (panel,) = sample_messages(SEED_STORY[1])
+    assert panel.endswith(b"\r")
+    forms = [
+        panel,
+        panel.rstrip(b"\r"),  # no CR before FS
+        panel.replace(b"\r", b"\n"),
+        panel.replace(b"\r", b"\r\n").rstrip(b"\n"),
+        panel.replace(b"\r", b"\r\r", 1),  # a blank line after MSH
+    ]
+    with structlog.testing.capture_logs() as logs:
+        async with running(config) as daemon:
+            client = await AsyncMllpClient.connect(daemon.port)
+            acks = [ack_fields(await client.send(form)) for form in forms]
+            await client.close()
+    assert [(a["code"], a["control_id"]) for a in acks] == [("AA", "LAB0001")] * len(forms)
+    assert backend.query("SELECT count(*) FROM messages WHERE control_id = 'LAB0001'") == [(1,)]
+    assert not [e for e in logs if e["event"] == "control_id_reused"]
 
 
 async def test_broker_down_never_delays_acks_and_alerts_follow(

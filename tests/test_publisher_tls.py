@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.certs import Authority
 from tests.support.daemon import make_config, running
 from tests.support.mllp import send_all
 from tests.support.mqtt import events, recording
@@ -20,21 +21,15 @@ from tests.support.ports import free_port
 from tests.support.samples import OPEN_CRITICAL, PGX, STOP, sample_messages
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def make_certificates(directory: Path) -> None:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    """A throwaway CA (tests/support/certs.py, no openssl binary needed), a
+    server certificate for 127.0.0.1 and a client certificate, under the
+    names the broker config below uses."""
     directory.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hl7-alerts test CA",
-             cwd=directory)
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext", cwd=directory)
+    ca = Authority(directory)
+    ca.ca_path.rename(directory / "ca.crt")
+    ca.issue("server", server=True)
+    ca.issue("client", server=False)
     for path in directory.iterdir():
         os.chmod(path, 0o644)  # Mosquitto reads them after dropping root
     os.chmod(directory, 0o755)

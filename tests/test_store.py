@@ -11,7 +11,7 @@ import pytest
 
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode
-from hl7_alerts.pipeline import process
+from hl7_alerts.pipeline import digest, process
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
@@ -87,6 +87,17 @@ async def test_dedup_key_returns_the_first_answer(tmp_path: Path) -> None:
     await store.close()
     assert (first.duplicate, second.duplicate) == (False, True)
     assert first.ack_code == second.ack_code == AckCode.AA
+
+
+def test_digest_is_blind_to_segment_ends_and_keeps_the_digests_already_stored() -> None:
+    raw = messages("05_no_thiopurine_high_enzymes.hl7")[0]
+    # What the digest of this message was before segment ends were normalised:
+    # a store's rows carry it, and its resends must still find them.
+    assert digest(raw) == "89966d9a28cec07fbea1b729baff3ac0"
+    for form in (raw.rstrip(b"\r"), raw.replace(b"\r", b"\n"), raw.replace(b"\r", b"\r\n"),
+                 raw.replace(b"\r", b"\r\r")):
+        assert digest(form) == digest(raw), form[:40]
+    assert digest(raw.replace(b"||310|", b"||311|")) != digest(raw)
 
 
 async def test_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ from hl7_alerts.cli import (
     alerts,
     backtest,
     check,
+    codes,
     config,
     orders,
+    rejected,
     replay,
     schedule,
     send,
@@ -20,9 +22,10 @@ from hl7_alerts.cli import (
     survey,
     web,
 )
+from hl7_alerts.cli.common import Main
 
 
-@click.group()
+@click.group(cls=Main)
 @click.version_option(package_name="hl7-alerts")
 def main() -> None:
     """Pages the on-call clinician when an azathioprine patient's labs call for action."""
@@ -40,3 +43,5 @@ main.add_command(backtest.backtest)
 main.add_command(replay.replay)
 main.add_command(survey.survey)
 main.add_command(web.web)
+main.add_command(codes.codes)
+main.add_command(rejected.rejected)

@@ -54,7 +54,7 @@ def list_alerts(config_path: Path, include_closed: bool, limit: int, as_json: bo
     config = config_or_default(config_path)
 
     async def run() -> list[AlertRecord]:
-        store = await open_store(config.store_settings())
+        store = await open_store(config.store_settings(), read_only=True)
         try:
             return await store.list_alerts(include_closed=include_closed, limit=limit)
         finally:
@@ -83,7 +83,7 @@ def show_alert(config_path: Path, alert_id: str) -> None:
     config = config_or_default(config_path)
 
     async def run() -> Any:
-        store = await open_store(config.store_settings())
+        store = await open_store(config.store_settings(), read_only=True)
         try:
             detail = await store.alert_detail(alert_id)
             # Who looked at it in the web view (the access audit).
@@ -119,8 +119,8 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     """Acknowledge an alert, as a pager would on <prefix>/acks.
 
     The `acknowledged` event goes out through the outbox: a running daemon
-    publishes it within mqtt.outbox_recheck, a stopped one when it starts.
-    Exits 1 if the alert is unknown.
+    publishes it within 5 seconds, a stopped one when it starts. Exits 1 if
+    the alert is unknown or the store is not there.
     """
     config = config_or_default(config_path)
     now = system_clock()
@@ -130,7 +130,7 @@ def ack_alert(config_path: Path, alert_id: str, by: str) -> None:
     settings = config.pipeline_settings()
 
     async def run() -> AckOutcome:
-        store = await open_store(config.store_settings())
+        store = await open_store(config.store_settings(), create=False)
         try:
             return await store.transact(lambda tx: acknowledge_alert(tx, request, settings=settings, at=now))
         finally:

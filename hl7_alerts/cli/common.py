@@ -1,12 +1,39 @@
-"""What the commands share: the --config options and loading the config."""
+"""What the commands share: the --config options, loading the config, and
+turning the failures a person can fix into one line.
+
+`Main` is the command group: a known failure (the store cannot be opened or
+is not a store, a file cannot be read) ends any command with one line naming
+the cause and exit status 1, never a traceback. A traceback is left for
+what is a defect of ours.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hl7_alerts.config import Config, ConfigError, load_config
+from hl7_alerts.store import StoreError
+
+
+def failure_line(exc: OSError) -> str:
+    """An OS error as a person reads it: the file and the reason."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+class Main(click.Group):
+    """The ``hl7-alerts`` group: known failures become one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            raise click.ClickException(f"store unavailable: {exc}") from None
+        except OSError as exc:
+            raise click.ClickException(failure_line(exc)) from None
 
 
 def config_or_default(path: Path | None) -> Config:

@@ -29,8 +29,8 @@ def orders_import(config_path: Path, file: Path) -> None:
     naming the row and column."""
     config = config_or_default(config_path)
     logs.configure("warning", "console")
-    data = file.read_text(encoding="utf-8-sig")
     try:
+        data = offline.decode_csv(file.read_bytes(), str(file))
         offline.read_orders_csv(data, config, str(file))  # validate before opening the store
     except offline.OrdersCsvError as exc:
         raise click.ClickException(str(exc)) from None
@@ -67,7 +67,7 @@ def orders_list(config_path: Path, patient_id: str, id_type: str | None, authori
 async def _list(
     config: Config, patient_id: str, id_type: str, authority: str | None
 ) -> list[tuple[PatientKey, OrderState]]:
-    store = await open_store(config.store_settings())
+    store = await open_store(config.store_settings(), read_only=True)
     try:
         return await offline.list_orders(store, patient_id, id_type, authority)
     finally:

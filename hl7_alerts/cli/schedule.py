@@ -28,7 +28,7 @@ def schedule_list(config_path: Path, include_stopped: bool) -> None:
     logs.configure("warning", "console")
 
     async def run() -> list[ScheduleRow]:
-        store = await open_store(config.store_settings())
+        store = await open_store(config.store_settings(), read_only=True)
         try:
             return await store.list_schedules(include_stopped=include_stopped)
         finally:

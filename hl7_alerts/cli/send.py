@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 from pathlib import Path
 
@@ -11,32 +12,66 @@ from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.segments import MessageError, read_segments, split_file
 from hl7_alerts.timeutil import UTC_ZONE
+from hl7_alerts.tls import client_context
+
+_PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=2575, show_default=True, type=int)
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="seconds to wait for each ACK")
+@click.option("--tls", "use_tls", is_flag=True, help="MLLP over TLS (server checked with the system CAs)")
+@click.option("--ca", "ca_file", type=_PEM, help="PEM CA bundle to check the server with (implies --tls)")
+@click.option("--cert", "cert_file", type=_PEM, help="PEM client certificate, for mutual TLS (implies --tls)")
+@click.option("--key", "key_file", type=_PEM, help="PEM key of --cert, when not in the same file")
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-def send(host: str, port: int, timeout: float, files: tuple[Path, ...]) -> None:
+def send(
+    *,
+    host: str,
+    port: int,
+    timeout: float,
+    use_tls: bool,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    files: tuple[Path, ...],
+) -> None:
     """Send HL7 files over MLLP; print MSH-10, ACK code and MSA-3 per message.
 
     A file may hold one message or many (CR, LF or CRLF segment ends, batch
-    envelopes allowed). Exits 1 if any message is not answered AA or CA.
+    envelopes allowed). Exits 1 if any message is not answered AA or CA, or
+    a file holds no message. With --tls (or --ca, --cert), the server's
+    certificate must name --host; --cert and --key answer a listener that
+    asks for a client certificate (mllp.tls.ca_file).
     """
+    if key_file is not None and cert_file is None:
+        raise click.BadParameter("needs --cert", param_hint="--key")
+    tls = None
+    if use_tls or ca_file is not None or cert_file is not None:
+        try:
+            tls = client_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise click.ClickException(f"cannot load the TLS files (--ca, --cert, --key): {exc}") from None
     failures = 0
     try:
-        with MllpClient(host, port, timeout=timeout) as client:
+        with MllpClient(host, port, timeout=timeout, tls=tls) as client:
             for path in files:
-                for message in split_file(path.read_bytes()):
+                messages = split_file(path.read_bytes())
+                if not messages:
+                    click.echo(f"{path}: no HL7 message in this file (nothing sent)", err=True)
+                    failures += 1
+                for message in messages:
                     header = salvage_header(message, UTC_ZONE)
                     control_id = header.control_id if header else "(no MSH)"
                     code, text = _ack_fields(client.send(message))
                     click.echo(f"{control_id}\t{code}\t{text}")
                     if code not in ("AA", "CA"):
                         failures += 1
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"TLS with {host}:{port} failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot talk to {host}:{port}: {exc}") from None
     if failures:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 from pathlib import Path
 
@@ -50,6 +52,21 @@ def serve(config_path: Path) -> None:
         # one line (systemd restarts us; the journal shows why), no traceback.
         log.error("store_unavailable", error=str(exc))
         raise click.ClickException(f"store unavailable: {exc}") from None
+    except OSError as exc:
+        log = structlog.get_logger("hl7_alerts.cli")
+        if exc.errno in _LISTEN_ERRORS:
+            # The MLLP port taken (another hl7-alerts, another listener), an
+            # address this host does not have, a port below 1024: one line.
+            where, reason = f"{config.mllp.host}:{config.mllp.port}", os.strerror(exc.errno or 0)
+            log.error("mllp_listen_failed", address=where, error=reason)
+            raise click.ClickException(
+                f"cannot listen for MLLP on {where} (mllp.host, mllp.port): {reason}"
+            ) from None
+        log.error("start_failed", error=str(exc))
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 async def _serve(config: Config, config_path: Path) -> None:

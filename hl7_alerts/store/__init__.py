@@ -14,6 +14,7 @@ from hl7_alerts.store.base import (
     PAGING_EVENTS,
     AlertRecord,
     AuditRow,
+    CodeCount,
     DedupKey,
     LockBusy,
     OutboxBacklog,
@@ -21,6 +22,7 @@ from hl7_alerts.store.base import (
     OutboxRow,
     PriorAck,
     Pruned,
+    RejectedMessage,
     ScheduleRow,
     SchemaTooNewError,
     Store,
@@ -29,13 +31,18 @@ from hl7_alerts.store.base import (
     describe_db_error,
 )
 from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, Migration
-from hl7_alerts.store.sqlite import ScratchSqliteStore, SqliteStore
+from hl7_alerts.store.sqlite import ReadOnlySqliteStore, ScratchSqliteStore, SqliteStore
 
 
-async def open_store(settings: StoreSettings) -> Store:
+async def open_store(settings: StoreSettings, *, create: bool = True, read_only: bool = False) -> Store:
     """The store the settings name: PostgreSQL when ``dsn`` is set, else
     SQLite at ``path``. Migrates it first; a schema newer than this code
-    knows is refused (`SchemaTooNewError`)."""
+    knows is refused (`SchemaTooNewError`).
+
+    ``create=False`` (commands that act on what a daemon stored): a store
+    that is not there is a `StoreError`, never a new empty one. ``read_only``
+    (commands that only look): that, and nothing is migrated or written;
+    the store must be at this code's schema."""
     if settings.dsn is not None:
         from hl7_alerts.store.postgres import PostgresStore  # noqa: PLC0415 (psycopg only when asked for)
 
@@ -44,8 +51,12 @@ async def open_store(settings: StoreSettings) -> Store:
             owner=settings.owner,
             lease_seconds=settings.lease_seconds,
             writers=settings.writers,
+            create=create,
+            read_only=read_only,
         )
-    return await SqliteStore.open(settings.path)
+    if read_only:
+        return await ReadOnlySqliteStore.open(settings.path)
+    return await SqliteStore.open(settings.path, create=create)
 
 __all__ = [
     "MIGRATIONS",
@@ -53,6 +64,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AlertRecord",
     "AuditRow",
+    "CodeCount",
     "DedupKey",
     "Dialect",
     "LockBusy",
@@ -62,6 +74,8 @@ __all__ = [
     "OutboxRow",
     "PriorAck",
     "Pruned",
+    "ReadOnlySqliteStore",
+    "RejectedMessage",
     "ScheduleRow",
     "SchemaTooNewError",
     "ScratchSqliteStore",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -199,6 +199,38 @@ class AuditRow:
     event: str | None
     outbox_id: int | None
     detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeCount:
+    """How many stored results carry one OBX-3 code, and the analyte they
+    were mapped to when stored (None: no analyte; `hl7-alerts codes`)."""
+
+    code: str
+    system: str
+    text: str  # one OBX-3 text seen with the code
+    results: int
+    analyte: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedMessage:
+    """A message answered AE/AR and kept raw, and what its last resend
+    (`hl7-alerts rejected resend`) came to. ``raw`` (patient data) is read
+    only for one message, never for a listing (None there)."""
+
+    id: int
+    sending_application: str | None
+    sending_facility: str | None
+    control_id: str | None
+    received_at: str
+    ack_code: str
+    reason: str
+    size: int
+    resent_at: str | None = None
+    resend_ack: str | None = None
+    resend_text: str | None = None
+    raw: bytes | None = field(default=None, repr=False)
 
 
 # Events that page someone: they (re)start the reminder clock.
@@ -413,8 +445,24 @@ class Store(Protocol):
         """One alert and its audit trail, oldest line first."""
         ...
 
-    async def close(self) -> None: ...
+    async def code_counts(self) -> list[CodeCount]:
+        """Stored results per OBX-3 (code, system) and the analyte they were
+        mapped to, most results first."""
+        ...
 
+    async def list_rejected(self, *, limit: int = 100) -> list[RejectedMessage]:
+        """Rejected messages, newest first, without their raw bytes."""
+        ...
+
+    async def rejected_message(self, rejected_id: int) -> RejectedMessage | None:
+        """One rejected message with its raw bytes."""
+        ...
+
+    async def record_resend(self, rejected_id: int, at: datetime, ack_code: str, text: str) -> None:
+        """What resending a rejected message came to (the ACK code it got and why)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 # -- the web view's values (`web.py` has their queries) ---------------------------

@@ -47,7 +47,7 @@ from hl7_alerts.store.rows import (
     observation_rows,
     outbox_from_row,
 )
-from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version
+from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_current, check_version
 from hl7_alerts.store.writer import BatchingStore
 from hl7_alerts.terminology import Analyte
 
@@ -117,6 +117,16 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
             log.info("store_migrated", version=version)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+def _schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version of an existing hl7-alerts database; a database
+    without one is a `StoreError` (the commands that must not create a store)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        raise StoreError("store.dsn: the database has no hl7-alerts schema (no schema_version table)")
+    found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int((found[0] if found else None) or 0)
 
 
 class PgTransaction(SqlTransaction):
@@ -292,14 +302,24 @@ class PostgresStore(BatchingStore):
     _CLAIMS: ClassVar[bool] = True
 
     def __init__(
-        self, dsn: str, *, owner: str, lease_seconds: float = 30.0, writers: int = 2, max_batch: int = 64
+        self,
+        dsn: str,
+        *,
+        owner: str,
+        lease_seconds: float = 30.0,
+        writers: int = 2,
+        max_batch: int = 64,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         # A batch's writing units each take a subtransaction id; past 64 in one
         # transaction PostgreSQL's snapshots overflow to disk (pg_subtrans).
-        super().__init__(max_batch=min(max_batch, 64), writers=writers)
+        super().__init__(max_batch=min(max_batch, 64), writers=1 if read_only else writers)
         self.dsn = dsn
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self.create = create and not read_only
+        self.read_only = read_only
 
     @classmethod
     async def open(
@@ -310,11 +330,20 @@ class PostgresStore(BatchingStore):
         lease_seconds: float = 30.0,
         writers: int = 2,
         max_batch: int = 64,
+        create: bool = True,
+        read_only: bool = False,
     ) -> PostgresStore:
         """Connect (migrating as needed) and start ``writers`` writers, one
         connection each. ``owner`` names this daemon's outbox claims (its
-        MQTT client id): unique per daemon sharing the database."""
-        store = cls(dsn, owner=owner, lease_seconds=lease_seconds, writers=writers, max_batch=max_batch)
+        MQTT client id): unique per daemon sharing the database.
+        ``create=False``: a database without the hl7-alerts schema is a
+        `StoreError` (it is migrated when older). ``read_only``: one
+        connection whose transactions are read-only, nothing migrated, the
+        schema must be this code's."""
+        store = cls(
+            dsn, owner=owner, lease_seconds=lease_seconds, writers=writers, max_batch=max_batch,
+            create=create, read_only=read_only,
+        )
         await store._start()
         return store
 
@@ -325,14 +354,23 @@ class PostgresStore(BatchingStore):
                 autocommit=True,  # the writer says BEGIN and COMMIT itself
                 connect_timeout=10,
                 application_name=f"hl7-alerts {self.owner}"[:63],
-                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+                + (" -c default_transaction_read_only=on" if self.read_only else ""),
                 # A peer that vanished (a cable, a host) is noticed in seconds.
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to store.dsn: {exc}".strip()) from exc
         try:
-            migrate(conn)
+            if not self.create:
+                version = _schema_version(conn)
+                if self.read_only:
+                    check_current(version, "store.dsn")
+            if not self.read_only:
+                migrate(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"store.dsn: {exc}".strip()) from exc
         except BaseException:
             conn.close()
             raise

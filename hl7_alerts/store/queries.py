@@ -7,7 +7,9 @@ PostgreSQL both speak (``?`` marks; PostgreSQL's subclass turns them into
 ``%s``). What differs between them (the ordered-ingredients index, locks
 between daemons, claiming outbox rows, an index hint, a date comparison) is
 a hook the dialect overrides. Rows become values only through `rows.py`.
-It runs on a writer thread (`writer.py`), never on the event loop.
+It runs on a writer thread (`writer.py`), never on the event loop. The
+admin commands' listings (lab codes, rejected messages) are its mixin
+`listings.Listings`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hl7_alerts.store.base import (
     PriorAck,
     ScheduleRow,
 )
+from hl7_alerts.store.listings import Listings
 from hl7_alerts.store.operations import OperationsQueries
 from hl7_alerts.store.rows import (
     ALERT_COLUMNS,
@@ -55,10 +58,11 @@ from hl7_alerts.terminology import Analyte
 from hl7_alerts.timeutil import from_iso, to_iso, utc_stamp
 
 
-class SqlTransaction(OperationsQueries, WebQueries):
+class SqlTransaction(Listings, OperationsQueries, WebQueries):
     """`Transaction` over one DB-API connection (writer thread only), with
-    the store's own operations (`operations.py`) and the web view's queries
-    (`web.py`) beside the daemon's."""
+    the store's own operations (`operations.py`), the admin commands'
+    listings (`listings.py`) and the web view's queries (`web.py`) beside
+    the daemon's."""
 
     # SQLite picks the per-analyte index only when told; PostgreSQL's planner
     # needs no hint (and has no syntax for one).

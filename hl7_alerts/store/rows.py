@@ -21,9 +21,11 @@ from hl7_alerts.store.base import (
     AccessRow,
     AlertRecord,
     AuditRow,
+    CodeCount,
     EventRow,
     OutboxRow,
     PatientAlert,
+    RejectedMessage,
     ScheduleRow,
     WebSession,
 )
@@ -233,3 +235,26 @@ SESSION_COLUMNS = "token_hash, username, via, csrf, created_ts, seen_ts"
 
 def session_from_row(r: Sequence[Any]) -> WebSession:
     return WebSession(token_hash=r[0], username=r[1], via=r[2], csrf=r[3], created_ts=r[4], seen_ts=r[5])
+
+
+# -- the admin commands' rows -------------------------------------------------
+
+REJECTED_COLUMNS = (
+    "id, sending_application, sending_facility, control_id, received_at, ack_code, reason, length(raw), "
+    "resent_at, resend_ack, resend_text"
+)
+
+
+def rejected_from_row(r: Sequence[Any], raw: bytes | None = None) -> RejectedMessage:
+    return RejectedMessage(
+        id=r[0], sending_application=r[1], sending_facility=r[2], control_id=r[3], received_at=r[4],
+        ack_code=r[5], reason=r[6], size=r[7], resent_at=r[8], resend_ack=r[9], resend_text=r[10],
+        raw=None if raw is None else bytes(raw),
+    )
+
+
+CODE_COUNT_COLUMNS = "code, code_system, max(text), count(*), analyte"
+
+
+def code_count_from_row(r: Sequence[Any]) -> CodeCount:
+    return CodeCount(code=r[0], system=r[1], text=r[2] or "", results=r[3], analyte=r[4])

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hl7_alerts.store.base import SchemaTooNewError
+from hl7_alerts.store.base import SchemaTooNewError, StoreError
 
 
 class Dialect(StrEnum):
@@ -314,6 +314,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE monitoring ADD COLUMN first_seen TEXT;
         """,
     ),
+    # 10: a rejected message remembers its last resend (`hl7-alerts rejected
+    # resend`): when, the ACK code it got, and the answer's text.
+    Migration(
+        """
+        ALTER TABLE rejected_messages ADD COLUMN resent_at TEXT;
+        ALTER TABLE rejected_messages ADD COLUMN resend_ack TEXT;
+        ALTER TABLE rejected_messages ADD COLUMN resend_text TEXT;
+        """,
+    ),
 )
 
 
@@ -326,6 +335,18 @@ def check_version(current: int, where: str) -> None:
         raise SchemaTooNewError(
             f"store schema version {current} is newer than this hl7-alerts knows ({SCHEMA_VERSION}); "
             f"upgrade hl7-alerts or point {where} elsewhere"
+        )
+
+
+def check_current(current: int, where: str) -> None:
+    """For a reader that must not migrate (the read-only commands): the store
+    must be at exactly this code's schema. Newer is refused as always; older
+    means nothing has run this version's migrations on it yet."""
+    check_version(current, where)
+    if current < SCHEMA_VERSION:
+        raise StoreError(
+            f"store schema version {current} is older than this hl7-alerts ({SCHEMA_VERSION}); a read-only "
+            "command does not migrate: start `hl7-alerts serve` of this version once, then try again"
         )
 
 

@@ -18,8 +18,16 @@ from typing import Any, ClassVar
 import structlog
 
 from hl7_alerts.model import PatientKey
+from hl7_alerts.store.base import StoreError
 from hl7_alerts.store.queries import SqlTransaction
-from hl7_alerts.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, check_version, statements
+from hl7_alerts.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Dialect,
+    check_current,
+    check_version,
+    statements,
+)
 from hl7_alerts.store.writer import BatchingStore
 
 log = structlog.get_logger("hl7_alerts.store")
@@ -133,18 +141,23 @@ class SqliteStore(BatchingStore):
     # A commit is on disk when it returns: what ACK-after-commit rests on.
     _SYNCHRONOUS: ClassVar[str] = "FULL"
 
-    def __init__(self, path: Path, *, max_batch: int = 512) -> None:
+    def __init__(self, path: Path, *, max_batch: int = 512, create: bool = True) -> None:
         super().__init__(max_batch=max_batch)
         self.path = path
+        self.create = create
 
     @classmethod
-    async def open(cls, path: Path | str, *, max_batch: int = 512) -> SqliteStore:
-        """Open (creating and migrating as needed) and start the writer."""
-        store = cls(Path(path), max_batch=max_batch)
+    async def open(cls, path: Path | str, *, max_batch: int = 512, create: bool = True) -> SqliteStore:
+        """Open (creating and migrating as needed) and start the writer.
+        ``create=False``: a missing file is a `StoreError`, not a new store
+        (commands that act on what a daemon stored)."""
+        store = cls(Path(path), max_batch=max_batch, create=create)
         await store._start()
         return store
 
     def _connect(self) -> SqliteTransaction:
+        if not self.create and not self.path.is_file():
+            raise StoreError(f"no store at {self.path} (store.path)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
@@ -154,6 +167,10 @@ class SqliteStore(BatchingStore):
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn)
             return SqliteTransaction(conn)
+        except sqlite3.DatabaseError as exc:
+            # Say which file: "file is not a database" alone names nothing.
+            conn.close()
+            raise StoreError(f"{self.path}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -171,3 +188,36 @@ class ScratchSqliteStore(SqliteStore):
     from it. Never what `open_store` opens."""
 
     _SYNCHRONOUS: ClassVar[str] = "OFF"
+
+
+class ReadOnlySqliteStore(SqliteStore):
+    """The store as the read-only commands see it (`alerts list`, `codes`,
+    ...): opened ``mode=ro``, so a mistyped ``store.path`` is an error, never
+    a new empty store and folders, and nothing is migrated. Its batches
+    begin deferred: a reader never takes the write lock a daemon needs."""
+
+    _BEGIN: ClassVar[str] = "BEGIN"
+
+    def __init__(self, path: Path, *, max_batch: int = 512, create: bool = False) -> None:
+        super().__init__(path, max_batch=max_batch, create=False)
+
+    def _connect(self) -> SqliteTransaction:
+        if not self.path.is_file():
+            raise StoreError(f"no store at {self.path} (store.path)")
+        conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=True
+        )
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path} is not an hl7-alerts store: {exc}") from None
+            if "schema_version" not in tables:
+                raise StoreError(f"{self.path} is not an hl7-alerts store (it has no schema_version table)")
+            check_current(conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0,
+                          "store.path")
+            return SqliteTransaction(conn)
+        except BaseException:
+            conn.close()
+            raise

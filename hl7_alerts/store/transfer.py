@@ -16,9 +16,9 @@ reference them), and what a second run does to rows already there.
   whole or not at all. Each chunk of a table is COPYed into a temporary
   table and merged with one ``INSERT ... ON CONFLICT``: mutable rows are
   upserted (changed ones only, ``IS DISTINCT FROM``), append-only ones
-  (`audit`, whose triggers forbid updates, and `rejected_messages`) are
-  inserted when missing. Running it again is harmless, and picks up what
-  changed in between (an alert resolved, an outbox row delivered).
+  (`audit`, whose triggers forbid updates) are inserted when missing.
+  Running it again is harmless, and picks up what changed in between (an
+  alert resolved, an outbox row delivered, a rejected message resent).
   Orders and schedules that an ADT^A40 merge removed from SQLite are removed
   from PostgreSQL too; rows SQLite's retention pruned stay until
   PostgreSQL's own retention prunes them.
@@ -81,7 +81,8 @@ class Table:
 TABLES: tuple[Table, ...] = (
     Table(name="messages", key=("id",), update=True, order="id", identity=True,
           fixed=("digest", "received_at")),
-    Table(name="rejected_messages", key=("id",), update=False, order="id", identity=True,
+    # Mutable since migration 8: a resend is recorded on the row.
+    Table(name="rejected_messages", key=("id",), update=True, order="id", identity=True,
           fixed=("received_at", "reason")),
     Table(name="observations", key=("id",), update=True, order="id", identity=True,
           fixed=("code", "observed_at", "value_text")),

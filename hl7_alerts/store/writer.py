@@ -30,10 +30,12 @@ import structlog
 from hl7_alerts.store.base import (
     AlertRecord,
     AuditRow,
+    CodeCount,
     LockBusy,
     OutboxBacklog,
     OutboxRow,
     Pruned,
+    RejectedMessage,
     ScheduleRow,
     StoreError,
     Transaction,
@@ -228,6 +230,18 @@ class BatchingStore(ABC):
             return None if record is None else (record, tx.audit_trail(alert_id))
 
         return await self._submit(unit, write=False)
+
+    async def code_counts(self) -> list[CodeCount]:
+        return await self._submit(lambda tx: tx.code_counts(), write=False)
+
+    async def list_rejected(self, *, limit: int = 100) -> list[RejectedMessage]:
+        return await self._submit(lambda tx: tx.list_rejected(limit), write=False)
+
+    async def rejected_message(self, rejected_id: int) -> RejectedMessage | None:
+        return await self._submit(lambda tx: tx.rejected_message(rejected_id), write=False)
+
+    async def record_resend(self, rejected_id: int, at: datetime, ack_code: str, text: str) -> None:
+        await self._submit(lambda tx: tx.record_resend(rejected_id, at, ack_code, text), write=True)
 
     async def close(self) -> None:
         threads, self._threads = self._threads, []

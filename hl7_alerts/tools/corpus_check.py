@@ -1,7 +1,7 @@
 """Send every file under a folder to a running listener, one MLLP frame per
 file, and check each answer.
 
-    python -m hl7_alerts.tools.corpus_check ../shared/corpus --port 2575
+    python -m hl7_alerts.tools.corpus_check /path/to/archived/hl7 --port 2575
 
 Each file goes as one frame after LF/CRLF are turned into CR (what an
 interface engine replaying a file does). A file passes when its answer is a
