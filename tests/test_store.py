@@ -15,6 +15,7 @@ from hl7_alerts.pipeline import digest, process
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
+from hl7_alerts.store.rows import ALERT_COLUMNS
 from hl7_alerts.terminology import Terminology
 from tests.support.samples import SAMPLES
 
@@ -256,3 +257,18 @@ async def test_placeholder_years_fall_back_and_never_block_the_feed(tmp_path: Pa
     await store.close()
     assert outcome.ack_code is AckCode.AA
     assert "aza.hepatotoxicity.stop" in [c.alert.rule for c in outcome.changes]
+
+
+async def test_a_patients_open_alerts_are_read_by_patient_not_by_state(tmp_path: Path) -> None:
+    """The query every result message makes (a patient's open alerts) must
+    search the one-open-alert index by patient: an index leading with
+    `state` once made SQLite scan every open alert of the site instead, and
+    the timer's overdue tick held every ACK behind it."""
+    store = await SqliteStore.open(tmp_path / "store.sqlite3")
+    await store.close()
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        plan = db.execute(
+            f"EXPLAIN QUERY PLAN SELECT {ALERT_COLUMNS} FROM alerts WHERE patient = ? AND state = 'open'",
+            ("GENHOSP|MR|H1",),
+        ).fetchall()
+    assert [row[3] for row in plan] == ["SEARCH alerts USING INDEX alerts_one_open (patient=?)"]
