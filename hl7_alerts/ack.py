@@ -1,4 +1,5 @@
-"""ACK and NAK construction, original and enhanced mode.
+"""ACK and NAK construction, original and enhanced mode, and the batch
+acknowledgment that wraps the ACKs of a batch in one frame.
 
 The ACK's MSH swaps sender and receiver, echoes MSH-10 in MSA-2, and uses the
 message's own version and delimiters, so the interface engine can match it to
@@ -10,10 +11,11 @@ Pure: the caller passes the clock and the ACK's own control ID.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from hl7_alerts.batches import BatchFrame, Envelope
 from hl7_alerts.model import AckCode, Header
 from hl7_alerts.segments import ErrorCode, MessageError, codec_for
 from hl7_alerts.timeutil import format_dtm
@@ -136,6 +138,77 @@ def build_ack(
     if error is not None:
         segments.append(_err_segment(error, code, fs=fs, enc=enc, version=version, esc=esc))
     return ("\r".join(segments) + "\r").encode(codec or "utf-8", errors="replace")
+
+
+def build_batch_ack(
+    frame: BatchFrame,
+    acks: Sequence[Sequence[bytes]],
+    *,
+    now: datetime,
+    control_id: Callable[[], str],
+    application: str = "HL7ALERTS",
+    facility: str = "",
+) -> bytes:
+    """The batch acknowledgment (without MLLP framing) of a batch in one
+    frame (CLINICAL.md decision 13): per batch of ``frame.batches``, a BHS
+    whose BHS-12 echoes the batch's BHS-11, the ACK of each of its messages
+    in order (``acks``, as `build_ack` made them), and a BTS with their
+    count; an FHS and FTS (with the batch count) around it all when the
+    frame came in an FHS, FHS-12 echoing its FHS-11. Sender and receiver are
+    swapped, as in an ACK's MSH. The answer has the shape of what came: BHS
+    and BTS are optional in an HL7 batch, and messages that came without a
+    BHS are answered without one (several MSH in one frame: one ACK after
+    the other, MSH first, as a sender expecting ACKs reads them)."""
+    file_header = frame.file_header
+    out: list[bytes] = []
+    if file_header is not None:
+        out.append(
+            _envelope_segment(
+                file_header,
+                now=now,
+                control_id=control_id(),
+                application=application,
+                facility=facility,
+            )
+        )
+    for batch, batch_acks in zip(frame.batches, acks, strict=True):
+        header = batch.header
+        if header is None:
+            out.extend(batch_acks)
+            continue
+        out.append(
+            _envelope_segment(
+                header, now=now, control_id=control_id(), application=application, facility=facility
+            )
+        )
+        out.extend(batch_acks)
+        out.append(f"BTS{header.field_separator}{len(batch_acks)}\r".encode())
+    if file_header is not None:
+        out.append(f"FTS{file_header.field_separator}{len(frame.batches)}\r".encode())
+    return b"".join(out)
+
+
+def _envelope_segment(
+    header: Envelope, *, now: datetime, control_id: str, application: str, facility: str
+) -> bytes:
+    """Our FHS or BHS answering ``header``. Their fields are echoed as sent:
+    the answer uses their delimiters."""
+    fs = header.field_separator
+    fields = [
+        header.segment,
+        header.encoding_characters,
+        header.receiving_application or application,
+        header.receiving_facility or facility,
+        header.sending_application,
+        header.sending_facility,
+        format_dtm(now),
+        "",
+        "",
+        "",
+        _escape(control_id, fs, header.encoding_characters),
+        header.control_id,
+    ]
+    return (fs.join(fields) + "\r").encode("utf-8", errors="replace")
 
 
 def _err_segment(

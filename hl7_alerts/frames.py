@@ -2,7 +2,10 @@
 
 Owns the path DESIGN.md draws from a frame to its answer: parse
 (`messages.parse_message`), `pipeline.process` inside `store.transact`, then
-the ACK (`ack.build_ack`). A message we will not process is kept raw
+the ACK (`ack.build_ack`). A batch in one frame (`batches.read_batch`) takes
+the same steps for each of its messages, in order, each its own unit of work
+(`Store.transact_each`), and is answered once with a batch acknowledgment
+(`ack.build_batch_ack`). A message we will not process is kept raw
 (``rejected_messages``) and NAKed with the code it deserves; an over-size
 frame gets an AR; a pager's acknowledgement from MQTT is recorded through the
 same store. The rule it keeps: every frame gets exactly one answer, AA/CA
@@ -14,6 +17,7 @@ dropped connection. The daemon answers its listener with it, and
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -25,9 +29,10 @@ from datetime import datetime
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from hl7_alerts.ack import AckError, ack_code_for, build_ack
+from hl7_alerts.ack import AckError, ack_code_for, build_ack, build_batch_ack
 from hl7_alerts.acksig import Verdict, verify
 from hl7_alerts.alerts import InvalidAck, parse_ack
+from hl7_alerts.batches import BatchFrame, Envelope, read_batch
 from hl7_alerts.lifecycle import acknowledge_alert
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.metrics import Metrics
@@ -35,7 +40,7 @@ from hl7_alerts.model import AckCode, Header, Message, ResultMessage
 from hl7_alerts.pipeline import Outcome, process
 from hl7_alerts.segments import ErrorCode, MessageError
 from hl7_alerts.settings import PipelineSettings
-from hl7_alerts.store import Store, StoreError
+from hl7_alerts.store import Store, StoreError, Transaction
 
 log = structlog.get_logger("hl7_alerts.frames")
 
@@ -73,6 +78,41 @@ class Answer:
     message: Message | None = None
     outcome: Outcome | None = None
     rejection: MessageError | None = None
+    # A batch in one frame: each message's answer, in order (``ack`` is the
+    # batch acknowledgment; ``code`` AA when every message was accepted,
+    # else the first other code).
+    parts: tuple[Answer, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Work:
+    """One message on its way to its answer: read (``message``) or refused
+    (``rejection``), and when it counts as received."""
+
+    data: bytes
+    header: Header | None
+    message: Message | None
+    rejection: MessageError | None
+    received_at: datetime
+
+
+def _envelope_header(envelope: Envelope) -> Header:
+    """An FHS/BHS standing in for an MSH, for the one ACK of a batch that
+    holds no message: sender and receiver to swap, its control id to echo."""
+    return Header(
+        field_separator=envelope.field_separator,
+        encoding_characters=envelope.encoding_characters,
+        sending_application=envelope.sending_application,
+        sending_facility=envelope.sending_facility,
+        receiving_application=envelope.receiving_application,
+        receiving_facility=envelope.receiving_facility,
+        message_time=None,
+        message_type="",
+        trigger_event="",
+        control_id=envelope.control_id,
+        processing_id="",
+        version="",
+    )
 
 
 class FrameHandler:
@@ -136,52 +176,162 @@ class FrameHandler:
         received_at = self._clock()
         current = self._settings()
         with bound_contextvars(peer=peer):
+            batch = read_batch(data)
+            if batch is not None:
+                return await self._answer_batch(data, batch, received_at, current)
+            work = self._prepare(data, received_at, current.options)
             try:
-                message = parse_message(data, current.options)
-            except MessageError as exc:
-                return await self._reject(data, exc, received_at, current)
-            except Exception:
-                log.exception("parse_crashed")
-                error = MessageError(
-                    "receiver could not read this message",
-                    ack_code=AckCode.AE,
-                    error_code=ErrorCode.INTERNAL_ERROR,
-                )
-                return await self._reject(data, error, received_at, current)
-            header = message.header
-            if self._replay:
-                received_at = header.message_time or received_at
+                result: object = await self.store.transact(self._unit(work, current))
+            except Exception as exc:
+                result = exc
+            return self._finish(work, result)
+
+    async def _answer_batch(
+        self, data: bytes, batch: BatchFrame, received_at: datetime, current: FrameSettings
+    ) -> Answer:
+        """A batch in one frame (CLINICAL.md decision 13): each message read
+        and processed in order as if sent alone, each its own unit of work
+        (`Store.transact_each`: one savepoint each, grouped commits), all
+        durable or failed before the one answer, a batch acknowledgment."""
+        if not any(m.startswith(b"MSH") for m in batch.messages):
+            return await self._no_message(data, batch, received_at, current)
+        works: list[_Work] = []
+        for message in batch.messages:
+            works.append(self._prepare(message, received_at, current.options))
+            await asyncio.sleep(0)  # a long batch does not hold the other connections up
+        try:
+            results: list[object] = list(
+                await self.store.transact_each([self._unit(w, current) for w in works])
+            )
+        except StoreError as exc:
+            results = [exc] * len(works)
+        answers = iter([self._finish(w, r) for w, r in zip(works, results, strict=True)])
+        grouped = [[next(answers) for _ in b.messages] for b in batch.batches]
+        acks = [[a.ack for a in g] for g in grouped]
+        ack = build_batch_ack(batch, acks, now=self._clock(), control_id=self._ack_id)
+        parts = tuple(a for g in grouped for a in g)
+        refused = next((a.code for a in parts if not a.code.accepted), AckCode.AA)
+        log.debug("batch_answered", messages=len(parts), accepted=sum(a.code.accepted for a in parts))
+        return Answer(ack=ack, code=refused, parts=parts)
+
+    async def _no_message(
+        self, data: bytes, batch: BatchFrame, received_at: datetime, current: FrameSettings
+    ) -> Answer:
+        """A batch with no readable message: one ACK with AE, answering the
+        batch (its BHS, else FHS, as the header: sender and receiver swapped,
+        MSA-2 its control id); the frame is kept raw like any reject."""
+        envelope = batch.first_header or batch.file_header
+        header = None if envelope is None else _envelope_header(envelope)
+        error = MessageError(
+            "the batch holds no message (no MSH segment)",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.SEGMENT_SEQUENCE,
+            segment="MSH",
+        )
+        work = self._rejected(data, header, error, received_at)
+        try:
+            result: object = await self.store.transact(self._unit(work, current))
+        except Exception as exc:
+            result = exc
+        return self._finish(work, result)
+
+    def _prepare(self, data: bytes, received_at: datetime, options: ParseOptions) -> _Work:
+        """Read one message: a domain message to process, or a refusal to keep."""
+        try:
+            message = parse_message(data, options)
+        except MessageError as exc:
+            header = salvage_header(data, options.timezone, options.fallback_charset)
+            return self._rejected(data, header, exc, received_at)
+        except Exception:
+            log.exception("parse_crashed")
+            error = MessageError(
+                "receiver could not read this message",
+                ack_code=AckCode.AE,
+                error_code=ErrorCode.INTERNAL_ERROR,
+            )
+            header = salvage_header(data, options.timezone, options.fallback_charset)
+            return self._rejected(data, header, error, received_at)
+        if self._replay:
+            received_at = message.header.message_time or received_at
+        header = message.header
+        return _Work(data=data, header=header, message=message, rejection=None, received_at=received_at)
+
+    def _rejected(
+        self, data: bytes, header: Header | None, exc: MessageError, received_at: datetime
+    ) -> _Work:
+        self._metrics.parse_error(str(exc.ack_code), str(exc.error_code))
+        with bound_contextvars(control_id=header.control_id if header else None):
+            log.warning(
+                "message_rejected",
+                ack=str(exc.ack_code),
+                reason=exc.reason,
+                segment=exc.segment,
+                field=exc.field,
+            )
+        return _Work(data=data, header=header, message=None, rejection=exc, received_at=received_at)
+
+    def _unit(self, work: _Work, current: FrameSettings) -> Callable[[Transaction], Outcome | int]:
+        """The unit of work that makes ``work`` durable: the pipeline for a
+        message; for a refusal, its raw bytes in ``rejected_messages`` (at
+        most ``rejected_max_rows`` of them: the oldest go; it returns how
+        many went)."""
+        message, rejection = work.message, work.rejection
+        if message is not None:
             settings = current.pipeline
-            with bound_contextvars(control_id=header.control_id, msg_type=header.type_code):
-                try:
-                    outcome = await self.store.transact(
-                        lambda tx: process(tx, message, data, received_at=received_at, settings=settings)
-                    )
-                except StoreError as exc:
-                    return self._store_unavailable(header, exc)
-                except Exception as exc:
-                    # A defect of ours on this message: never AA (it is not
-                    # stored), and AR so the sender keeps it and resends.
-                    log.exception("pipeline_failed")
-                    return self._answer(
-                        header,
-                        AckCode.AR,
-                        text="internal error, resend later",
-                        error=AckError(reason=type(exc).__name__, error_code=ErrorCode.INTERNAL_ERROR),
-                    )
-                self._metrics.alert_changes(outcome.changes)
-                if isinstance(message, ResultMessage) and not outcome.duplicate:
-                    self._count_unmapped(message)
-                # Debug, not info: one JSON line per message was a tenth of the
-                # daemon's CPU at load (bench/). Rejections and warnings stay.
-                log.debug(
-                    "message_processed",
-                    ack=str(outcome.ack_code),
-                    duplicate=outcome.duplicate,
-                    alert_changes=len(outcome.changes),
+            return lambda tx: process(tx, message, work.data, received_at=work.received_at, settings=settings)
+        assert rejection is not None
+        if not self._keep_rejected:
+            return lambda tx: 0  # a resend of a rejected message: that one is kept already
+        keep_rows = current.rejected_max_rows
+        return lambda tx: tx.insert_rejected(
+            work.header,
+            work.data,
+            received_at=work.received_at,
+            ack_code=rejection.ack_code,
+            reason=rejection.reason,
+            keep_rows=keep_rows,
+        )
+
+    def _finish(self, work: _Work, result: object) -> Answer:
+        """The answer for one message once its unit of work is durable
+        (``result`` its outcome) or failed (``result`` the exception)."""
+        header, message, rejection = work.header, work.message, work.rejection
+        with bound_contextvars(
+            control_id=header.control_id if header else None, msg_type=header.type_code if header else None
+        ):
+            if isinstance(result, StoreError):
+                return self._store_unavailable(header, result)
+            if isinstance(result, Exception):
+                # A defect of ours on this message: never AA (it is not
+                # stored), and AR so the sender keeps it and resends.
+                log.error("pipeline_failed", exc_info=result)
+                return self._answer(
+                    header,
+                    AckCode.AR,
+                    text="internal error, resend later",
+                    error=AckError(reason=type(result).__name__, error_code=ErrorCode.INTERNAL_ERROR),
                 )
-                answer = self._answer(header, outcome.ack_code, text=outcome.ack_text)
-                return replace(answer, message=message, outcome=outcome)
+            if rejection is not None:
+                assert isinstance(result, int)
+                self._metrics.rejected_over_cap(result)
+                error = AckError.from_exception(rejection)
+                answer = self._answer(header, rejection.ack_code, text=rejection.reason, error=error)
+                return replace(answer, rejection=rejection)
+            assert isinstance(result, Outcome)
+            assert message is not None
+            self._metrics.alert_changes(result.changes)
+            if isinstance(message, ResultMessage) and not result.duplicate:
+                self._count_unmapped(message)
+            # Debug, not info: one JSON line per message was a tenth of the
+            # daemon's CPU at load (bench/). Rejections and warnings stay.
+            log.debug(
+                "message_processed",
+                ack=str(result.ack_code),
+                duplicate=result.duplicate,
+                alert_changes=len(result.changes),
+            )
+            answer = self._answer(header, result.ack_code, text=result.ack_text)
+            return replace(answer, message=message, outcome=result)
 
     def _count_unmapped(self, message: ResultMessage) -> None:
         """Results whose code maps to no analyte are stored but never read
@@ -194,37 +344,6 @@ class FrameHandler:
         for code, system in self._metrics.unmapped_results(unmapped):
             log.info("lab_code_unmapped", code=code, system=system,
                      hint="map it in terminology.lab_codes; `hl7-alerts codes` lists the codes seen")
-
-    async def _reject(
-        self, data: bytes, exc: MessageError, received_at: datetime, current: FrameSettings
-    ) -> Answer:
-        """Keep the raw bytes of a message we will not process (at most
-        ``rejected_max_rows`` of them: the oldest go), then NAK it."""
-        options, keep_rows = current.options, current.rejected_max_rows
-        header = salvage_header(data, options.timezone, options.fallback_charset)
-        self._metrics.parse_error(str(exc.ack_code), str(exc.error_code))
-        with bound_contextvars(control_id=header.control_id if header else None):
-            log.warning(
-                "message_rejected",
-                ack=str(exc.ack_code),
-                reason=exc.reason,
-                segment=exc.segment,
-                field=exc.field,
-            )
-            try:
-                trimmed = 0
-                if self._keep_rejected:
-                    trimmed = await self.store.transact(
-                        lambda tx: tx.insert_rejected(
-                            header, data, received_at=received_at, ack_code=exc.ack_code, reason=exc.reason,
-                            keep_rows=keep_rows,
-                        )
-                    )
-            except StoreError as store_exc:
-                return self._store_unavailable(header, store_exc)
-            self._metrics.rejected_over_cap(trimmed)
-            answer = self._answer(header, exc.ack_code, text=exc.reason, error=AckError.from_exception(exc))
-            return replace(answer, rejection=exc)
 
     def _store_unavailable(self, header: Header | None, exc: StoreError) -> Answer:
         """AR: a transient failure of ours, which the sender should retry.

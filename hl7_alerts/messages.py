@@ -66,8 +66,9 @@ class ParseOptions:
     terminology: Terminology
     timezone: tzinfo
     fallback_charset: str = "cp1252"
-    patient_id_type: str = "MR"
+    patient_id_types: tuple[str, ...] = ("MR",)
     patient_authority: str | None = None
+    accept_untyped_ids: bool = True
     accepted_versions: tuple[str, ...] = ("2.2", "2.3", "2.4", "2.5", "2.6", "2.7", "2.8")
     accepted_processing_ids: tuple[str, ...] = ("P", "T", "D")
 
@@ -215,56 +216,82 @@ def version_accepted(version: str, accepted: tuple[str, ...]) -> bool:
     return any(version == v or version.startswith(v + ".") for v in accepted)
 
 
+def _identifier(reps: list[str], d: Delimiters, options: ParseOptions) -> PatientKey | None:
+    """The patient key among PID-3 (or MRG-1) repetitions (decision 12): the
+    first repetition of the most preferred configured type wins; failing
+    that, the first with an identifier and an *empty* type counts as the
+    most preferred type (unless untyped identifiers are refused); another
+    type (PI, SS, ...) never matches. With ``patient.authority`` set, only
+    repetitions of that authority count."""
+    untyped: PatientKey | None = None
+    typed: dict[str, PatientKey] = {}
+    wanted = options.patient_id_types
+    for rep in reps:
+        ident = component_of(rep, d, 1).strip()
+        if not ident:
+            continue
+        authority = component_of(rep, d, 4, 1).strip()
+        if options.patient_authority is not None and authority != options.patient_authority:
+            continue
+        id_type = component_of(rep, d, 5).strip().upper()
+        if not id_type:
+            if untyped is None and options.accept_untyped_ids:
+                untyped = PatientKey(id=ident, id_type=wanted[0], authority=authority)
+        elif id_type in wanted and id_type not in typed:
+            typed[id_type] = PatientKey(id=ident, id_type=id_type, authority=authority)
+    for id_type in wanted:
+        if id_type in typed:
+            return typed[id_type]
+    return untyped
+
+
+def _wanted_text(options: ParseOptions) -> str:
+    """What the identifier rule looks for, for NAK text (no identifier values)."""
+    text = "type " + " or ".join(options.patient_id_types)
+    if options.accept_untyped_ids:
+        text += " (or untyped)"
+    if options.patient_authority:
+        text += f" from {options.patient_authority}"
+    return text
+
+
 def read_patient(segments: list[Segment], options: ParseOptions) -> tuple[PatientKey, PatientDemographics]:
-    """PID-3: the first repetition of the configured identifier type (and,
-    when configured, authority). Other types (PI, SS) never match."""
+    """PID-3's patient key (`_identifier`, CLINICAL.md decision 12)."""
     pid = next((s for s in segments if s.name == "PID"), None)
     if pid is None:
         raise _content_error("message has no PID segment", ErrorCode.SEGMENT_SEQUENCE, "PID", 0)
-    d = pid.delims
-    for rep in pid.repetitions(3):
-        ident = component_of(rep, d, 1).strip()
-        id_type = component_of(rep, d, 5).strip().upper()
-        authority = component_of(rep, d, 4, 1).strip()
-        if not ident or id_type != options.patient_id_type.upper():
-            continue
-        if options.patient_authority is not None and authority != options.patient_authority:
-            continue
-        demographics = PatientDemographics(
-            name=_person_name(pid.get(5, 1), pid.get(5, 2)),
-            birth_date=pid.get(7)[:8],
-            sex=pid.get(8).strip().upper()[:1],
+    patient = _identifier(pid.repetitions(3), pid.delims, options)
+    if patient is None:
+        wanted = _wanted_text(options)  # from config.yaml: no value of the message
+        raise _content_error(
+            f"PID-3 has no patient identifier of {wanted}",
+            ErrorCode.REQUIRED_FIELD_MISSING,
+            "PID",
+            3,
         )
-        return PatientKey(id=ident, id_type=id_type, authority=authority), demographics
-    wanted = options.patient_id_type + (
-        f" from {options.patient_authority}" if options.patient_authority else ""
+    demographics = PatientDemographics(
+        name=_person_name(pid.get(5, 1), pid.get(5, 2)),
+        birth_date=pid.get(7)[:8],
+        sex=pid.get(8).strip().upper()[:1],
     )
-    raise _content_error(
-        f"PID-3 has no patient identifier of type {wanted}", ErrorCode.REQUIRED_FIELD_MISSING, "PID", 3
-    )
+    return patient, demographics
 
 
 def read_prior_patient(segments: list[Segment], options: ParseOptions) -> PatientKey:
-    """MRG-1 of an ADT^A40: the first repetition of the configured identifier
-    type. A repetition without a type (common in MRG-1) is taken as that type;
-    one of another type (PI, SS) never is."""
+    """MRG-1 of an ADT^A40, read by the same rule as PID-3 (decision 12)."""
     mrg = next((s for s in segments if s.name == "MRG"), None)
     if mrg is None:
         raise _content_error("ADT^A40 has no MRG segment", ErrorCode.SEGMENT_SEQUENCE, "MRG", 0)
-    d = mrg.delims
-    wanted = options.patient_id_type.upper()
-    for rep in mrg.repetitions(1):
-        ident = component_of(rep, d, 1).strip()
-        id_type = component_of(rep, d, 5).strip().upper() or wanted
-        authority = component_of(rep, d, 4, 1).strip()
-        if not ident or id_type != wanted:
-            continue
-        if options.patient_authority is not None and authority != options.patient_authority:
-            continue
-        return PatientKey(id=ident, id_type=id_type, authority=authority)
-    raise _content_error(
-        f"MRG-1 has no prior patient identifier of type {wanted}", ErrorCode.REQUIRED_FIELD_MISSING, "MRG", 1
-    )
+    prior = _identifier(mrg.repetitions(1), mrg.delims, options)
+    if prior is None:
+        wanted = _wanted_text(options)  # from config.yaml: no value of the message
+        raise _content_error(
+            f"MRG-1 has no prior patient identifier of {wanted}",
+            ErrorCode.REQUIRED_FIELD_MISSING,
+            "MRG",
+            1,
+        )
+    return prior
 
 
 def _person_name(family: str, given: str) -> str:
@@ -387,8 +414,9 @@ _STOPS = frozenset(
 
 
 def read_orders(segments: list[Segment], header: Header, options: ParseOptions) -> Iterator[MedicationOrder]:
-    """Each ORC with a following RXE or RXO (before the next ORC) is one order
-    event. ORCs without a pharmacy segment (lab orders in an ORM) are skipped."""
+    """Each ORC with a following RXE, RXO or RXD (before the next ORC) is one
+    order event; ORC-1 RE with an RXD is a dispense (`_dispense`). ORCs
+    without a pharmacy segment (lab orders in an ORM) are skipped."""
     groups: list[list[Segment]] = []
     for seg in segments:
         if seg.name == "ORC":
@@ -419,6 +447,8 @@ def _order(group: list[Segment], header: Header, options: ParseOptions, seq: int
             1,
             seq,
         ) from None
+    if control is OrderControl.DISPENSE:
+        return _dispense(orc, group, header, options, seq)
     order_id = orc.get(2).strip() or orc.get(3).strip()
     if rx.name == "RXO":
         order_id = order_id or rx.get(1, 1)
@@ -456,6 +486,39 @@ def _order(group: list[Segment], header: Header, options: ParseOptions, seq: int
         start=start,
         stop=stop,
         transaction_time=transaction or header.message_time,
+    )
+
+
+def _dispense(
+    orc: Segment, group: list[Segment], header: Header, options: ParseOptions, seq: int
+) -> MedicationOrder:
+    """ORC-1 RE with an RXD (RDS^O13, decision 14): the drug in RXD-2, the
+    dispense time in RXD-3 (else MSH-7), the placer order in ORC-2 (else the
+    filler's, ORC-3)."""
+    rxd = next((s for s in group if s.name == "RXD"), None)
+    if rxd is None:
+        raise _content_error(
+            "ORC-1 RE (a dispense) has no RXD segment", ErrorCode.SEGMENT_SEQUENCE, "RXD", 0, seq
+        )
+    order_id = orc.get(2).strip() or orc.get(3).strip()
+    if not order_id:
+        raise _content_error(
+            "ORC-2 and ORC-3 order numbers are both empty", ErrorCode.REQUIRED_FIELD_MISSING, "ORC", 2, seq
+        )
+    drug_code, drug_text, drug_system = (rxd.get(2, i).strip() for i in (1, 2, 3))
+    dose = " ".join(p for p in (rxd.get(4).strip(), (rxd.get(5, 1) or rxd.get(5, 2)).strip()) if p)
+    at = parse_dtm(rxd.get(3), options.timezone) or header.message_time
+    return MedicationOrder(
+        order_id=order_id,
+        control=OrderControl.DISPENSE,
+        drug_code=drug_code,
+        drug_system=drug_system,
+        drug_text=drug_text or drug_code,
+        ingredient=options.terminology.ingredient(drug_code, drug_system, drug_text),
+        dose=dose,
+        start=at,
+        stop=None,
+        transaction_time=at,
     )
 
 

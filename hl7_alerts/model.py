@@ -61,6 +61,7 @@ class OrderControl(enum.StrEnum):
     CANCELLED = "OC"
     HOLD = "HD"
     RELEASE = "RL"
+    DISPENSE = "RE"  # RDS^O13: a pharmacy dispense (decision 14)
 
 
 class ResultStatus(enum.StrEnum):
@@ -219,6 +220,10 @@ class OrderState:
     start: datetime | None
     stop: datetime | None
     holds: tuple[HoldPeriod, ...] = ()
+    # An order opened by dispenses with no order on file (decision 14): its
+    # last dispense. Such an order stops (``stop``) when it lapses, a set
+    # time after that; None for an ordered one, or once a DC/CA stopped it.
+    dispensed: datetime | None = None
 
     def active_at(self, at: datetime) -> bool:
         """CLINICAL.md: start ≤ t, no stop or t < stop, not on hold."""

@@ -199,7 +199,7 @@ def read_orders_csv(
             continue
         patient = PatientKey(
             id=cells["patient_id"],
-            id_type=cells.get("id_type") or config.patient.id_type,
+            id_type=cells.get("id_type") or config.patient.id_types[0],
             authority=authority,
         )
         order = MedicationOrder(

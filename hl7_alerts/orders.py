@@ -21,7 +21,11 @@ STOPPING = _STOPPING
 
 
 def apply_event(state: OrderState | None, event: MedicationOrder) -> OrderState:
-    """The order's state after ``event``."""
+    """The order's state after ``event`` (dispenses, RE, are `dispenses.py`'s)."""
+    if state is not None and state.dispensed is not None and (
+        event.control is OrderControl.NEW or event.control in _STOPPING
+    ):
+        return _ordered(state, event)
     if state is not None and event.control is OrderControl.NEW:
         # A repeated NW, or an NW arriving after its DC: the order is known.
         # Rebuilding it would drop its stop and holds and bring a stopped
@@ -63,3 +67,23 @@ def apply_event(state: OrderState | None, event: MedicationOrder) -> OrderState:
         dose=event.dose or state.dose,
         stop=event.stop if event.stop is not None else state.stop,
     )
+
+
+def _ordered(state: OrderState, event: MedicationOrder) -> OrderState:
+    """An order opened by dispenses (decision 14), meeting an NW or a stop:
+    an NW puts the order on file (it no longer lapses: its own stop counts,
+    and it began at the earlier of the two); a DC/CA stops it, at its lapse
+    if that came first. Either way it lives by its order events from now on.
+    Other events (XO, SC, HD, RL) apply as to any order."""
+    if event.control is OrderControl.NEW:
+        starts = [t for t in (state.start, event.start) if t is not None]
+        return replace(
+            state,
+            start=min(starts, default=None),
+            stop=event.stop,
+            dispensed=None,
+            dose=event.dose or state.dose,
+        )
+    at = event.stop or event.transaction_time or event.start
+    stop = state.stop if at is None or (state.stop is not None and state.stop <= at) else at
+    return replace(state, stop=stop, dispensed=None)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from hl7_alerts import dispenses
 from hl7_alerts.alerts import AlertChange, Source, reconcile
 from hl7_alerts.lifecycle import announce_folded
 from hl7_alerts.model import (
@@ -108,7 +109,13 @@ def process(
         started: list[OrderState] = []
         events: list[tuple[MedicationOrder, OrderState]] = []
         for order in message.orders:
-            known = tx.get_order(message.patient, order.order_id)
+            if order.control is OrderControl.DISPENSE:
+                opened = _dispense(tx, message.patient, order, message_id, settings)
+                if opened is not None:
+                    started.append(opened)  # counts as a new order (decision 14)
+                    events.append((order, opened))
+                continue
+            known = _order_on_file(tx, message.patient, order.order_id)
             state = apply_event(known, order)
             tx.put_order(message.patient, state, message_id)
             events.append((order, state))
@@ -138,6 +145,31 @@ def process(
             announce_folded(tx, alert_id, settings=settings, at=received_at)
         log.info("patients_merged", alerts_folded=len(folded))
     return Outcome(ack_code=AckCode.AA)
+
+
+def _order_on_file(tx: Transaction, patient: PatientKey, order_id: str) -> OrderState | None:
+    """The order an event is about; for one opened by dispenses, the latest
+    of the orders its dispenses opened (`dispenses.current`)."""
+    known = tx.get_order(patient, order_id)
+    if known is not None and known.dispensed is not None:
+        return dispenses.current(tx.patient_orders(patient), order_id)
+    return known
+
+
+def _dispense(
+    tx: Transaction, patient: PatientKey, event: MedicationOrder, message_id: int, settings: PipelineSettings
+) -> OrderState | None:
+    """Apply one dispense (decision 14); return the order it opened, if any."""
+    rules = settings.rules
+    change = dispenses.apply_dispense(
+        tx.patient_orders(patient),
+        event,
+        lapse=settings.dispense_lapse,
+        watched=rules.thiopurines | rules.xanthine_oxidase_inhibitors.keys(),
+    )
+    for state in change.writes:
+        tx.put_order(patient, state, message_id)
+    return change.opened
 
 
 def _announced(changes: Sequence[AlertChange]) -> tuple[AlertChange, ...]:

@@ -11,6 +11,7 @@ with the stage that uses it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from hl7_alerts.alerts import PhiPolicy
@@ -34,6 +35,8 @@ class PipelineSettings:
     quiet: str = ""
     # web.base_url: when set, every alert event links to the alert's page.
     view_base_url: str | None = None
+    # An order opened by dispenses lapses this long after its last one (decision 14).
+    dispense_lapse: timedelta = timedelta(days=90)
 
 
 # Daemons sharing a store share the pagers' acks: each ack goes to one of

@@ -240,7 +240,9 @@ class Survey:
                 {"id_type": t, "authority": a, "count": n} for (t, a), n in self.identifiers.most_common()
             ],
             "keyed": {"messages_with_pid": self.with_pid, "keyed_to_a_patient": self.keyed,
-                      "id_type": self.options.patient_id_type, "authority": self.options.patient_authority},
+                      "id_type": " or ".join(self.options.patient_id_types),
+                      "untyped_ids": "accept" if self.options.accept_untyped_ids else "reject",
+                      "authority": self.options.patient_authority},
             "observation_codes": [
                 {"code": code, "system": e.system, "text": e.text, "analyte": e.analyte or "unmapped",
                  "count": e.count}
@@ -320,7 +322,8 @@ def text_report(doc: dict[str, Any]) -> list[str]:
     section("patient identifiers (PID-3 type, authority)",
             [f"{i['id_type']}\t{i['authority']}\t{i['count']}" for i in doc["patient_identifiers"]]
             + [f"keyed to a patient under patient.id_type {k['id_type']}"
-               f"{' from ' + k['authority'] if k['authority'] else ''}: "
+               f"{' from ' + k['authority'] if k['authority'] else ''}"
+               f" (untyped identifiers: {k['untyped_ids']}): "
                f"{k['keyed_to_a_patient']} of {k['messages_with_pid']} messages with a PID"])
     section("observation codes (OBX-3): code, system, text, analyte, count",
             [f"{c['code']}\t{c['system']}\t{c['text']}\t{c['analyte']}\t{c['count']}"

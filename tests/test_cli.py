@@ -201,3 +201,27 @@ async def test_send_batch_and_multi_message_files(tmp_path: Path, broker: Broker
     lines = [line.split("\t")[:2] for line in out.decode().splitlines()]
     assert lines == [["BATCH-1", "AA"], ["BATCH-2", "AA"], ["MULTI-1", "AA"], ["MULTI-2", "AA"], ["MULTI-3", "AE"]], err
     assert sent.returncode == 1
+
+
+async def test_send_sends_a_batch_file_as_one_frame_and_prints_each_code(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    """A batch file goes as one frame (decision 13); the batch acknowledgment
+    gives one line per message, in order; a batch with no message gets the
+    one AE that answers the batch."""
+    with_bad = BATCH.replace(b"|BATCH-2|P|2.5", b"|BATCH-2|P|2.1")
+    (tmp_path / "batch.hl7").write_bytes(with_bad)
+    (tmp_path / "empty.hl7").write_bytes(b"BHS|^~\\&|LAB|GENHOSP|||20261020||||B9\nEVN|A08\nBTS|0\n")
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        sent = await asyncio.create_subprocess_exec(
+            *CLI, "send", "--port", str(daemon.port), str(tmp_path / "batch.hl7"), str(tmp_path / "empty.hl7"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(WAIT * 3):
+            out, err = await sent.communicate()
+    lines = [line.split("\t") for line in out.decode().splitlines()]
+    assert [line[:2] for line in lines] == [["BATCH-1", "AA"], ["BATCH-2", "AR"], ["B9", "AE"]], err
+    assert lines[1][2] == "MSH-12 version is not one this receiver accepts (hl7.versions)"
+    assert lines[2][2] == "the batch holds no message (no MSH segment)"
+    assert sent.returncode == 1

@@ -72,6 +72,36 @@ def test_shipped_config_yaml_shows_every_default() -> None:
             assert key in data[section] or getattr(model, key) is None, f"config.yaml lacks {section}.{key}"
 
 
+def test_patient_id_type_takes_a_list_in_order_of_preference(tmp_path: Path) -> None:
+    cfg = parse_config("patient:\n  id_type: [mr, PI]\n  untyped_ids: reject\n")
+    options = cfg.parse_options()
+    assert (options.patient_id_types, options.accept_untyped_ids) == (("MR", "PI"), False)
+    assert Config().parse_options().patient_id_types == ("MR",)
+    assert Config().parse_options().accept_untyped_ids is True
+    site = tmp_path / "site.yaml"
+    site.write_text("patient:\n  id_type: [MR, PI]\n  untyped_ids: reject\n")
+    lines = check(site).stdout.splitlines()
+    assert "  patients  keyed by the PID-3 and MRG-1 identifier of type MR or else PI (any authority, kept in the key)" in lines
+    assert "  patients  untyped identifiers (empty PID-3.5) are refused: such a message gets AE" in lines
+    assert any("one patient sent with different types becomes separate patients" in line for line in lines)
+
+
+def test_check_says_untyped_identifiers_are_accepted_by_default() -> None:
+    lines = check(ROOT / "config.yaml").stdout.splitlines()
+    assert "  patients  untyped identifiers (empty PID-3.5) are accepted as MR when no typed one is there" in lines
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("patient:\n  untyped_ids: maybe\n", "site.yaml:2: patient.untyped_ids: Input should be 'accept' or 'reject'"),
+    ("patient:\n  id_type: []\n", "site.yaml:2: patient.id_type: Value error, must be an identifier type"),
+    ("patient:\n  id_type: [MR, mr]\n", "site.yaml:2: patient.id_type: Value error, lists an identifier type twice"),
+])
+def test_patient_settings_are_validated(text: str, error: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="site.yaml")
+    assert str(caught.value).startswith(error)
+
+
 def test_issue_19_rule_keys_reach_the_rules() -> None:
     """rules.exposure_days, follow_up_days, late_order_days, long_running_days,
     dose_change_hours and bilirubin_x_uln: config.yaml → RuleSettings."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from hl7_alerts.config import parse_config
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import (
     AckCode,
@@ -19,6 +21,7 @@ from hl7_alerts.model import (
 )
 from hl7_alerts.segments import MessageError, decode, split_file
 from hl7_alerts.terminology import Analyte, Terminology
+from tests.support.hl7kit import AZA, alt, events, order_msg, oru, run_check
 from tests.support.samples import SAMPLES
 
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
@@ -181,6 +184,101 @@ def test_cwe_result_reads_the_text_component() -> None:
     assert isinstance(message, ResultMessage)
     (obs,) = message.observations
     assert (obs.analyte, obs.value_text, obs.value) == ("TPMT", "Intermediate metabolizer", None)
+
+
+# -- patient identifiers (CLINICAL.md decisions 7 and 12) ---------------------
+
+ORU_HEAD = "MSH|^~\\&|LAB|GENHOSP|HL7ALERTS|GENHOSP|20261020||ORU^R01|C1|P|2.3\r"
+OBX_TAIL = "OBR|1|O1|S1|24325-3^LFT^LN|||20261020\rOBX|1|NM|1742-6^ALT^LN||40|U/L|7-56||||F\r"
+
+
+def _options(*types: str, untyped: bool = True, authority: str | None = None) -> ParseOptions:
+    return ParseOptions(
+        terminology=Terminology(),
+        timezone=UTC,
+        patient_id_types=types or ("MR",),
+        accept_untyped_ids=untyped,
+        patient_authority=authority,
+    )
+
+
+@pytest.mark.parametrize(("pid3", "options", "key"), [
+    pytest.param("555^^^GENHOSP~H1^^^GENHOSP^MR", _options(), ("H1", "MR", "GENHOSP"), id="typed-wins-over-untyped"),
+    pytest.param("H1^^^GENHOSP^MR~555^^^GENHOSP", _options(), ("H1", "MR", "GENHOSP"), id="typed-first"),
+    pytest.param("555^^^GENHOSP", _options(), ("555", "MR", "GENHOSP"), id="untyped-keyed-as-configured"),
+    pytest.param("555", _options(), ("555", "MR", ""), id="untyped-bare-id"),
+    pytest.param("777^^^SSA^SS~555^^^GENHOSP", _options(), ("555", "MR", "GENHOSP"), id="other-type-skipped"),
+    pytest.param("^^^GENHOSP~555^^^GENHOSP", _options(), ("555", "MR", "GENHOSP"), id="empty-id-skipped"),
+    pytest.param("P7^^^GENHOSP^PI~H1^^^GENHOSP^MR", _options("MR", "PI"), ("H1", "MR", "GENHOSP"), id="preferred-of-list"),
+    pytest.param("P7^^^GENHOSP^PI~H1^^^GENHOSP^MR", _options("PI", "MR"), ("P7", "PI", "GENHOSP"), id="order-is-preference"),
+    pytest.param("P7^^^GENHOSP^PI", _options("MR", "PI"), ("P7", "PI", "GENHOSP"), id="second-choice"),
+    pytest.param("P7^^^GENHOSP^PI~555", _options("MR", "PI"), ("P7", "PI", "GENHOSP"), id="typed-second-beats-untyped"),
+    pytest.param("555^^^GENHOSP", _options("MR", "PI"), ("555", "MR", "GENHOSP"), id="untyped-as-first-of-list"),
+    pytest.param("h1^^^genhosp^mr", _options(), ("h1", "MR", "genhosp"), id="type-case-insensitive"),
+    pytest.param("1^^^OTHER~2^^^GENHOSP", _options(authority="GENHOSP"), ("2", "MR", "GENHOSP"), id="authority-filters-untyped"),
+])
+def test_pid3_identifier_choice(pid3: str, options: ParseOptions, key: tuple[str, str, str]) -> None:
+    message = parse_message(f"{ORU_HEAD}PID|1||{pid3}\r{OBX_TAIL}".encode(), options)
+    assert isinstance(message, ResultMessage)
+    assert (message.patient.id, message.patient.id_type, message.patient.authority) == key
+
+
+@pytest.mark.parametrize(("pid3", "options"), [
+    pytest.param("555^^^GENHOSP", _options(untyped=False), id="untyped-rejected-by-config"),
+    pytest.param("777^^^SSA^SS", _options(), id="other-type-never"),
+    pytest.param("P7^^^GENHOSP^PI", _options(), id="pi-never-unless-listed"),
+    pytest.param("777^^^SSA^SS~P7^^^GENHOSP^PI", _options(untyped=False), id="only-other-types"),
+    pytest.param("^^^GENHOSP^MR", _options(), id="typed-but-empty"),
+    pytest.param("555^^^OTHER", _options(authority="GENHOSP"), id="untyped-of-another-authority"),
+])
+def test_pid3_without_a_usable_identifier_is_ae(pid3: str, options: ParseOptions) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(f"{ORU_HEAD}PID|1||{pid3}\r{OBX_TAIL}".encode(), options)
+    assert caught.value.ack_code is AckCode.AE
+    assert (caught.value.segment, caught.value.field) == ("PID", 3)
+    assert not any(ident in caught.value.reason for ident in ("555", "777"))  # no identifier values
+
+
+def test_untyped_accepted_names_it_in_the_nak_text() -> None:
+    with pytest.raises(MessageError) as accepting:
+        parse_message(f"{ORU_HEAD}PID|1||777^^^SSA^SS\r{OBX_TAIL}".encode(), _options("MR", "PI"))
+    assert accepting.value.reason == "PID-3 has no patient identifier of type MR or PI (or untyped)"
+    with pytest.raises(MessageError) as rejecting:
+        parse_message(f"{ORU_HEAD}PID|1||777^^^SSA^SS\r{OBX_TAIL}".encode(), _options(untyped=False))
+    assert rejecting.value.reason == "PID-3 has no patient identifier of type MR"
+
+
+@pytest.mark.parametrize(("mrg", "options", "prior"), [
+    pytest.param("555^^^GENHOSP~H0990009^^^GENHOSP^MR", _options(), ("H0990009", "MR", "GENHOSP"), id="typed-wins"),
+    pytest.param("P7^^^GENHOSP^PI~555^^^GENHOSP", _options(), ("555", "MR", "GENHOSP"), id="untyped-accepted"),
+    pytest.param("P7^^^GENHOSP^PI~555", _options("PI", "MR"), ("P7", "PI", "GENHOSP"), id="list-preference"),
+])
+def test_mrg1_follows_the_pid3_rule(mrg: str, options: ParseOptions, prior: tuple[str, str, str]) -> None:
+    message = parse_message((A40 + f"MRG|{mrg}\r").encode(), options)
+    assert isinstance(message, MergeMessage)
+    assert (message.prior.id, message.prior.id_type, message.prior.authority) == prior
+
+
+@pytest.mark.parametrize("mrg", ["555^^^GENHOSP", "777^^^SSA^SS~555"], ids=["untyped", "other-and-untyped"])
+def test_mrg1_untyped_rejected_by_config_is_ae(mrg: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message((A40 + f"MRG|{mrg}\r").encode(), _options(untyped=False))
+    assert caught.value.ack_code is AckCode.AE
+    assert (caught.value.segment, caught.value.field) == ("MRG", 1)
+
+
+def test_an_untyped_identifier_is_the_same_patient_as_the_typed_one(tmp_path: Path) -> None:
+    """Through the pipeline: an order sent with an untyped PID-3 and a panel
+    with the typed one are one patient; with untyped_ids: reject the order
+    is refused AE and nothing fires."""
+    untyped = order_msg("O1", "NW", "RX1", AZA, "202609010900", mrn="H0990001^^^GENHOSP")
+    panel = oru("L1", "202610200800", alt("190"))
+    accepted = run_check(tmp_path, untyped, panel)
+    assert events(accepted) == [("aza.pgx.missing", "firing", "info"), ("aza.hepatotoxicity.stop", "firing", "critical")]
+    assert {e["patient"]["id_type"] for e in accepted} == {"MR"}
+    refused = run_check(tmp_path, untyped, panel, config=parse_config("patient:\n  untyped_ids: reject\n"))
+    assert refused == [{"file": str(tmp_path / "scenario.hl7"), "control_id": "O1", "ack": "AE",
+                        "error": "PID-3 has no patient identifier of type MR"}]
 
 
 def _oru(obx: str, *, obr25: str = "", sex: str = "F") -> bytes:

@@ -110,6 +110,47 @@ async def test_a_unit_is_answered_as_committed_only_if_it_was(backend: Backend) 
     assert stored == (1 if backend.name == "sqlite" else 0)
 
 
+async def test_a_group_runs_in_order_and_a_defect_fails_only_its_unit(backend: Backend) -> None:
+    """`transact_each` (a batch of messages in one frame): in order, one
+    savepoint each, every result once all are durable."""
+    store = await backend.open()
+
+    def defect(tx: Transaction) -> None:
+        unit(patient(PANEL, "H777", "LABX"))(tx)
+        raise RuntimeError("defect after writing")
+
+    results = await store.transact_each([unit(ORDER), defect, unit(PANEL), unit(PANEL)])
+    await store.close()
+    order, failed, panel, again = results
+    assert isinstance(failed, RuntimeError)
+    assert isinstance(order, Outcome)
+    assert isinstance(panel, Outcome)
+    assert isinstance(again, Outcome)
+    assert [c.alert.rule for c in panel.changes] == [STOP]  # the order before it is seen
+    assert (again.duplicate, again.ack_code) == (True, AckCode.AA)
+    assert backend.query("SELECT control_id FROM messages ORDER BY id") == [("RX0001",), ("LAB0001",)]
+
+
+async def test_a_store_failure_in_a_group_fails_the_units_after_it(backend: Backend) -> None:
+    """Once the store fails a unit, the later ones are not run (StoreError
+    too): applying them would put the sender's messages out of order. What
+    came before commits; units outside the group are not held up."""
+    store = await backend.open()
+
+    def broken(tx: Transaction) -> None:
+        sql(tx).execute("INSERT INTO no_such_table VALUES (1)")
+
+    other = asyncio.ensure_future(store.transact(unit(patient(ORDER, "H555", "RXZ"))))
+    results = await store.transact_each([unit(ORDER), broken, unit(PANEL)])
+    await other
+    await store.close()
+    assert isinstance(results[0], Outcome)
+    assert isinstance(results[1], StoreError)
+    assert isinstance(results[2], StoreError)
+    assert "not run" in str(results[2])
+    assert sorted(backend.query("SELECT control_id FROM messages")) == [("RX0001",), ("RXZ",)]
+
+
 async def test_a_resend_gets_the_first_answer_and_changes_nothing(backend: Backend) -> None:
     store = await backend.open()
     await store.transact(unit(ORDER))
@@ -329,6 +370,47 @@ async def test_a_unit_that_would_wait_inside_a_batch_runs_alone_after_it(shared:
     await a.close()
     await b.close()
     assert [c.alert.rule for c in outcome.changes] == [STOP]
+
+
+async def test_a_group_waiting_for_another_daemons_lock_keeps_its_order(shared: Backend) -> None:
+    """Daemon A holds a patient's lock; B's group reaches that patient's
+    unit after another one: that unit is deferred, and the group's later
+    units with it, all run alone after A commits, in the group's order."""
+    a = await shared.open(owner="a")
+    assert shared.dsn is not None
+    b = await PostgresStore.open(shared.dsn, owner="b", writers=2)
+    await a.transact(unit(ORDER))
+    held, release = threading.Event(), threading.Event()
+    key = parse_message(ORDER, OPTIONS).patient  # type: ignore[union-attr]
+
+    def hold(tx: Transaction) -> None:
+        tx.lock(patients=[key])
+        held.set()
+        assert release.wait(WAIT)
+
+    holding = asyncio.ensure_future(a.transact(hold))
+    await asyncio.to_thread(held.wait, WAIT)
+    group = asyncio.ensure_future(b.transact_each([
+        unit(patient(ORDER, "H888", "RXQ")),
+        unit(PANEL),  # H010001: A holds its lock
+        unit(patient(PANEL, "H888", "LABQ")),
+    ]))
+    # The first unit commits in the group's batch; the rest wait for A.
+    await eventually(
+        lambda: shared.query("SELECT control_id FROM messages WHERE control_id = 'RXQ'") or None,
+        what="the group's first unit to commit",
+    )
+    assert not group.done()
+    assert shared.query("SELECT count(*) FROM messages WHERE control_id = 'LABQ'") == [(0,)]
+    release.set()
+    results = await asyncio.wait_for(group, WAIT)
+    await asyncio.wait_for(holding, WAIT)
+    await a.close()
+    await b.close()
+    assert all(isinstance(r, Outcome) for r in results)
+    assert [c.alert.rule for c in results[1].changes] == [STOP]  # type: ignore[union-attr]
+    ids = dict(shared.query("SELECT control_id, id FROM messages"))
+    assert ids["RXQ"] < ids["LAB0001"] < ids["LABQ"]
 
 
 async def test_a_dropped_connection_fails_one_batch_then_the_writer_reconnects(shared: Backend) -> None:

@@ -27,6 +27,27 @@ def _store_name(cfg: Config) -> str:
     return f"PostgreSQL {urlunsplit(url)}"
 
 
+def _patient_lines(cfg: Config) -> list[str]:
+    """What patient.* means for the feed, in words (CLINICAL.md decision 12)."""
+    p = cfg.patient
+    types = p.id_types
+    authority = f" from authority {p.authority}" if p.authority else " (any authority, kept in the key)"
+    lines = [f"keyed by the PID-3 and MRG-1 identifier of type {' or else '.join(types)}{authority}"]
+    if len(types) > 1:
+        lines.append(
+            f"a message is keyed by the first of {', '.join(types)} it carries: one patient sent "
+            "with different types becomes separate patients"
+        )
+    if p.untyped_ids == "accept":
+        lines.append(
+            f"untyped identifiers (empty PID-3.5) are accepted as {types[0]} when no typed one is there"
+        )
+    else:
+        lines.append("untyped identifiers (empty PID-3.5) are refused: such a message gets AE")
+    lines.append("identifiers of any other type never match; a message with no usable identifier gets AE")
+    return lines
+
+
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
@@ -48,6 +69,8 @@ def config_check(file: Path) -> None:
     click.echo(f"  store     {_store_name(cfg)}")
     click.echo(f"  mqtt      {cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix}")
     click.echo(f"  metrics   {metrics}")
+    for line in _patient_lines(cfg):
+        click.echo(f"  patients  {line}")
     click.echo(f"  rules     hepatotoxicity at {cfg.rules.hepatotoxicity_x_uln:g}x ULN, "
                f"{cfg.rules.history_days} days of history")
     click.echo(f"  retention {cfg.retention.days} days")

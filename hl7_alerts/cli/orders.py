@@ -57,7 +57,7 @@ def orders_list(config_path: Path, patient_id: str, id_type: str | None, authori
     """List a patient's orders with their status now (tab-separated)."""
     config = config_or_default(config_path)
     logs.configure("warning", "console")
-    found = asyncio.run(_list(config, patient_id, id_type or config.patient.id_type, authority))
+    found = asyncio.run(_list(config, patient_id, id_type or config.patient.id_types[0], authority))
     if not found:
         raise click.ClickException("no orders on file for that patient")
     for row in offline.order_rows(found, datetime.now(UTC)):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from hl7_alerts.batches import read_batch
 from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
 from hl7_alerts.segments import MessageError, read_segments, split_file
@@ -41,11 +42,12 @@ def send(
 ) -> None:
     """Send HL7 files over MLLP; print MSH-10, ACK code and MSA-3 per message.
 
-    A file may hold one message or many (CR, LF or CRLF segment ends, batch
-    envelopes allowed). Exits 1 if any message is not answered AA or CA, or
-    a file holds no message. With --tls (or --ca, --cert), the server's
-    certificate must name --host; --cert and --key answer a listener that
-    asks for a client certificate (mllp.tls.ca_file).
+    A file may hold one message or many (CR, LF or CRLF segment ends). A
+    batch file (FHS or BHS first) goes as one frame, and its answer, a batch
+    acknowledgment, gives one line per message. Exits 1 if any message is not
+    answered AA or CA, or a file holds no message. With --tls (or --ca,
+    --cert), the server's certificate must name --host; --cert and --key
+    answer a listener that asks for a client certificate (mllp.tls.ca_file).
     """
     if key_file is not None and cert_file is None:
         raise click.BadParameter("needs --cert", param_hint="--key")
@@ -59,7 +61,15 @@ def send(
     try:
         with MllpClient(host, port, timeout=timeout, tls=tls) as client:
             for path in files:
-                messages = split_file(path.read_bytes())
+                data = path.read_bytes()
+                if _is_batch(data):
+                    # One frame, as a batch-sending engine sends it; the batch
+                    # acknowledgment answers each of its messages.
+                    for control_id, code, text in _batch_answers(client.send(_as_frame(data))):
+                        click.echo(f"{control_id}\t{code}\t{text}")
+                        failures += code not in ("AA", "CA")
+                    continue
+                messages = split_file(data)
                 if not messages:
                     click.echo(f"{path}: no HL7 message in this file (nothing sent)", err=True)
                     failures += 1
@@ -76,6 +86,37 @@ def send(
         raise click.ClickException(f"cannot talk to {host}:{port}: {exc}") from None
     if failures:
         sys.exit(1)
+
+
+def _is_batch(data: bytes) -> bool:
+    """A batch file (FHS or BHS first): sent whole, as one frame."""
+    return data.removeprefix(b"\xef\xbb\xbf").lstrip(b"\r\n \t").startswith((b"FHS", b"BHS"))
+
+
+def _as_frame(data: bytes) -> bytes:
+    return data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def _batch_answers(answer: bytes) -> list[tuple[str, str, str]]:
+    """(MSA-2, MSA-1, MSA-3) of each ACK in a batch acknowledgment, or of the
+    one ACK that answers a batch with no readable message."""
+    batch = read_batch(answer)
+    acks = batch.messages if batch is not None else (answer,)
+    out = []
+    for ack in acks:
+        code, text = _ack_fields(ack)
+        control_id = _msa2(ack) or "(no MSH)"
+        out.append((control_id, code, text))
+    return out
+
+
+def _msa2(ack: bytes) -> str:
+    try:
+        _, segments = read_segments(ack.decode("utf-8", errors="replace"))
+    except MessageError:
+        return ""
+    msa = next((s for s in segments if s.name == "MSA"), None)
+    return msa.get(2) if msa is not None else ""
 
 
 def _ack_fields(ack: bytes) -> tuple[str, str]:

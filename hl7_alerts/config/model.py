@@ -4,6 +4,7 @@ itself and validating a file loads no stage."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from pydantic import PrivateAttr
@@ -17,6 +18,7 @@ from hl7_alerts.config.sections import (
     MetricsConfig,
     MllpConfig,
     MqttConfig,
+    OrdersConfig,
     PatientConfig,
     RetentionConfig,
     RulesConfig,
@@ -37,6 +39,7 @@ class Config(Section):
     mqtt: MqttConfig = MqttConfig()
     hl7: Hl7Config = Hl7Config()
     patient: PatientConfig = PatientConfig()
+    orders: OrdersConfig = OrdersConfig()
     terminology: TerminologyConfig = TerminologyConfig()
     rules: RulesConfig = RulesConfig()
     alerts: AlertsConfig = AlertsConfig()
@@ -91,8 +94,9 @@ class Config(Section):
             terminology=self.terminology_tables(),
             timezone=ZoneInfo(self.hl7.timezone),
             fallback_charset=self.hl7.fallback_charset,
-            patient_id_type=self.patient.id_type,
+            patient_id_types=self.patient.id_types,
             patient_authority=self.patient.authority,
+            accept_untyped_ids=self.patient.untyped_ids == "accept",
             accepted_versions=self.hl7.versions,
             accepted_processing_ids=tuple(p.upper() for p in self.hl7.processing_ids),
         )
@@ -140,6 +144,7 @@ class Config(Section):
             history_days=self.rules.history_days,
             monitoring=self.rules.monitoring.settings(),
             view_base_url=self.web.base_url,
+            dispense_lapse=timedelta(days=self.orders.dispense_lapse_days),
         )
 
     def mqtt_settings(self) -> MqttSettings:

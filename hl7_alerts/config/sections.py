@@ -195,8 +195,39 @@ class Hl7Config(Section):
 
 
 class PatientConfig(Section):
-    id_type: str = "MR"
+    """Which PID-3 (and MRG-1) repetition keys a patient (CLINICAL.md
+    decisions 7 and 12)."""
+
+    # One type, or several in order of preference (`[MR, PI]`).
+    id_type: str | tuple[str, ...] = "MR"
     authority: str | None = None
+    # accept: a repetition with an empty PID-3.5 counts as the (first)
+    # configured type when no typed one is there; reject: it never matches.
+    untyped_ids: Literal["accept", "reject"] = "accept"
+
+    @field_validator("id_type")
+    @classmethod
+    def _types(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        types = (value,) if isinstance(value, str) else value
+        if not types or any(not t.strip() for t in types):
+            raise ValueError("must be an identifier type (MR) or a non-empty list of them ([MR, PI])")
+        if len({t.strip().upper() for t in types}) != len(types):
+            raise ValueError("lists an identifier type twice")
+        return value
+
+    @property
+    def id_types(self) -> tuple[str, ...]:
+        """The configured types, upper case, most preferred first."""
+        types = (self.id_type,) if isinstance(self.id_type, str) else self.id_type
+        return tuple(t.strip().upper() for t in types)
+
+
+class OrdersConfig(Section):
+    """Orders from a pharmacy feed: an order opened by dispenses with no
+    order on file (RDS^O13, decision 14) lapses this many days after its
+    last dispense."""
+
+    dispense_lapse_days: int = Field(default=90, ge=1)
 
 
 class TerminologyConfig(Section):

@@ -385,6 +385,15 @@ class Store(Protocol):
         """Run ``unit`` in a write transaction; return once it is durable."""
         ...
 
+    async def transact_each(self, units: Sequence[Callable[[Transaction], T]]) -> list[T | Exception]:
+        """Run ``units`` in the order given, each in its own savepoint (one
+        that fails rolls back alone), all in one writer's transactions; return
+        once every one is durable or failed, with each one's result or the
+        exception that failed it. Once the store fails one (`StoreError`),
+        the later ones are not run and fail with `StoreError` too: they are
+        never applied out of order. A batch of messages in one frame."""
+        ...
+
     async def read(self, unit: Callable[[Transaction], T]) -> T:
         """Run a read-only unit (no durability to wait for)."""
         ...

@@ -197,14 +197,15 @@ class SqlTransaction(Listings, OperationsQueries, WebQueries):
     def put_order(self, patient: PatientKey, order: OrderState, message_id: int) -> None:
         self.execute(
             "INSERT INTO orders "
-            "(patient, order_id, ingredient, drug_text, dose, start, stop, holds, message_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient, order_id) DO UPDATE SET "
+            "(patient, order_id, ingredient, drug_text, dose, start, stop, holds, message_id, dispensed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient, order_id) DO UPDATE SET "
             "ingredient = excluded.ingredient, drug_text = excluded.drug_text, dose = excluded.dose, "
             "start = excluded.start, stop = excluded.stop, holds = excluded.holds, "
-            "message_id = excluded.message_id",
+            "message_id = excluded.message_id, dispensed = excluded.dispensed",
             (
                 patient.key, order.order_id, order.ingredient, order.drug_text, order.dose,
                 to_iso(order.start), to_iso(order.stop), holds_text(order), message_id,
+                to_iso(order.dispensed),
             ),
         )
 

@@ -64,7 +64,7 @@ def schedule_from_row(r: Sequence[Any]) -> ScheduleRow:
     )
 
 
-ORDER_COLUMNS = "order_id, ingredient, drug_text, dose, start, stop, holds"
+ORDER_COLUMNS = "order_id, ingredient, drug_text, dose, start, stop, holds, dispensed"
 
 
 def order_from_row(row: Sequence[Any]) -> OrderState:
@@ -81,6 +81,7 @@ def order_from_row(row: Sequence[Any]) -> OrderState:
         start=from_iso(row[4]),
         stop=from_iso(row[5]),
         holds=holds,
+        dispensed=from_iso(row[7]),
     )
 
 

@@ -325,6 +325,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE rejected_messages ADD COLUMN resend_text TEXT;
         """,
     ),
+    # 11: orders opened by dispenses (RDS^O13, decision 14) keep their last
+    # dispense: they lapse a set time after it
+    Migration(
+        """
+        ALTER TABLE orders ADD COLUMN dispensed TEXT;
+        """,
+    ),
 )
 
 

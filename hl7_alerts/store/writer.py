@@ -49,11 +49,27 @@ log = structlog.get_logger("hl7_alerts.store")
 
 
 @dataclass(slots=True)
+class _Group:
+    """Units that run in the order given, on one writer (`transact_each`).
+
+    The writer takes a group whole from the queue, so several writers never
+    split it. Once the store fails one of its units (``failed``), the later
+    ones are not run: they fail too, rather than be applied out of order.
+    Once one is deferred for contention (``deferred``), the later ones are
+    deferred with it and run alone after it, in order."""
+
+    jobs: list[_Job]
+    failed: BaseException | None = None
+    deferred: bool = False
+
+
+@dataclass(slots=True)
 class _Job:
     unit: Callable[[SqlTransaction], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     write: bool
+    group: _Group | None = None
 
 
 _STOP = object()
@@ -103,7 +119,7 @@ class BatchingStore(ABC):
         self._max_batch = max_batch
         self._writers = writers
         self._threads: list[threading.Thread] = []
-        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | _Group | object] = queue.SimpleQueue()
         self._outbox_event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_observer: Callable[[float], None] | None = None
@@ -157,6 +173,28 @@ class BatchingStore(ABC):
 
     async def transact(self, unit: Callable[[Transaction], T]) -> T:
         return await self._submit(unit, write=True)
+
+    async def transact_each(self, units: Sequence[Callable[[Transaction], T]]) -> list[T | Exception]:
+        """Run ``units`` in order, each in its own savepoint, on one writer
+        (see `_Group`); return once every one is durable or failed, with each
+        one's result or the exception that failed it."""
+        if not self._threads or self._loop is None:
+            raise StoreError("store is closed")
+        loop = self._loop
+        group = _Group(jobs=[])
+        group.jobs = [
+            _Job(unit=unit, future=loop.create_future(), loop=loop, write=True, group=group) for unit in units
+        ]
+        if not group.jobs:
+            return []
+        self._jobs.put(group)
+        results = await asyncio.gather(*(job.future for job in group.jobs), return_exceptions=True)
+        out: list[T | Exception] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancellation, KeyboardInterrupt: not a unit's outcome
+            out.append(result)
+        return out
 
     async def read(self, unit: Callable[[Transaction], T]) -> T:
         """Run a read-only unit on the writer's connection (no commit needed)."""
@@ -274,7 +312,7 @@ class BatchingStore(ABC):
             first = self._jobs.get()
             if first is _STOP:
                 break
-            batch: list[_Job] = [first]  # type: ignore[list-item]
+            batch: list[_Job] = _jobs_of(first)
             while len(batch) < self._max_batch:
                 try:
                     nxt = self._jobs.get_nowait()
@@ -283,7 +321,7 @@ class BatchingStore(ABC):
                 if nxt is _STOP:
                     stopping = True
                     break
-                batch.append(nxt)  # type: ignore[arg-type]
+                batch += _jobs_of(nxt)
             try:
                 tx = self._reconnect_if_broken(tx)
             except Exception as exc:
@@ -332,6 +370,15 @@ class BatchingStore(ABC):
             return []
         first = True
         for job in batch:
+            group = job.group
+            if group is not None and group.failed is not None:
+                cause = describe_db_error(group.failed)
+                skipped = StoreError(f"not run: an earlier unit of its group failed ({cause})")
+                outcomes.append((job, None, skipped))
+                continue
+            if group is not None and group.deferred and not alone:
+                deferred.append(job)  # after the one deferred before it, in order
+                continue
             try:
                 tx.execute("SAVEPOINT unit")
             except self._DB_ERRORS as exc:
@@ -360,7 +407,11 @@ class BatchingStore(ABC):
                     return []
                 if not alone and (isinstance(exc, LockBusy) or self._contended(exc)):
                     deferred.append(job)
+                    if group is not None:
+                        group.deferred = True
                     continue
+                if group is not None and isinstance(failure, StoreError):
+                    group.failed = failure
                 outcomes.append((job, None, failure))
             else:
                 if self._RELEASE_UNITS:
@@ -398,4 +449,14 @@ class BatchingStore(ABC):
         text = describe_db_error(exc)
         log.error("store_commit_failed", error=text)
         for job in batch:
+            if job.group is not None and job.group.failed is None:
+                job.group.failed = exc
             job.loop.call_soon_threadsafe(_resolve, job.future, None, StoreError(text))
+
+
+def _jobs_of(item: _Job | _Group | object) -> list[_Job]:
+    """The jobs a queue item holds: one, or a group's, all taken together."""
+    if isinstance(item, _Group):
+        return list(item.jobs)
+    assert isinstance(item, _Job)
+    return [item]

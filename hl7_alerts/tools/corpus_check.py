@@ -6,8 +6,11 @@ file, and check each answer.
 Each file goes as one frame after LF/CRLF are turned into CR (what an
 interface engine replaying a file does). A file passes when its answer is a
 well-formed ACK (MSH first, an MSA with a known code) whose MSA-2 echoes the
-file's MSH-10 whenever that MSH is readable. Prints one line per file (path,
-MSA-1, MSA-2 check, MSA-3) and a count per code; exits 1 if any file fails.
+file's MSH-10 whenever that MSH is readable; a batch (FHS/BHS, or several
+MSH in one file) passes when its answer is a batch acknowledgment with one
+such ACK per message, in order. Prints one line per file (path, MSA-1,
+MSA-2 check, MSA-3), a count per code over files and one over messages;
+exits 1 if any file fails.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hl7_alerts.batches import read_batch
 from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
 from hl7_alerts.messages import salvage_header
 from hl7_alerts.mllp import MllpClient
@@ -31,11 +35,16 @@ SKIPPED_NAMES = frozenset({"SOURCES.md", "index.tsv", "README.md", "LICENSE"})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
+    """One file's answer. ``codes``: MSA-1 of each message answered (one for
+    a single message; one per message for a batch acknowledgment); ``code``
+    the file's: the first that is not AA/CA, else the first."""
+
     path: Path
     code: str
     echoed: bool
     text: str
     problem: str = ""
+    codes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -64,7 +73,9 @@ def corpus_files(root: Path) -> Iterator[Path]:
 
 
 def check_answer(path: Path, message: bytes, answer: bytes) -> Result:
-    """Judge one answer against the message it answers."""
+    """Judge one answer against the message (or batch) it answers."""
+    if read_batch(answer) is not None:
+        return _check_batch_answer(path, message, answer)
     header = salvage_header(message, UTC_ZONE)
     expected = header.control_id if header is not None else None
     try:
@@ -81,7 +92,26 @@ def check_answer(path: Path, message: bytes, answer: bytes) -> Result:
         problem = f"MSA-1 {code!r} is not an ACK code"
     elif not echoed:
         problem = f"MSA-2 {echoed_id!r} does not echo MSH-10 {expected!r}"
-    return Result(path=path, code=code, echoed=echoed, text=text, problem=problem)
+    return Result(path=path, code=code, echoed=echoed, text=text, problem=problem, codes=(code,))
+
+
+def _check_batch_answer(path: Path, message: bytes, answer: bytes) -> Result:
+    """A batch acknowledgment: one ACK per message of the batch, in order,
+    each well formed and echoing its message's MSH-10."""
+    sent = read_batch(message)
+    acks = read_batch(answer)
+    if acks is None or sent is None:
+        return Result(path=path, code="??", echoed=False, text="", problem="batch answer to a single message")
+    results = [check_answer(path, m, a) for m, a in zip(sent.messages, acks.messages, strict=False)]
+    codes = tuple(r.code for r in results)
+    problem = next((r.problem for r in results if r.problem), "")
+    if len(acks.messages) != len(sent.messages):
+        problem = f"{len(acks.messages)} ACKs for {len(sent.messages)} messages"
+    code = next((c for c in codes if c not in ("AA", "CA")), codes[0] if codes else "??")
+    text = ", ".join(f"{c} {r.text}".strip() for c, r in zip(codes, results, strict=True))
+    return Result(
+        path=path, code=code, echoed=all(r.echoed for r in results), text=text, problem=problem, codes=codes
+    )
 
 
 def check(files: Iterable[Path], host: str, port: int, timeout: float = 30.0) -> list[Result]:
@@ -130,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         detail = r.problem or r.text
         print(f"{mark}\t{r.code}\t{r.path.relative_to(args.folder)}\t{detail}")
     counts = collections.Counter(r.code for r in results)
+    per_message = collections.Counter(c for r in results for c in (r.codes or (r.code,)))
     failures = sum(not r.ok for r in results)
     summary = ", ".join(f"{code} {n}" for code, n in sorted(counts.items()))
+    messages = ", ".join(f"{code} {n}" for code, n in sorted(per_message.items()))
     print(f"{len(results)} files: {summary}; {failures} failed")
+    print(f"{per_message.total()} messages answered (a batch's messages each): {messages}")
     return 1 if failures or not results else 0
 
 

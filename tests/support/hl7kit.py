@@ -29,6 +29,17 @@ def order_msg(control: str, ctl: str, order_id: str, drug: str, when: str, *, mr
     ]) + "\r"
 
 
+def dispense_msg(control: str, order_id: str, drug: str, when: str, *, mrn: str = MRN, ctl: str = "RE") -> str:
+    """RDS^O13: a pharmacy dispense of ``drug`` (RXD-2, code^text^system)
+    at ``when`` (RXD-3) for placer order ``order_id`` (ORC-2)."""
+    return "\r".join([
+        f"MSH|^~\\&|PHARM|GENHOSP|HL7ALERTS|GENHOSP|{when}||RDS^O13^RDS_O13|{control}|P|2.5.1",
+        pid(mrn),
+        f"ORC|{ctl}|{order_id}|F{order_id}||CM",
+        f"RXD|1|{drug}|{when}|28|TAB^Tablet",
+    ]) + "\r"
+
+
 def merge_msg(control: str, when: str, *, prior: str, surviving: str = MRN) -> str:
     """ADT^A40: MRG-1 ``prior`` merged into PID-3 ``surviving``."""
     return "\r".join([
