@@ -91,6 +91,13 @@ class Metrics:
         self.open_connections = Gauge(
             "hl7_alerts_mllp_open_connections", "Open MLLP connections", registry=r
         )
+        self.mllp_closed_connections = Counter(
+            "hl7_alerts_mllp_connections_closed",
+            "MLLP connections the listener refused or closed itself, by reason (max_connections, "
+            "max_connections_per_peer, evicted, first_byte_timeout, idle_timeout, read_timeout, ...)",
+            ["reason"],
+            registry=r,
+        )
         self.alerts = Counter(
             "hl7_alerts_alerts",
             "Alert events committed (firing, updated, resolved, ...), by rule and severity",
@@ -130,6 +137,10 @@ class Metrics:
         """Read these when scraped."""
         self.mqtt_connected.set_function(lambda: 1.0 if mqtt_connected() else 0.0)
         self.open_connections.set_function(lambda: float(open_connections()))
+
+    def mllp_closed(self, reason: str) -> None:
+        """The MLLP listener refused a connection or closed one itself."""
+        self.mllp_closed_connections.labels(reason=reason).inc()
 
     def _type_label(self, type_code: str) -> str:
         if not type_code:
