@@ -155,12 +155,14 @@ class Answering:
         self.hold = hold
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
+        self.finished: list[bytes] = []  # control IDs whose handling ran to its end
 
     async def __call__(self, data: bytes, peer: str) -> bytes:
         control_id = data.split(b"|")[9]
         if control_id.decode() in self.hold:
             self.entered.set()
             await self.release.wait()
+        self.finished.append(control_id)
         return b"ACK|" + control_id
 
 
@@ -290,6 +292,29 @@ async def test_a_connection_stuck_in_its_tls_handshake_yields_its_slot(tmp_path:
         assert await closed_by_server(stalled)
         assert closed == [Closed.EVICTED]
         await client.close()
+
+
+async def test_a_stop_past_its_grace_cuts_the_sender_off_but_never_cancels_the_handler() -> None:
+    """A unit of work is never abandoned half way through the store: when
+    the grace runs out, a connection whose frame is still being handled is
+    closed (no ACK: its sender resends) while the handling runs to its end."""
+    handler = Answering(hold=("HOLD1",))
+    async with listening(handler) as (server, closed):
+        working = await AsyncMllpClient.connect(server.port)
+        await working.send_raw(frame(oru("HOLD1")))
+        async with asyncio.timeout(WAIT):
+            await handler.entered.wait()
+        idle = await AsyncMllpClient.connect(server.port)
+        assert await idle.send(oru("I1")) == b"ACK|I1"
+        async with asyncio.timeout(WAIT):
+            await server.stop(grace=0.2)
+        assert await closed_by_server(idle)
+        with pytest.raises(ConnectionError):
+            await working.receive()  # cut off, never answered
+        await working.close()
+        handler.release.set()
+        await eventually(lambda: b"HOLD1" in handler.finished, what="the held frame's handling to finish")
+        assert closed == []
 
 
 async def test_one_peer_holds_at_most_its_share_of_the_slots() -> None:
