@@ -21,7 +21,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -108,24 +107,25 @@ def peer_address(host: str) -> str:
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class _Slot:
-    """One admitted connection, as the slot accounting sees it."""
+    """One admitted connection, as the slot accounting and `stop` see it."""
 
     address: str  # `peer_address`: what the per-peer cap counts
     peer: str  # address:port, for the log
+    writer: asyncio.StreamWriter
     active_at: float  # the last byte received or ACK written (or the accept)
-    # Resolved (with the reason) to end the connection's wait: stopping, evicted.
-    interrupt: asyncio.Future[Closed]
-    # The read in progress while the connection is idle between frames; None
-    # while it reads a frame or works on one.
-    idle: asyncio.Future[bytes] | None = field(default=None)
-    # The TLS handshake's scope while it runs (expired to interrupt it).
-    handshake: asyncio.Timeout | None = field(default=None)
+    # The deadline of the wait under way (a read or the TLS handshake);
+    # expiring it early interrupts the connection (stopping, evicted).
+    scope: asyncio.Timeout | None = field(default=None)
+    # True while that wait is between frames (or the handshake): nothing of
+    # a frame is held, nothing is owed an answer.
+    idle: bool = False
+    # True while the handler works on a frame of this connection.
+    working: bool = False
+    ending: Closed | None = None  # why it was interrupted
 
     @property
     def evictable(self) -> bool:
-        # A read that has completed holds bytes not yet looked at: not idle.
-        # A handshake has carried no MLLP yet: idle.
-        return self.handshake is not None or (self.idle is not None and not self.idle.done())
+        return self.idle and self.ending is None
 
 
 class MllpServer:
@@ -159,7 +159,7 @@ class MllpServer:
         self._tls = tls
         self._on_closed = on_closed
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()  # every live one, evicted ones too
+        self._connections: dict[asyncio.Task[None], _Slot] = {}  # every live one, evicted ones too
         self._slots: dict[asyncio.Task[None], _Slot] = {}  # the ones counted against the limits
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger("hl7_alerts.mllp")
@@ -180,20 +180,33 @@ class MllpServer:
         self._log.info("mllp_listening", host=self._host, port=self.port, tls=self._tls is not None)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; finish in-flight messages within ``grace`` seconds."""
+        """Stop accepting; finish in-flight messages within ``grace`` seconds.
+        Past it, a connection whose frame is still being handled is cut off
+        (its sender resends) but the handling is never cancelled."""
         self._stopping.set()
         if self._server is not None:
             self._server.close()
-        for slot in self._slots.values():
+        for slot in self._connections.values():
             _interrupt(slot, Closed.STOPPING)  # an idle one ends now; a busy one after its ACK
         pending = set(self._connections)
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
             if still:
                 self._log.warning("mllp_grace_expired", connections=len(still))
-                await asyncio.wait(still)
+            cancelled = set()
+            for task in still:
+                held = self._connections.get(task)
+                if held is not None and held.working:
+                    # Never cancelled inside the handler, so a unit of work
+                    # is never abandoned half way through the store: its
+                    # sender is cut off (no ACK, it resends) and it ends
+                    # on its own.
+                    held.writer.transport.abort()
+                else:
+                    task.cancel()
+                    cancelled.add(task)
+            if cancelled:
+                await asyncio.wait(cancelled)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -240,8 +253,8 @@ class MllpServer:
             self._closed(refusal)
             writer.close()
             return
-        slot = _Slot(address=address, peer=peer, active_at=loop.time(), interrupt=loop.create_future())
-        self._connections.add(task)
+        slot = _Slot(address=address, peer=peer, writer=writer, active_at=loop.time())
+        self._connections[task] = slot
         self._slots[task] = slot
         try:
             if self._tls is not None and not await self._handshake(writer, slot, log):
@@ -251,7 +264,7 @@ class MllpServer:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.info("mllp_connection_lost", error=type(exc).__name__)
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             self._slots.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.CancelledError):
@@ -266,11 +279,12 @@ class MllpServer:
         MLLP yet: it is idle, and yields its slot like one. False: no TLS
         session (refused, evicted or stopping); the connection ends."""
         assert self._tls is not None
+        slot.idle = True
         try:
             # In this task, at once: the client's hello must reach the TLS
             # protocol, not the stream reader. An interrupt expires the scope.
             async with asyncio.timeout(None) as scope:
-                slot.handshake = scope
+                slot.scope = scope
                 await writer.start_tls(self._tls, ssl_handshake_timeout=self._limits.tls_handshake_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             if scope.expired():
@@ -279,8 +293,8 @@ class MllpServer:
             self._closed(Closed.TLS_REFUSED)
             return False
         finally:
-            slot.handshake = None
-        return True
+            slot.scope, slot.idle = None, False
+        return slot.ending is None
 
     async def _serve(
         self,
@@ -289,6 +303,10 @@ class MllpServer:
         slot: _Slot,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        # The hot path: per frame, the handler is awaited in this task and the
+        # next read is awaited here too, under a deadline scope (no task, no
+        # asyncio.wait, no shield per frame; `stop` and eviction expire the
+        # scope instead).
         limits = self._limits
         framer = Framer(max_frame_bytes=limits.max_frame_bytes)
         loop = asyncio.get_running_loop()
@@ -300,9 +318,11 @@ class MllpServer:
                 # The next frame's deadline runs from its own first byte, even
                 # when that came in the same read as this frame's end.
                 frame_deadline = None
-                # Shielded: cancelling the connection at shutdown must not
-                # abandon a unit of work half way through the store.
-                ack = await asyncio.shield(self._handler(event.data, slot.peer))
+                slot.working = True
+                try:
+                    ack = await self._handler(event.data, slot.peer)
+                finally:
+                    slot.working = False
                 writer.write(frame(ack))
                 await writer.drain()
                 slot.active_at = loop.time()
@@ -323,41 +343,35 @@ class MllpServer:
                 writer.write(frame(nak))
                 await writer.drain()
                 continue
-            if self._stopping.is_set():
+            in_frame = framer.in_frame
+            # Evicted, with bytes that arrived as it was chosen: those were
+            # answered (a frame they started is read to its end); now it goes.
+            if self._stopping.is_set() or (slot.ending is not None and not in_frame):
                 return
-            now = loop.time()
-            if framer.in_frame:
+            if in_frame:
                 if frame_deadline is None:
-                    frame_deadline = now + limits.read_timeout
-                timeout = min(limits.idle_timeout, frame_deadline - now)
+                    frame_deadline = loop.time() + limits.read_timeout
+                deadline = frame_deadline
                 expiry = Closed.READ_TIMEOUT
-            elif first_byte_by is not None:
-                frame_deadline = None
-                timeout = min(limits.idle_timeout, first_byte_by - now)
-                expiry = Closed.FIRST_BYTE_TIMEOUT
             else:
                 frame_deadline = None
-                timeout = limits.idle_timeout
-                expiry = Closed.IDLE_TIMEOUT
-            read = asyncio.ensure_future(reader.read(65536))
-            if not framer.in_frame:
-                slot.idle = read  # between frames: this connection may yield its slot
-            waits: set[asyncio.Future[Any]] = {read, slot.interrupt}
+                if first_byte_by is not None:
+                    deadline, expiry = first_byte_by, Closed.FIRST_BYTE_TIMEOUT
+                else:
+                    deadline, expiry = loop.time() + limits.idle_timeout, Closed.IDLE_TIMEOUT
+            slot.idle = not in_frame
             try:
-                done, _ = await asyncio.wait(
-                    waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                slot.idle = None
-            evicted = slot.interrupt.done() and slot.interrupt.result() is Closed.EVICTED
-            if read not in done or evicted:
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
-                    await read
-                if not done:
+                async with asyncio.timeout_at(deadline) as scope:
+                    slot.scope = scope
+                    data = await reader.read(65536)
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # the socket's own (ETIMEDOUT), not our deadline
+                if slot.ending is None:
                     self._timed_out(expiry, framer, log)
                 return
-            data = read.result()
+            finally:
+                slot.scope, slot.idle = None, False
             framer.feed(data)
             if not data:
                 # Drain what the end of stream completes, then stop.
@@ -380,12 +394,13 @@ class MllpServer:
 
 
 def _interrupt(slot: _Slot, reason: Closed) -> None:
-    """End the connection's wait (at most once): its read sees ``interrupt``
-    resolved; a handshake under way is expired."""
-    if not slot.interrupt.done():
-        slot.interrupt.set_result(reason)
-        if slot.handshake is not None:
-            slot.handshake.reschedule(asyncio.get_running_loop().time())
+    """End the connection's wait (at most once): the read or handshake under
+    way expires now; a connection working on a frame sees ``ending`` (or
+    the server stopping) once it has answered."""
+    if slot.ending is None:
+        slot.ending = reason
+    if slot.scope is not None and not slot.scope.expired():
+        slot.scope.reschedule(asyncio.get_running_loop().time())
 
 
 def _log_junk(log: structlog.typing.FilteringBoundLogger, event: Junk) -> None:
