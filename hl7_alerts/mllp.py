@@ -348,17 +348,18 @@ class MllpServer:
             # answered (a frame they started is read to its end); now it goes.
             if self._stopping.is_set() or (slot.ending is not None and not in_frame):
                 return
+            # Silence is never allowed longer than idle_timeout; within a frame
+            # the frame's deadline, before the first byte the first-byte one
+            # may come sooner.
+            deadline, expiry = loop.time() + limits.idle_timeout, Closed.IDLE_TIMEOUT
             if in_frame:
                 if frame_deadline is None:
                     frame_deadline = loop.time() + limits.read_timeout
-                deadline = frame_deadline
-                expiry = Closed.READ_TIMEOUT
+                deadline, expiry = min(deadline, frame_deadline), Closed.READ_TIMEOUT
             else:
                 frame_deadline = None
-                if first_byte_by is not None:
+                if first_byte_by is not None and first_byte_by < deadline:
                     deadline, expiry = first_byte_by, Closed.FIRST_BYTE_TIMEOUT
-                else:
-                    deadline, expiry = loop.time() + limits.idle_timeout, Closed.IDLE_TIMEOUT
             slot.idle = not in_frame
             try:
                 async with asyncio.timeout_at(deadline) as scope:

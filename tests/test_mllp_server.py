@@ -346,6 +346,19 @@ async def test_a_silent_connection_is_closed_at_the_first_byte_deadline(
         await talker.close()
 
 
+async def test_silence_never_outlasts_the_idle_timeout() -> None:
+    """A site with a short idle timeout keeps it before the first byte and
+    inside a frame too, whatever the first-byte and read timeouts say."""
+    limits = {"idle_timeout": 0.3, "first_byte_timeout": 60, "read_timeout": 60}
+    async with listening(Answering(), **limits) as (server, closed):
+        silent = await AsyncMllpClient.connect(server.port)
+        assert await closed_by_server(silent, timeout=5)
+        started = await AsyncMllpClient.connect(server.port)
+        await started.send_raw(b"\x0bMSH|")
+        assert await closed_by_server(started, timeout=5)
+        assert closed == [Closed.IDLE_TIMEOUT, Closed.READ_TIMEOUT]
+
+
 async def test_pipelined_frames_each_get_the_read_timeout_from_their_own_first_byte() -> None:
     """Issue 18's probe: a sender pipelining frames, each finishing well within
     the read timeout, was dropped once their total passed it, because the
