@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from hl7_alerts.files import make_private_file, narrow_to_owner
 from hl7_alerts.model import PatientKey
 from hl7_alerts.store.base import StoreError
 from hl7_alerts.store.queries import SqlTransaction
@@ -33,6 +34,7 @@ from hl7_alerts.store.writer import BatchingStore
 log = structlog.get_logger("hl7_alerts.store")
 
 _ORDER_WRITTEN = "hl7_alerts_order_written"
+_SIDE_FILES = ("-wal", "-shm")  # SQLite's, beside the database file
 
 # Every write to `orders`, whoever makes it (an upsert, a merge moving orders
 # between patients), reports (patient, ingredient) to the in-memory index.
@@ -158,7 +160,15 @@ class SqliteStore(BatchingStore):
     def _connect(self) -> SqliteTransaction:
         if not self.create and not self.path.is_file():
             raise StoreError(f"no store at {self.path} (store.path)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Owner-only before SQLite opens it: its -wal and -shm take the
+            # database file's mode, whatever the umask. Side files an older
+            # version left wider are narrowed too.
+            make_private_file(self.path)
+            for side in _SIDE_FILES:
+                narrow_to_owner(self.path.with_name(self.path.name + side))
+        except OSError as exc:
+            raise StoreError(f"{self.path} (store.path): {exc.strerror or exc}") from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
