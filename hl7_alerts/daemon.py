@@ -120,6 +120,23 @@ def _tls(config: Config) -> ssl.SSLContext | None:
     return server_context(tls.cert_file, tls.key_file, tls.ca_file)
 
 
+async def _writable_store(config: Config, at: datetime) -> Store:
+    """The store, opened and proven to take a write: one row committed
+    through the writer, as a message's would be. A store that opens but
+    cannot be written (a read-only file or folder, a read-only database or
+    standby) is a start-up error naming it, never a daemon that reports
+    ready and answers AR to everything."""
+    settings = config.store_settings()
+    store = await open_store(settings)
+    try:
+        await store.probe_write(at)
+    except StoreError as exc:
+        await store.close()
+        where = "store.dsn" if settings.dsn is not None else f"{settings.path} (store.path)"
+        raise StoreError(f"{where} cannot be written: {exc}") from None
+    return store
+
+
 class Daemon:
     """One hl7-alerts process: listener, store, publisher."""
 
@@ -155,7 +172,7 @@ class Daemon:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
         ack_keys = _ack_keys(cfg)
-        store = await open_store(cfg.store_settings())
+        store = await _writable_store(cfg, self._clock())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
         frames = FrameHandler(
