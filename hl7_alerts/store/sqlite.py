@@ -168,7 +168,8 @@ class SqliteStore(BatchingStore):
             for side in _SIDE_FILES:
                 narrow_to_owner(self.path.with_name(self.path.name + side))
         except OSError as exc:
-            raise StoreError(f"{self.path} (store.path): {exc.strerror or exc}") from exc
+            where = f"{exc.filename}: " if exc.filename and exc.filename != str(self.path) else ""
+            raise StoreError(f"{self.path} (store.path): {where}{exc.strerror or exc}") from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
