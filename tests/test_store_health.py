@@ -40,6 +40,7 @@ from hl7_alerts.store.postgres import PostgresStore
 from tests.support.daemon import CLI, ServeProcess, write_config
 from tests.support.hl7kit import alt, oru
 from tests.support.mllp import AsyncMllpClient, ack_fields
+from tests.support.pgserver import TEST_PG_SETTINGS, PgServer
 from tests.support.waiting import WAIT
 
 # Root without the capabilities that let it write what file modes deny.
@@ -215,3 +216,27 @@ async def test_postgresql_read_only_then_writable_again_is_accepted_without_a_re
         assert (await healthz(serve))[0] == 200
         await client.close()
         assert serve.events("store_reopened")
+
+
+async def test_postgresql_gone_and_back_is_ar_and_not_ready_then_accepted_again(
+    tmp_path: Path, refused_port: int, prefix: str
+) -> None:
+    """The database server stops (a restart, a failover) and comes back on
+    the same address: AR and 503 meanwhile, AA and 200 after, no restart.
+    A server of its own: the session's is shared with other tests."""
+    with PgServer(TEST_PG_SETTINGS) as server:
+        dsn = server.create_database("gone_and_back")
+        config = write_config(tmp_path / "config.yaml", refused_port, prefix, store={"dsn": dsn, "writers": 1})
+        async with ServeProcess(config, tmp_path / "serve.log") as serve:
+            client = await AsyncMllpClient.connect(serve.port)
+            assert await code(client, message("G1")) == "AA"
+            await asyncio.to_thread(server.pause)
+            try:
+                assert await code(client, message("G2")) == "AR"
+                status, health = await healthz(serve)
+                assert status == 503, health
+            finally:
+                await asyncio.to_thread(server.resume)
+            assert await code(client, message("G2")) == "AA"
+            assert (await healthz(serve))[0] == 200
+            await client.close()

@@ -152,7 +152,6 @@ class ServeProcess:
     name: str = "hl7-alerts serve"
     start_timeout: float = WAIT
     umask: int | None = None  # the child's (None: this process's)
-    wrapper: list[str] = field(default_factory=list)  # runs the command (``setpriv ...``)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     port: int = field(default=0, init=False)  # MLLP, once ready
     metrics_port: int | None = field(default=None, init=False)  # None: metrics off
@@ -177,7 +176,7 @@ class ServeProcess:
         with self.log.open("ab") as out:  # the child keeps its own descriptor
             umask = self.umask
             self.process = subprocess.Popen(
-                [*self.wrapper, *CLI, "serve", "--config", str(self.config)], stdout=out, stderr=out,
+                [*CLI, "serve", "--config", str(self.config)], stdout=out, stderr=out,
                 env={**os.environ, **self.env},
                 preexec_fn=None if umask is None else (lambda: os.umask(umask) and None),  # noqa: PLW1509
             )
