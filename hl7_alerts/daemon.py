@@ -239,11 +239,14 @@ class Daemon:
     # -- operations -----------------------------------------------------------
 
     async def _start_ops(self) -> None:
-        server, publisher = self.server, self.publisher
+        server, publisher, store = self.server, self.publisher, self.store
         assert server is not None
         assert publisher is not None
+        assert store is not None
         self.metrics.watch(
-            mqtt_connected=lambda: publisher.connected, open_connections=lambda: server.connection_count
+            mqtt_connected=lambda: publisher.connected,
+            open_connections=lambda: server.connection_count,
+            commit_failing=lambda: store.commit_failure is not None,
         )
         cfg = self.config.metrics
         if not cfg.enabled:

@@ -92,6 +92,11 @@ class Metrics:
         self.open_connections = Gauge(
             "hl7_alerts_mllp_open_connections", "Open MLLP connections", registry=r
         )
+        self.commit_failing = Gauge(
+            "hl7_alerts_store_commit_failing",
+            "1 while the store's last commit of messages or other work failed (until one commits)",
+            registry=r,
+        )
         self.alerts = Counter(
             "hl7_alerts_alerts",
             "Alert events committed (firing, updated, resolved, ...), by rule and severity",
@@ -127,10 +132,17 @@ class Metrics:
         self._types: set[str] = set()
         self._unmapped: set[tuple[str, str]] = set()
 
-    def watch(self, *, mqtt_connected: Callable[[], bool], open_connections: Callable[[], int]) -> None:
+    def watch(
+        self,
+        *,
+        mqtt_connected: Callable[[], bool],
+        open_connections: Callable[[], int],
+        commit_failing: Callable[[], bool],
+    ) -> None:
         """Read these when scraped."""
         self.mqtt_connected.set_function(lambda: 1.0 if mqtt_connected() else 0.0)
         self.open_connections.set_function(lambda: float(open_connections()))
+        self.commit_failing.set_function(lambda: 1.0 if commit_failing() else 0.0)
 
     def _type_label(self, type_code: str) -> str:
         if not type_code:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import sqlite3
 import subprocess
@@ -71,6 +72,18 @@ def _healthz(port: int) -> tuple[int, dict[str, object]]:
 async def healthz(serve: ServeProcess) -> tuple[int, dict[str, object]]:
     assert serve.metrics_port is not None
     return await asyncio.to_thread(_healthz, serve.metrics_port)
+
+
+def _failing_gauge(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as response:
+        text = response.read().decode()
+    (value,) = re.findall(r"^hl7_alerts_store_commit_failing (\S+)$", text, flags=re.MULTILINE)
+    return float(value)
+
+
+async def commit_failing(serve: ServeProcess) -> float:
+    assert serve.metrics_port is not None
+    return await asyncio.to_thread(_failing_gauge, serve.metrics_port)
 
 
 async def code(client: AsyncMllpClient, raw: bytes) -> str:
@@ -172,12 +185,14 @@ async def test_a_full_disk_is_ar_and_not_ready_until_a_commit_succeeds_again(
             assert status == 503, health
             (reason,) = health["reasons"]  # type: ignore[misc]
             assert str(reason).startswith("the store failed the last commit: "), reason
+            assert await commit_failing(serve) == 1
             assert await code(client, message("BIG1", note_bytes=1 << 20)) == "AR"  # the sender's resend
         finally:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         # Space is back: the next resend is accepted, no restart.
         assert await code(client, message("BIG1", note_bytes=1 << 20)) == "AA"
         assert (await healthz(serve))[0] == 200
+        assert await commit_failing(serve) == 0
         assert await code(client, message("S2")) == "AA"
         await client.close()
         assert serve.events("store_reopened")  # the writer did not carry on with a failed connection
