@@ -9,9 +9,9 @@ pagers' acks are answered by `frames.FrameHandler`, which this module wires
 to the listener and the publisher.
 
 Operations live here too: systemd notifications (READY once the store is open
-and the listener bound, WATCHDOG from a task on this loop so a stalled loop
-stops pinging, RELOADING/READY around `reload`, STOPPING), the metrics and
-/healthz server, and the daily retention task.
+and has committed a write, and the listener bound, WATCHDOG from a task on
+this loop so a stalled loop stops pinging, RELOADING/READY around `reload`,
+STOPPING), the metrics and /healthz server, and the daily retention task.
 """
 
 from __future__ import annotations
