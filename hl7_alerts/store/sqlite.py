@@ -47,6 +47,14 @@ _ORDER_TRIGGERS = (
 )
 
 
+def narrow_store(path: Path) -> None:
+    """The store and its side files (those there) owner-only: a process
+    that opens a store someone left readable by others narrows it first,
+    or SQLite makes its -wal and -shm as readable."""
+    for file in (path, *(path.with_name(path.name + side) for side in _SIDE_FILES)):
+        narrow_to_owner(file)
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the file's schema up to `SCHEMA_VERSION`, one transaction a version."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -165,8 +173,7 @@ class SqliteStore(BatchingStore):
             # database file's mode, whatever the umask. Side files an older
             # version left wider are narrowed too.
             make_private_file(self.path)
-            for side in _SIDE_FILES:
-                narrow_to_owner(self.path.with_name(self.path.name + side))
+            narrow_store(self.path)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename and exc.filename != str(self.path) else ""
             raise StoreError(f"{self.path} (store.path): {where}{exc.strerror or exc}") from exc
