@@ -9,9 +9,9 @@ pagers' acks are answered by `frames.FrameHandler`, which this module wires
 to the listener and the publisher.
 
 Operations live here too: systemd notifications (READY once the store is open
-and the listener bound, WATCHDOG from a task on this loop so a stalled loop
-stops pinging, RELOADING/READY around `reload`, STOPPING), the metrics and
-/healthz server, and the daily retention task.
+and has committed a write, and the listener bound, WATCHDOG from a task on
+this loop so a stalled loop stops pinging, RELOADING/READY around `reload`,
+STOPPING), the metrics and /healthz server, and the daily retention task.
 """
 
 from __future__ import annotations
@@ -122,6 +122,23 @@ def _tls(config: Config) -> ssl.SSLContext | None:
     return server_context(tls.cert_file, tls.key_file, tls.ca_file)
 
 
+async def _writable_store(config: Config, at: datetime) -> Store:
+    """The store, opened and proven to take a write: one row committed
+    through the writer, as a message's would be. A store that opens but
+    cannot be written (a read-only file or folder, a read-only database or
+    standby) is a start-up error naming it, never a daemon that reports
+    ready and answers AR to everything."""
+    settings = config.store_settings()
+    store = await open_store(settings)
+    try:
+        await store.probe_write(at)
+    except StoreError as exc:
+        await store.close()
+        where = "store.dsn" if settings.dsn is not None else f"{settings.path} (store.path)"
+        raise StoreError(f"{where} cannot be written: {exc}") from None
+    return store
+
+
 class Daemon:
     """One hl7-alerts process: listener, store, publisher."""
 
@@ -157,7 +174,7 @@ class Daemon:
         """Run until ``stop`` is set, then shut down in order."""
         cfg = self.config
         ack_keys = _ack_keys(cfg)
-        store = await open_store(cfg.store_settings())
+        store = await _writable_store(cfg, self._clock())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
         frames = FrameHandler(
@@ -227,11 +244,14 @@ class Daemon:
     # -- operations -----------------------------------------------------------
 
     async def _start_ops(self) -> None:
-        server, publisher = self.server, self.publisher
+        server, publisher, store = self.server, self.publisher, self.store
         assert server is not None
         assert publisher is not None
+        assert store is not None
         self.metrics.watch(
-            mqtt_connected=lambda: publisher.connected, open_connections=lambda: server.connection_count
+            mqtt_connected=lambda: publisher.connected,
+            open_connections=lambda: server.connection_count,
+            commit_failing=lambda: store.commit_failure is not None,
         )
         cfg = self.config.metrics
         if not cfg.enabled:

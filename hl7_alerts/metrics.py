@@ -6,7 +6,8 @@ state (MQTT connected, open MLLP connections, outbox backlog) are read when
 scraped, so they can never drift from the truth. Each `Metrics` has its own
 registry, so several daemons in one test process do not share counters.
 
-/healthz answers 200 only when the store takes a write now and the oldest
+/healthz answers 200 only when the store takes a write now, the last batch
+of messages (or other work) the store was given committed, and the oldest
 undelivered alert is younger than ``health.max_outbox_age_seconds``; else 503
 with the reasons as JSON. The HTTP server is a minimal GET-only asyncio one
 on the daemon's own loop: a blocked loop answers nothing, which is the truth.
@@ -98,6 +99,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.commit_failing = Gauge(
+            "hl7_alerts_store_commit_failing",
+            "1 while the store's last commit of messages or other work failed (until one commits)",
+            registry=r,
+        )
         self.alerts = Counter(
             "hl7_alerts_alerts",
             "Alert events committed (firing, updated, resolved, ...), by rule and severity",
@@ -133,10 +139,17 @@ class Metrics:
         self._types: set[str] = set()
         self._unmapped: set[tuple[str, str]] = set()
 
-    def watch(self, *, mqtt_connected: Callable[[], bool], open_connections: Callable[[], int]) -> None:
+    def watch(
+        self,
+        *,
+        mqtt_connected: Callable[[], bool],
+        open_connections: Callable[[], int],
+        commit_failing: Callable[[], bool],
+    ) -> None:
         """Read these when scraped."""
         self.mqtt_connected.set_function(lambda: 1.0 if mqtt_connected() else 0.0)
         self.open_connections.set_function(lambda: float(open_connections()))
+        self.commit_failing.set_function(lambda: 1.0 if commit_failing() else 0.0)
 
     def mllp_closed(self, reason: str) -> None:
         """The MLLP listener refused a connection or closed one itself."""
@@ -249,7 +262,8 @@ async def check_health(
     probe_timeout: float,
     mqtt_connected: bool,
 ) -> Health:
-    """Probe the store with a real write, then look at the outbox backlog."""
+    """Probe the store with a real write, look at the last real commit's
+    outcome, then at the outbox backlog."""
     reasons: list[str] = []
     try:
         async with asyncio.timeout(probe_timeout):
@@ -258,6 +272,11 @@ async def check_health(
         reasons.append(f"store write probe did not commit within {probe_timeout:g}s")
     except StoreError as exc:
         reasons.append(f"store cannot be written: {exc}")
+    failure = store.commit_failure
+    if failure is not None and not reasons:
+        # The probe is one tiny row: it may commit where a message cannot
+        # (a disk with a page left). Not ready until a real write commits.
+        reasons.append(f"the store failed the last commit: {failure}")
     depth: int | None = None
     age: float | None = None
     if not reasons:

@@ -22,7 +22,7 @@ import structlog
 from tests.support import ports
 from tests.support.backends import Backend
 from tests.support.broker import Broker
-from tests.support.pgserver import PgServer, PgServerError
+from tests.support.pgserver import TEST_PG_SETTINGS, PgServer, PgServerError
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +42,6 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-# Fast, not durable: the tests check correctness, never what survives a power
-# cut, so the server skips fsync (the benchmark starts its own with fsync on).
-TEST_PG_SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off", "max_connections": "200"}
 
 
 @pytest.fixture(scope="session")

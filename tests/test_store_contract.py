@@ -243,6 +243,30 @@ async def test_a40_merge_moves_orders_history_and_alerts(backend: Backend) -> No
     assert backend.query("SELECT DISTINCT patient FROM observations") == [("GENHOSP|MR|H0990001",)]
 
 
+async def test_a_failed_commit_is_remembered_and_the_writer_reopens_its_connection(backend: Backend) -> None:
+    """What /healthz and the reopen rest on: a statement the store refuses
+    marks the last commit failed until a later write commits (the health
+    probe's own write does not clear it), and the writer's next batch runs
+    on a new connection (one writer here, so "the writer" is the one that failed)."""
+    store = await (backend.open() if backend.dsn is None else PostgresStore.open(backend.dsn, writers=1))
+    connection = await store.read(lambda tx: sql(tx).connection)  # held: its id is not reused
+    assert store.commit_failure is None
+
+    def refused(tx: Transaction) -> None:
+        sql(tx).execute("INSERT INTO no_such_table (x) VALUES (1)")
+
+    with pytest.raises(StoreError, match="no_such_table"):
+        await store.transact(refused)
+    assert store.commit_failure is not None
+    assert "no_such_table" in store.commit_failure
+    await store.probe_write(NOW)  # one tiny row commits: that says nothing of the next message
+    assert store.commit_failure is not None
+    assert await store.read(lambda tx: sql(tx).connection) is not connection  # reopened after the failure
+    await store.mark_run("test", NOW)
+    assert store.commit_failure is None
+    await store.close()
+
+
 # ---------------------------------------------------------------------------
 # Several daemons on one PostgreSQL
 

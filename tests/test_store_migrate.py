@@ -5,7 +5,9 @@ and row by row; re-run after more work on SQLite; refused when it must be."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -189,8 +191,10 @@ async def test_migrate_copies_everything_and_postgresql_serves_the_same(tmp_path
     await filled_sqlite(source)
     counts = sqlite_counts(source)
     assert all(counts.values()), counts  # the feed leaves rows in every table
+    os.chmod(source, 0o644)  # as an older version left it: opened for writing, it is narrowed first
 
     out = migrated(source, pg_dsn)
+    assert stat.S_IMODE(source.stat().st_mode) == 0o600
 
     for table in NAMES:
         assert f"  {table:<18} {counts[table]:>9} rows ({counts[table]} new or changed)" in out

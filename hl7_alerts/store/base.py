@@ -381,6 +381,12 @@ class Store(Protocol):
     # that wrote; must be cheap and thread-safe.
     commit_observer: Callable[[float], None] | None
 
+    @property
+    def commit_failure(self) -> str | None:
+        """Why the store failed the last batch that wrote (None: it committed,
+        or nothing failed). The health probe's writes neither set nor clear it."""
+        ...
+
     async def transact(self, unit: Callable[[Transaction], T]) -> T:
         """Run ``unit`` in a write transaction; return once it is durable."""
         ...

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from hl7_alerts.files import make_private_file, narrow_to_owner
 from hl7_alerts.model import PatientKey
 from hl7_alerts.store.base import StoreError
 from hl7_alerts.store.queries import SqlTransaction
@@ -33,6 +34,7 @@ from hl7_alerts.store.writer import BatchingStore
 log = structlog.get_logger("hl7_alerts.store")
 
 _ORDER_WRITTEN = "hl7_alerts_order_written"
+_SIDE_FILES = ("-wal", "-shm")  # SQLite's, beside the database file
 
 # Every write to `orders`, whoever makes it (an upsert, a merge moving orders
 # between patients), reports (patient, ingredient) to the in-memory index.
@@ -43,6 +45,14 @@ _ORDER_TRIGGERS = (
     f"CREATE TEMP TRIGGER IF NOT EXISTS orders_index_update AFTER UPDATE ON main.orders "
     f"WHEN NEW.ingredient IS NOT NULL BEGIN SELECT {_ORDER_WRITTEN}(NEW.patient, NEW.ingredient); END",
 )
+
+
+def narrow_store(path: Path) -> None:
+    """The store and its side files (those there) owner-only: a process
+    that opens a store someone left readable by others narrows it first,
+    or SQLite makes its -wal and -shm as readable."""
+    for file in (path, *(path.with_name(path.name + side) for side in _SIDE_FILES)):
+        narrow_to_owner(file)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -158,7 +168,15 @@ class SqliteStore(BatchingStore):
     def _connect(self) -> SqliteTransaction:
         if not self.create and not self.path.is_file():
             raise StoreError(f"no store at {self.path} (store.path)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Owner-only before SQLite opens it: its -wal and -shm take the
+            # database file's mode, whatever the umask. Side files an older
+            # version left wider are narrowed too.
+            make_private_file(self.path)
+            narrow_store(self.path)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename and exc.filename != str(self.path) else ""
+            raise StoreError(f"{self.path} (store.path): {where}{exc.strerror or exc}") from exc
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")

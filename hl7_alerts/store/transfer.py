@@ -46,6 +46,7 @@ from hl7_alerts.store.postgres import migrate as migrate_postgres
 from hl7_alerts.store.postgres import text_safe
 from hl7_alerts.store.schema import SCHEMA_VERSION
 from hl7_alerts.store.sqlite import migrate as migrate_sqlite
+from hl7_alerts.store.sqlite import narrow_store
 
 CHUNK = 5_000  # rows read from SQLite and sent to PostgreSQL at a time
 LOCK_TIMEOUT = "30s"  # how long to wait for a running PostgreSQL daemon's transaction
@@ -188,6 +189,10 @@ def _migrate_source(path: Path) -> None:
     would, but never create one: a mistyped path must not become an empty store."""
     if not path.is_file():
         raise TransferError(f"no SQLite store at {path}")
+    try:
+        narrow_store(path)  # it is opened for writing: SQLite's side files take its mode
+    except OSError as exc:
+        raise TransferError(f"cannot open {path}: {exc.strerror or exc}") from exc
     try:
         conn = sqlite3.connect(f"{_uri(path)}?mode=rw", uri=True, isolation_level=None)
     except sqlite3.Error as exc:

@@ -10,6 +10,17 @@ would have to wait for another daemon's lock while its batch holds locks
 batch commits. `BatchingStore` implements `Store` by running `queries.py`'s
 methods as units: no query text here beyond the transaction's own
 BEGIN/SAVEPOINT/ROLLBACK/COMMIT.
+
+A writer whose batch the store failed (a COMMIT or BEGIN refused, a unit's
+statement failing in the driver: disk full, read-only file or database, a
+lost server) closes its connection and opens a new one before its next
+batch: once the cause is fixed, messages are accepted again without a
+restart, even where the old connection would have stayed unusable (a
+SQLite file opened read-only, a PostgreSQL session that is read-only). The
+store remembers the outcome of the last batch that wrote
+(`commit_failure`), which /healthz reads: a failed one keeps it "not
+ready" until a later one commits (the health probe's own write does not
+count: a tiny write may fit where a message does not).
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     write: bool
     group: _Group | None = None
+    probe: bool = False  # /healthz's write: its success says nothing of a message's
 
 
 _STOP = object()
@@ -123,6 +135,10 @@ class BatchingStore(ABC):
         self._outbox_event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_observer: Callable[[float], None] | None = None
+        # Why the last batch that wrote failed; None once a later one committed.
+        self._commit_failure: str | None = None
+        # Per writer thread: reopen the connection before the next batch.
+        self._local = threading.local()
 
     async def _start(self) -> None:
         """Connect (creating and migrating as needed) and start the writers,
@@ -170,6 +186,13 @@ class BatchingStore(ABC):
 
     def outbox_signal(self) -> asyncio.Event:
         return self._outbox_event
+
+    @property
+    def commit_failure(self) -> str | None:
+        """Why the store failed the last batch that wrote (its error, as the
+        log has it); None when it committed, or nothing has failed since a
+        batch did. Writes of the health probe alone never clear it."""
+        return self._commit_failure
 
     async def transact(self, unit: Callable[[Transaction], T]) -> T:
         return await self._submit(unit, write=True)
@@ -219,7 +242,7 @@ class BatchingStore(ABC):
 
     async def probe_write(self, at: datetime) -> None:
         """Write (and commit) one row: proves the store takes writes now."""
-        await self._submit(lambda tx: tx.probe_write(at), write=True)
+        await self._submit(lambda tx: tx.probe_write(at), write=True, probe=True)
 
     async def last_run(self, task: str) -> datetime | None:
         """When the periodic ``task`` last ran (`mark_run`), if ever."""
@@ -288,11 +311,11 @@ class BatchingStore(ABC):
         for thread in threads:
             await asyncio.to_thread(thread.join)
 
-    async def _submit(self, unit: Callable[[SqlTransaction], T], *, write: bool) -> T:
+    async def _submit(self, unit: Callable[[SqlTransaction], T], *, write: bool, probe: bool = False) -> T:
         if not self._threads or self._loop is None:
             raise StoreError("store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put(_Job(unit=unit, future=future, loop=self._loop, write=write))
+        self._jobs.put(_Job(unit=unit, future=future, loop=self._loop, write=write, probe=probe))
         return await future
 
     # -- writer thread -------------------------------------------------------
@@ -307,6 +330,7 @@ class BatchingStore(ABC):
             loop.call_soon_threadsafe(_resolve, ready, None, failure)
             return
         loop.call_soon_threadsafe(_resolve, ready, None, None)
+        self._local.reopen = False
         stopping = False
         while not stopping:
             first = self._jobs.get()
@@ -323,7 +347,7 @@ class BatchingStore(ABC):
                     break
                 batch += _jobs_of(nxt)
             try:
-                tx = self._reconnect_if_broken(tx)
+                tx = self._reopen(tx) if self._local.reopen else self._reconnect_if_broken(tx)
             except Exception as exc:
                 self._fail_all(batch, exc)
                 continue
@@ -335,6 +359,25 @@ class BatchingStore(ABC):
                     self._fail_all([again], StoreError("lock contention persisted; try again"))
         with contextlib.suppress(Exception):
             self._close_connection(tx)
+
+    def _reopen(self, tx: SqlTransaction) -> SqlTransaction:
+        """The store failed this writer's last batch: a new connection, so
+        that nothing the old one got stuck in (opened read-only, a session
+        made read-only, an I/O error) outlives the cause. Raises while the
+        store cannot be opened; the next batch tries again."""
+        with contextlib.suppress(Exception):
+            self._close_connection(tx)
+        log.warning("store_reopening")
+        fresh = self._connect()
+        self._local.reopen = False
+        log.info("store_reopened")
+        return fresh
+
+    def _store_failed(self, batch: Iterable[_Job], text: str) -> None:
+        """The store (not a unit's own defect) failed a batch or a unit in it."""
+        self._local.reopen = True
+        if any(job.write and not job.probe for job in batch):
+            self._commit_failure = text  # the probe answers for itself
 
     def _guarded_batch(self, tx: SqlTransaction, batch: list[_Job], *, alone: bool) -> list[_Job]:
         try:
@@ -369,6 +412,7 @@ class BatchingStore(ABC):
             self._abandon(tx, batch, exc)
             return []
         first = True
+        store_failure: str | None = None  # a unit's statement the store refused
         for job in batch:
             group = job.group
             if group is not None and group.failed is not None:
@@ -410,6 +454,8 @@ class BatchingStore(ABC):
                     if group is not None:
                         group.deferred = True
                     continue
+                if isinstance(exc, self._DB_ERRORS):
+                    store_failure = str(failure)
                 if group is not None and isinstance(failure, StoreError):
                     group.failed = failure
                 outcomes.append((job, None, failure))
@@ -436,6 +482,10 @@ class BatchingStore(ABC):
         observer = self.commit_observer
         if observer is not None and any(job.write for job in batch):
             observer(time.perf_counter() - started)
+        if store_failure is not None:
+            self._store_failed(batch, store_failure)
+        elif any(job.write and not job.probe for job in batch):
+            self._commit_failure = None
         tx.batch_committed()
         # One wake-up of the event loop per batch, not one per unit: each
         # call_soon_threadsafe writes to the loop's self-pipe.
@@ -444,10 +494,11 @@ class BatchingStore(ABC):
             batch[0].loop.call_soon_threadsafe(_resolve_all, outcomes, outbox_event)
         return deferred
 
-    @staticmethod
-    def _fail_all(batch: Iterable[_Job], exc: BaseException) -> None:
+    def _fail_all(self, batch: list[_Job], exc: BaseException) -> None:
         text = describe_db_error(exc)
         log.error("store_commit_failed", error=text)
+        if isinstance(exc, (StoreError, *self._DB_ERRORS)):
+            self._store_failed(batch, text)
         for job in batch:
             if job.group is not None and job.group.failed is None:
                 job.group.failed = exc

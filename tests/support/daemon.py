@@ -151,6 +151,7 @@ class ServeProcess:
     env: dict[str, str] = field(default_factory=dict)  # over os.environ
     name: str = "hl7-alerts serve"
     start_timeout: float = WAIT
+    umask: int | None = None  # the child's (None: this process's)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     port: int = field(default=0, init=False)  # MLLP, once ready
     metrics_port: int | None = field(default=None, init=False)  # None: metrics off
@@ -173,8 +174,11 @@ class ServeProcess:
             raise ValueError(f"{self.config}: logs above info and metrics on: which port is MLLP?")
         self._log_from = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:  # the child keeps its own descriptor
+            umask = self.umask
             self.process = subprocess.Popen(
-                [*CLI, "serve", "--config", str(self.config)], stdout=out, stderr=out, env={**os.environ, **self.env}
+                [*CLI, "serve", "--config", str(self.config)], stdout=out, stderr=out,
+                env={**os.environ, **self.env},
+                preexec_fn=None if umask is None else (lambda: os.umask(umask) and None),  # noqa: PLW1509
             )
 
     def _up(self) -> bool:

@@ -38,6 +38,10 @@ from tests.support.ports import free_port
 BINARIES = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = "install PostgreSQL's server binaries: `apt-get install postgresql` (Debian)"
 SYSTEM_PORT = 5432  # the machine's own PostgreSQL, which this never uses
+# The tests' servers: fast, not durable. The tests check correctness, never what
+# survives a power cut, so the server skips fsync (the benchmark starts its own
+# with fsync on).
+TEST_PG_SETTINGS = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off", "max_connections": "200"}
 
 
 class PgServerError(RuntimeError):
@@ -126,16 +130,8 @@ class PgServer:
             self.port = free_port()
             if self.port == SYSTEM_PORT:  # only free if the system server is down; never take it
                 continue
-            options = [
-                "-p", str(self.port), "-k", str(self.directory),
-                "-c", "listen_addresses=127.0.0.1",
-                *(item for key, value in self.settings.items() for item in ("-c", f"{key}={value}")),
-            ]
             try:
-                self._run(
-                    "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(self.timeout)),
-                    "-o", shlex.join(options), "start",
-                )
+                self.resume()
                 return
             except PgServerError:
                 if attempt == attempts or "could not bind" not in self._log_tail():
@@ -167,6 +163,23 @@ class PgServer:
                               "-m", "immediate", "stop")
         finally:
             self._remove_directory()
+
+    def pause(self) -> None:
+        """Fast shutdown, keeping the directory and the port: a database
+        server going away (clients are disconnected) until ``resume``."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(int(self.timeout)), "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start on ``port`` (again, after ``pause``: its clients' DSNs name
+        it); returns once it accepts connections."""
+        options = [
+            "-p", str(self.port), "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1",
+            *(item for key, value in self.settings.items() for item in ("-c", f"{key}={value}")),
+        ]
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(self.timeout)),
+            "-o", shlex.join(options), "start",
+        )
 
     def __enter__(self) -> PgServer:
         return self.start()
