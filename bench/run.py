@@ -672,7 +672,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--paced-seconds", type=float, help="length of the paced run (default 10 s)")
     parser.add_argument("--long-messages", type=int, default=1_000_000)
     parser.add_argument("--log-level", default="info", help="the daemon's logging.level (default: info)")
-    parser.add_argument("--servers", default="hl7-alerts,python-hl7,bare")
+    parser.add_argument(
+        "--servers",
+        default="hl7-alerts,python-hl7,bare",
+        help="of hl7-alerts, python-hl7, bare, and mllp-echo (the daemon's listener answering at once)",
+    )
     parser.add_argument(
         "--stores",
         default="sqlite,pg1,pg2",
@@ -759,6 +763,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 report["results"].append(measure(reference_target("hl7", "python-hl7"), work, args, None))
             if "bare" in wanted:
                 report["results"].append(measure(reference_target("bare", "bare"), work, args, None))
+            if "mllp-echo" in wanted:
+                report["results"].append(measure(reference_target("mllp", "mllp-echo"), work, args, None))
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["ratios"] = ratios(report["results"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
-"""The two reference servers, each run as its own process:
+"""The reference servers, each run as its own process:
 
 - ``hl7``: a minimal python-hl7 server (``hl7.mllp.start_hl7_server``; each
   message parsed with ``hl7.parse`` and answered with ``create_ack``);
 - ``bare``: an asyncio protocol that finds frame ends and answers a fixed ACK
-  without reading the message at all: the transport ceiling.
+  without reading the message at all: the transport ceiling;
+- ``mllp``: the daemon's own listener (`hl7_alerts.mllp.MllpServer`, its
+  framer, limits and timeouts) with a handler that answers the same fixed
+  ACK at once: what the listener costs per frame, beside ``bare``.
 
-``python -m bench.servers hl7|bare --port N`` prints ``ready`` once listening.
+``python -m bench.servers hl7|bare|mllp --port N`` prints ``ready`` once listening.
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ async def serve_bare(port: int, stop: asyncio.Event) -> None:
     server.close()
 
 
+async def serve_mllp(port: int, stop: asyncio.Event) -> None:
+    from hl7_alerts.mllp import MllpServer  # noqa: PLC0415 (only this server needs it)
+
+    body = ACK[1:-2]  # the listener frames it
+
+    async def answer(data: bytes, peer: str) -> bytes:
+        return body
+
+    async def oversize(head: bytes, size: int, peer: str) -> bytes | None:
+        return None
+
+    server = MllpServer(answer, oversize, host="127.0.0.1", port=port)
+    await server.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop()
+
+
 async def serve_python_hl7(port: int, stop: asyncio.Event) -> None:
     import hl7.mllp  # noqa: PLC0415 (only this server needs it)
 
@@ -67,7 +88,7 @@ async def serve_python_hl7(port: int, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.servers")
-    parser.add_argument("kind", choices=("hl7", "bare"))
+    parser.add_argument("kind", choices=("hl7", "bare", "mllp"))
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
 
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         if args.kind == "bare":
             await serve_bare(args.port, stop)
+        elif args.kind == "mllp":
+            await serve_mllp(args.port, stop)
         else:
             await serve_python_hl7(args.port, stop)
 

@@ -54,9 +54,11 @@ RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
         "host",
         "port",
         "max_message_bytes",
+        "first_byte_timeout_seconds",
         "idle_timeout_seconds",
         "read_timeout_seconds",
         "max_connections",
+        "max_connections_per_peer",
         "allow",
         "tls",
     ),
@@ -192,13 +194,16 @@ class Daemon:
                 port=cfg.mllp.port,
                 limits=ServerLimits(
                     max_frame_bytes=cfg.mllp.max_message_bytes,
+                    first_byte_timeout=cfg.mllp.first_byte_timeout_seconds,
                     idle_timeout=cfg.mllp.idle_timeout_seconds,
                     read_timeout=cfg.mllp.read_timeout_seconds,
                     max_connections=cfg.mllp.max_connections,
+                    max_connections_per_peer=cfg.mllp.max_connections_per_peer,
                     allow=cfg.mllp.networks(),
                     tls_handshake_timeout=cfg.mllp.tls.handshake_timeout_seconds,
                 ),
                 tls=_tls(cfg),
+                on_closed=self.metrics.mllp_closed,
             )
             self.publisher = Publisher(
                 store,

@@ -92,6 +92,13 @@ class Metrics:
         self.open_connections = Gauge(
             "hl7_alerts_mllp_open_connections", "Open MLLP connections", registry=r
         )
+        self.mllp_closed_connections = Counter(
+            "hl7_alerts_mllp_connections_closed",
+            "MLLP connections the listener refused or closed itself, by reason (max_connections, "
+            "max_connections_per_peer, evicted, first_byte_timeout, idle_timeout, read_timeout, ...)",
+            ["reason"],
+            registry=r,
+        )
         self.commit_failing = Gauge(
             "hl7_alerts_store_commit_failing",
             "1 while the store's last commit of messages or other work failed (until one commits)",
@@ -143,6 +150,10 @@ class Metrics:
         self.mqtt_connected.set_function(lambda: 1.0 if mqtt_connected() else 0.0)
         self.open_connections.set_function(lambda: float(open_connections()))
         self.commit_failing.set_function(lambda: 1.0 if commit_failing() else 0.0)
+
+    def mllp_closed(self, reason: str) -> None:
+        """The MLLP listener refused a connection or closed one itself."""
+        self.mllp_closed_connections.labels(reason=reason).inc()
 
     def _type_label(self, type_code: str) -> str:
         if not type_code:

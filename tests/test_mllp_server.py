@@ -10,17 +10,19 @@ import ipaddress
 import json
 import sqlite3
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hl7_alerts.config import ConfigError, parse_config
 from hl7_alerts.framer import frame
-from hl7_alerts.mllp import peer_allowed
+from hl7_alerts.mllp import Closed, MllpServer, ServerLimits, peer_address, peer_allowed
 from hl7_alerts.store import StoreError
 from tests.support.broker import Broker
 from tests.support.certs import Authority
-from tests.support.daemon import make_config, running
+from tests.support.daemon import RunningDaemon, make_config, running, serve, write_config
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.waiting import WAIT, eventually
 
@@ -110,9 +112,14 @@ async def test_connections_beyond_the_maximum_are_refused(tmp_path: Path, broker
     async with running(config) as daemon:
         first, second = [await AsyncMllpClient.connect(daemon.port) for _ in range(2)]
         for n, client in enumerate((first, second)):
-            assert ack_fields(await client.send(oru(f"MAX{n}")))["code"] == "AA"
+            # A message, and the start of the next in the same write: once its
+            # ACK is back, the server holds a started frame, so the
+            # connection is busy and cannot yield its slot.
+            await client.send_raw(frame(oru(f"MAX{n}")) + b"\x0b" + oru(f"NEXT{n}")[:40])
+            assert ack_fields(await client.receive())["code"] == "AA"
         third = await AsyncMllpClient.connect(daemon.port)
         assert await closed_by_server(third)
+        assert closed_count(daemon, "max_connections") == 1
         await first.close()
         # A freed slot is usable again.
         async def through_the_freed_slot() -> str | None:
@@ -126,6 +133,254 @@ async def test_connections_beyond_the_maximum_are_refused(tmp_path: Path, broker
 
         assert await eventually(through_the_freed_slot, what="a connection in the freed slot") == "AA"
         await second.close()
+
+
+def closed_count(daemon: RunningDaemon, reason: str) -> float:
+    """``hl7_alerts_mllp_connections_closed_total{reason}`` of a running daemon."""
+    sample = daemon.daemon.metrics.registry.get_sample_value(
+        "hl7_alerts_mllp_connections_closed_total", {"reason": reason}
+    )
+    return sample or 0.0
+
+
+# -- slots: no sender can starve the listener -----------------------------------
+
+
+class Answering:
+    """A frame handler for a bare `MllpServer`: answers ``ACK|<MSH-10>`` at
+    once, except that a frame whose control ID is in ``hold`` waits (its
+    connection awaiting its ACK) until ``release`` is set."""
+
+    def __init__(self, hold: tuple[str, ...] = ()) -> None:
+        self.hold = hold
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.finished: list[bytes] = []  # control IDs whose handling ran to its end
+
+    async def __call__(self, data: bytes, peer: str) -> bytes:
+        control_id = data.split(b"|")[9]
+        if control_id.decode() in self.hold:
+            self.entered.set()
+            await self.release.wait()
+        self.finished.append(control_id)
+        return b"ACK|" + control_id
+
+
+async def no_answer(head: bytes, size: int, peer: str) -> bytes | None:
+    return None
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    handler: Answering, tls: ssl.SSLContext | None = None, **limits: Any
+) -> AsyncIterator[tuple[MllpServer, list[Closed]]]:
+    """The real listener on a free port, with ``limits``; the list collects
+    every refusal and close it decides."""
+    closed: list[Closed] = []
+    server = MllpServer(
+        handler, no_answer, host="127.0.0.1", port=0, limits=ServerLimits(**limits), tls=tls, on_closed=closed.append
+    )
+    await server.start()
+    try:
+        yield server, closed
+    finally:
+        handler.release.set()
+        await server.stop(grace=WAIT)
+
+
+async def start_a_frame(client: AsyncMllpClient, control_id: str) -> None:
+    """Send a message and the start of another in one write and read the
+    first's ACK: the listener then holds a started frame (one write on
+    loopback is one read)."""
+    await client.send_raw(frame(oru(control_id)) + b"\x0b" + oru(f"{control_id}-next")[:40])
+    assert await client.receive() == b"ACK|" + control_id.encode()
+
+
+async def finish_the_frame(client: AsyncMllpClient, control_id: str) -> None:
+    await client.send_raw(oru(f"{control_id}-next")[40:] + b"\x1c\r")
+    assert await client.receive() == f"ACK|{control_id}-next".encode()
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        pytest.param("10.1.2.3", "10.1.2.3", id="v4"),
+        pytest.param("::ffff:10.1.2.3", "10.1.2.3", id="v4-mapped-is-the-v4-peer"),
+        pytest.param("fe80::1%eth0", "fe80::1", id="v6-scope-dropped"),
+        pytest.param("2001:DB8::0:1", "2001:db8::1", id="v6-one-spelling"),
+        pytest.param("not-an-ip", "not-an-ip", id="garbage-as-is"),
+    ],
+)
+def test_peer_address_counts_one_host_once(host: str, address: str) -> None:
+    assert peer_address(host) == address
+
+
+async def test_a_flood_from_one_peer_does_not_lock_out_the_interface_engine(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    """The probe of issue 18: idle connections from one host took every slot
+    and the interface engine was refused. A real ``serve`` process."""
+    config = write_config(
+        tmp_path / "config.yaml", broker.port, prefix, mllp={"max_connections": 8, "max_connections_per_peer": 4}
+    )
+    async with serve(config) as daemon:
+        flood = [await AsyncMllpClient.connect(daemon.port, source="127.0.0.2") for _ in range(30)]
+        await daemon.wait_event("mllp_connection_refused", count=26)
+        engine = await AsyncMllpClient.connect(daemon.port)
+        ack = ack_fields(await engine.send(oru("ENGINE1")))
+        assert (ack["code"], ack["control_id"]) == ("AA", "ENGINE1")
+        await engine.close()
+        refused = daemon.events("mllp_connection_refused")
+        assert {(e["reason"], e["peer"].rpartition(":")[0]) for e in refused} == {
+            ("max_connections_per_peer", "127.0.0.2")
+        }
+        assert len(refused) == 26
+        for client in flood:
+            await client.close()
+
+
+async def test_the_connection_idle_the_longest_yields_when_every_slot_is_taken() -> None:
+    async with listening(Answering(), max_connections=3) as (server, closed):
+        oldest, middle, newest = [await AsyncMllpClient.connect(server.port) for _ in range(3)]
+        for control_id, client in (("O1", oldest), ("M1", middle), ("N1", newest)):
+            assert await client.send(oru(control_id)) == b"ACK|" + control_id.encode()
+        newcomer = await AsyncMllpClient.connect(server.port)
+        assert await newcomer.send(oru("C1")) == b"ACK|C1"
+        assert await closed_by_server(oldest)
+        assert closed == [Closed.EVICTED]
+        for control_id, client in (("M2", middle), ("N2", newest), ("C2", newcomer)):
+            assert await client.send(oru(control_id)) == b"ACK|" + control_id.encode()
+            await client.close()
+
+
+async def test_a_connection_mid_frame_or_awaiting_its_ack_never_yields() -> None:
+    handler = Answering(hold=("HOLD1",))
+    async with listening(handler, max_connections=3) as (server, closed):
+        # The two oldest are busy; only the newest is idle.
+        mid_frame = await AsyncMllpClient.connect(server.port)
+        await start_a_frame(mid_frame, "F1")
+        awaiting = await AsyncMllpClient.connect(server.port)
+        await awaiting.send_raw(frame(oru("HOLD1")))
+        async with asyncio.timeout(WAIT):
+            await handler.entered.wait()
+        idle = await AsyncMllpClient.connect(server.port)
+        assert await idle.send(oru("I1")) == b"ACK|I1"
+        newcomer = await AsyncMllpClient.connect(server.port)
+        await start_a_frame(newcomer, "C1")  # took the idle one's slot, and is busy now too
+        assert await closed_by_server(idle)
+        refused = await AsyncMllpClient.connect(server.port)
+        assert await closed_by_server(refused)  # nothing idle is left: refused
+        assert closed == [Closed.EVICTED, Closed.MAX_CONNECTIONS]
+        # The busy ones were never touched: each finishes and is answered.
+        await finish_the_frame(mid_frame, "F1")
+        handler.release.set()
+        assert await awaiting.receive() == b"ACK|HOLD1"
+        await finish_the_frame(newcomer, "C1")
+        for client in (mid_frame, awaiting, newcomer):
+            await client.close()
+
+
+async def test_a_connection_stuck_in_its_tls_handshake_yields_its_slot(tmp_path: Path) -> None:
+    ca = Authority(tmp_path)
+    issued = ca.issue("server", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert, issued.key)
+    async with listening(Answering(), tls=context, max_connections=1) as (server, closed):
+        stalled = await AsyncMllpClient.connect(server.port)  # plain TCP: never says hello
+        client = await AsyncMllpClient.connect(server.port, tls=client_context(ca.ca_path))
+        assert await client.send(oru("TLS1")) == b"ACK|TLS1"
+        assert await closed_by_server(stalled)
+        assert closed == [Closed.EVICTED]
+        await client.close()
+
+
+async def test_a_stop_past_its_grace_cuts_the_sender_off_but_never_cancels_the_handler() -> None:
+    """A unit of work is never abandoned half way through the store: when
+    the grace runs out, a connection whose frame is still being handled is
+    closed (no ACK: its sender resends) while the handling runs to its end."""
+    handler = Answering(hold=("HOLD1",))
+    async with listening(handler) as (server, closed):
+        working = await AsyncMllpClient.connect(server.port)
+        await working.send_raw(frame(oru("HOLD1")))
+        async with asyncio.timeout(WAIT):
+            await handler.entered.wait()
+        idle = await AsyncMllpClient.connect(server.port)
+        assert await idle.send(oru("I1")) == b"ACK|I1"
+        async with asyncio.timeout(WAIT):
+            await server.stop(grace=0.2)
+        assert await closed_by_server(idle)
+        with pytest.raises(ConnectionError):
+            await working.receive()  # cut off, never answered
+        await working.close()
+        handler.release.set()
+        await eventually(lambda: b"HOLD1" in handler.finished, what="the held frame's handling to finish")
+        assert closed == []
+
+
+async def test_one_peer_holds_at_most_its_share_of_the_slots() -> None:
+    async with listening(Answering(), max_connections=10, max_connections_per_peer=2) as (server, closed):
+        first, second = [await AsyncMllpClient.connect(server.port, source="127.0.0.2") for _ in range(2)]
+        third = await AsyncMllpClient.connect(server.port, source="127.0.0.2")
+        assert await closed_by_server(third)
+        assert closed == [Closed.MAX_CONNECTIONS_PER_PEER]
+        other = await AsyncMllpClient.connect(server.port, source="127.0.0.3")
+        assert await other.send(oru("OTHER1")) == b"ACK|OTHER1"
+        for n, client in enumerate((first, second, other)):
+            assert await client.send(oru(f"K{n}")) == f"ACK|K{n}".encode()
+            await client.close()
+
+
+async def test_a_silent_connection_is_closed_at_the_first_byte_deadline(
+    tmp_path: Path, broker: Broker, prefix: str
+) -> None:
+    config = make_config(tmp_path, broker.port, prefix, mllp={"first_byte_timeout_seconds": 0.3})
+    async with running(config) as daemon:
+        # Connected first, so its deadline (were it still running) would pass first.
+        talker = await AsyncMllpClient.connect(daemon.port)
+        assert ack_fields(await talker.send(oru("TALK1")))["code"] == "AA"
+        silent = await AsyncMllpClient.connect(daemon.port)
+        assert await closed_by_server(silent, timeout=5)  # not the 300 s idle timeout
+        assert closed_count(daemon, "first_byte_timeout") == 1
+        # The deadline is for the first byte only: a connection that spoke stays.
+        assert ack_fields(await talker.send(oru("TALK2")))["code"] == "AA"
+        await talker.close()
+
+
+async def test_silence_never_outlasts_the_idle_timeout() -> None:
+    """A site with a short idle timeout keeps it before the first byte and
+    inside a frame too, whatever the first-byte and read timeouts say."""
+    limits = {"idle_timeout": 0.3, "first_byte_timeout": 60, "read_timeout": 60}
+    async with listening(Answering(), **limits) as (server, closed):
+        silent = await AsyncMllpClient.connect(server.port)
+        assert await closed_by_server(silent, timeout=5)
+        started = await AsyncMllpClient.connect(server.port)
+        await started.send_raw(b"\x0bMSH|")
+        assert await closed_by_server(started, timeout=5)
+        assert closed == [Closed.IDLE_TIMEOUT, Closed.READ_TIMEOUT]
+
+
+async def test_pipelined_frames_each_get_the_read_timeout_from_their_own_first_byte() -> None:
+    """Issue 18's probe: a sender pipelining frames, each finishing well within
+    the read timeout, was dropped once their total passed it, because the
+    next frame's start came in the same read as the last one's end."""
+    read_timeout, pace, count = 1.5, 0.35, 7
+    messages = [oru(f"PIPE{n}") for n in range(count)]
+    cut = 60  # each write ends one frame and starts the next
+    async with listening(Answering(), read_timeout=read_timeout, idle_timeout=60) as (server, closed):
+        client = await AsyncMllpClient.connect(server.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.send_raw(frame(messages[0]) + b"\x0b" + messages[1][:cut])
+        for n in range(1, count):
+            await asyncio.sleep(pace)  # the sender's pace, not a wait for a condition
+            rest = messages[n][cut:] + b"\x1c\r"
+            await client.send_raw(rest + (b"\x0b" + messages[n + 1][:cut] if n + 1 < count else b""))
+        answers = [await client.receive() for _ in range(count)]
+        assert loop.time() - started > read_timeout  # the pipeline outlasted one frame's deadline
+        assert answers == [f"ACK|PIPE{n}".encode() for n in range(count)]
+        assert closed == []
+        assert await client.send(oru("AFTER1")) == b"ACK|AFTER1"  # the connection was kept
+        await client.close()
 
 
 # -- allowlist and TLS --------------------------------------------------------
@@ -229,6 +484,8 @@ async def test_tls_without_client_certificates(tmp_path: Path, broker: Broker, p
         pytest.param({"tls": {"cert": "missing.crt", "key": "missing.key"}}, "mllp.tls.cert: no such file", id="missing-file"),
         pytest.param({"allow": ["10.0.0.0/8", "ten"]}, "mllp.allow.1:", id="bad-network"),
         pytest.param({"read_timeout_seconds": 0}, "mllp.read_timeout_seconds:", id="read-timeout"),
+        pytest.param({"first_byte_timeout_seconds": 0}, "mllp.first_byte_timeout_seconds:", id="first-byte-timeout"),
+        pytest.param({"max_connections_per_peer": 0}, "mllp.max_connections_per_peer:", id="per-peer-cap"),
         pytest.param({"tls": {"certificate": "x"}}, "mllp.tls.certificate: unknown key", id="typo"),
     ],
 )

@@ -85,9 +85,15 @@ class MllpConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 2575
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    # A new connection that sends nothing for this long is closed: an interface
+    # engine sends at once, and a silent one holds a slot for nothing.
+    first_byte_timeout_seconds: float = Field(default=10.0, gt=0)
     idle_timeout_seconds: float = Field(default=300.0, gt=0)
     read_timeout_seconds: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=64, ge=1)
+    # One peer address's share of max_connections: a flood from one host
+    # cannot take the slots the interface engine needs.
+    max_connections_per_peer: int = Field(default=16, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     allow: tuple[NetworkText, ...] = ()
     tls: TlsConfig = TlsConfig()

@@ -19,9 +19,17 @@ class AsyncMllpClient:
         self.framer = Framer()
 
     @classmethod
-    async def connect(cls, port: int, *, tls: ssl.SSLContext | None = None) -> AsyncMllpClient:
+    async def connect(
+        cls, port: int, *, tls: ssl.SSLContext | None = None, source: str | None = None
+    ) -> AsyncMllpClient:
+        """Connect to 127.0.0.1:``port``; from the loopback address ``source``
+        (``127.0.0.2``: another peer, as the listener counts peers) if given."""
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None
+            "127.0.0.1",
+            port,
+            ssl=tls,
+            server_hostname="127.0.0.1" if tls else None,
+            local_addr=(source, 0) if source else None,
         )
         return cls(reader, writer)
 
