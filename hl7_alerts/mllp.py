@@ -6,8 +6,9 @@ each frame to a handler and writes back whatever bytes the handler answers,
 one answer per frame, in order, on the frame's own connection. Its slots
 cannot be starved: a silent connection is closed after a short first-byte
 deadline, one peer address holds at most ``max_connections_per_peer`` of
-them, and when every slot is taken the connection idle the longest (never
-one mid-frame or waiting for its ACK) yields to the new one. `MllpClient`
+them (beyond it, that peer's own connection idle the longest yields), and
+when every slot is taken the connection idle the longest (never one
+mid-frame or waiting for its ACK) yields to the new one. `MllpClient`
 is the blocking side (``hl7-alerts send``, tests), on the same framer.
 """
 
@@ -215,20 +216,30 @@ class MllpServer:
             self._on_closed(reason)
 
     def _admit(self, address: str, peer: str) -> Closed | None:
-        """None when a connection from ``address`` may have a slot (evicting
-        the connection idle the longest if every slot is taken), else why not."""
+        """None when a connection from ``address`` may have a slot, else why
+        not. A peer at its cap gives up its own connection idle the longest
+        (an engine whose connections a firewall dropped silently gets back
+        in at once); a full listener gives up the connection idle the
+        longest of all. A connection mid-frame or waiting for its ACK never
+        yields."""
         limits = self._limits
         if self._stopping.is_set():
             return Closed.STOPPING
         if not peer_allowed(address, limits.allow):
             return Closed.PEER_NOT_ALLOWED
-        if sum(1 for s in self._slots.values() if s.address == address) >= limits.max_connections_per_peer:
-            return Closed.MAX_CONNECTIONS_PER_PEER
+        own = [task for task, slot in self._slots.items() if slot.address == address]
+        if len(own) >= limits.max_connections_per_peer:
+            return None if self._evict_idlest(own, peer) else Closed.MAX_CONNECTIONS_PER_PEER
         if len(self._slots) < limits.max_connections:
             return None
-        candidates = [(slot.active_at, task) for task, slot in self._slots.items() if slot.evictable]
+        return None if self._evict_idlest(list(self._slots), peer) else Closed.MAX_CONNECTIONS
+
+    def _evict_idlest(self, tasks: list[asyncio.Task[None]], peer: str) -> bool:
+        """Close the connection idle the longest among ``tasks`` for
+        ``peer``'s sake; False when none of them is idle."""
+        candidates = [(self._slots[task].active_at, task) for task in tasks if self._slots[task].evictable]
         if not candidates:
-            return Closed.MAX_CONNECTIONS
+            return False
         since, task = min(candidates, key=lambda pair: pair[0])
         victim = self._slots.pop(task)
         _interrupt(victim, Closed.EVICTED)
@@ -236,7 +247,7 @@ class MllpServer:
         loop = asyncio.get_running_loop()
         idle = round(loop.time() - since, 3)
         self._log.warning("mllp_connection_evicted", peer=victim.peer, idle_seconds=idle, for_peer=peer)
-        return None
+        return True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

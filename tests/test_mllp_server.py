@@ -225,16 +225,19 @@ async def test_a_flood_from_one_peer_does_not_lock_out_the_interface_engine(
     )
     async with serve(config) as daemon:
         flood = [await AsyncMllpClient.connect(daemon.port, source="127.0.0.2") for _ in range(30)]
-        await daemon.wait_event("mllp_connection_refused", count=26)
+        # The flood holds four slots at most: each connection beyond them
+        # takes the place of the flood's own idlest, nobody else's.
+        await daemon.wait_event("mllp_connection_evicted", count=26)
         engine = await AsyncMllpClient.connect(daemon.port)
         ack = ack_fields(await engine.send(oru("ENGINE1")))
         assert (ack["code"], ack["control_id"]) == ("AA", "ENGINE1")
         await engine.close()
-        refused = daemon.events("mllp_connection_refused")
-        assert {(e["reason"], e["peer"].rpartition(":")[0]) for e in refused} == {
-            ("max_connections_per_peer", "127.0.0.2")
+        evicted = daemon.events("mllp_connection_evicted")
+        assert {(e["peer"].rpartition(":")[0], e["for_peer"].rpartition(":")[0]) for e in evicted} == {
+            ("127.0.0.2", "127.0.0.2")
         }
-        assert len(refused) == 26
+        assert len(evicted) == 26
+        assert daemon.events("mllp_connection_refused") == []
         for client in flood:
             await client.close()
 
@@ -320,12 +323,35 @@ async def test_a_stop_past_its_grace_cuts_the_sender_off_but_never_cancels_the_h
 async def test_one_peer_holds_at_most_its_share_of_the_slots() -> None:
     async with listening(Answering(), max_connections=10, max_connections_per_peer=2) as (server, closed):
         first, second = [await AsyncMllpClient.connect(server.port, source="127.0.0.2") for _ in range(2)]
+        await start_a_frame(first, "F1")
+        await start_a_frame(second, "S1")
         third = await AsyncMllpClient.connect(server.port, source="127.0.0.2")
-        assert await closed_by_server(third)
+        assert await closed_by_server(third)  # both of its connections are busy: refused
         assert closed == [Closed.MAX_CONNECTIONS_PER_PEER]
         other = await AsyncMllpClient.connect(server.port, source="127.0.0.3")
         assert await other.send(oru("OTHER1")) == b"ACK|OTHER1"
+        await finish_the_frame(first, "F1")
+        await finish_the_frame(second, "S1")
         for n, client in enumerate((first, second, other)):
+            assert await client.send(oru(f"K{n}")) == f"ACK|K{n}".encode()
+            await client.close()
+
+
+async def test_a_peer_at_its_cap_gives_up_its_own_connection_idle_the_longest() -> None:
+    """An engine whose connections a firewall dropped without a word comes
+    back at once: its own stale connection yields, nobody else's does."""
+    async with listening(Answering(), max_connections=10, max_connections_per_peer=2) as (server, closed):
+        neighbour = await AsyncMllpClient.connect(server.port, source="127.0.0.3")
+        assert await neighbour.send(oru("N1")) == b"ACK|N1"
+        stale = await AsyncMllpClient.connect(server.port, source="127.0.0.2")
+        assert await stale.send(oru("OLD1")) == b"ACK|OLD1"
+        recent = await AsyncMllpClient.connect(server.port, source="127.0.0.2")
+        assert await recent.send(oru("NEW1")) == b"ACK|NEW1"
+        back = await AsyncMllpClient.connect(server.port, source="127.0.0.2")
+        assert await back.send(oru("BACK1")) == b"ACK|BACK1"
+        assert await closed_by_server(stale)
+        assert closed == [Closed.EVICTED]
+        for n, client in enumerate((recent, back, neighbour)):
             assert await client.send(oru(f"K{n}")) == f"ACK|K{n}".encode()
             await client.close()
 
