@@ -36,9 +36,20 @@ def test_generator_sends_unique_ids_a_tenth_on_azathioprine_and_some_abnormal() 
 def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     report = run.main(
-        ["--messages", "200", "--rate", "250", "--paced-seconds", "0.4", "--stores", "sqlite,pg2", "--out", str(out)]
+        ["--messages", "200", "--rate", "250", "--paced-seconds", "0.4", "--stores", "sqlite,pg2", "--sweep", "1",
+         "--out", str(out)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    # One table per run, every server at each connection count (two daemons
+    # need two connections: their 1-connection cell is a dash), in a file.
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert "| server | 1 connection | 8 connections | CPU µs/msg (8 conn.) | p99 ms @250/s over 8 | peak RSS |" in table
+    rows = [line for line in table if line.startswith("| hl7-alerts") or line.startswith(("| python", "| bare"))]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| hl7-alerts, SQLite", "| hl7-alerts, PostgreSQL, 2 daemons", "| python-hl7", "| bare asyncio"
+    ]
+    assert all(row.count(" msg/s, p50 ") == (1 if "2 daemons" in row else 2) for row in rows)
+    assert any(line.startswith("Load before: `") and "load average" in line for line in table)
     # The README's Performance table is this Markdown, pasted: the same
     # header (columns in order) and a README row for each row printed.
     printed = run.markdown_table(report["results"], argparse.Namespace(rate=500.0)).splitlines()
