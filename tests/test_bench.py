@@ -10,7 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import run
+import pytest
+
+from bench import fuzz_soak, run
 from bench.gen import Generator
 from hl7_alerts.config import parse_config
 from hl7_alerts.messages import parse_message
@@ -58,3 +60,13 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     names = [row.split(" | ")[0] for row in printed[2:]]
     assert names == ["| hl7-alerts, SQLite", "| hl7-alerts, PostgreSQL, 2 daemons", "| python-hl7", "| bare asyncio"]
     assert all(any(line.startswith(f"{name} | ") for line in readme) for name in names)
+
+
+def test_the_fuzz_soak_runs_rounds_against_a_real_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.fuzz_soak` end to end on a few frames: every frame
+    answered, round after round, the daemon alive and cleanly stopped."""
+    fuzz_soak.main(["--frames", "80", "--round", "40", "--connections", "2"])
+    out = capsys.readouterr().out
+    assert "       40 frames sent" in out
+    assert "fuzz soak: 80 mutated frames" in out
+    assert "0 crashes" in out
