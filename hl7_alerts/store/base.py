@@ -256,9 +256,9 @@ class Transaction(Protocol):
 
     def prior_message(self, key: DedupKey, digest: str) -> PriorAck | None:
         """The message already stored under ``key`` with this ``digest`` (a
-        resend), else the first one stored under ``key`` with another digest
-        (the sender reused the control ID), else None. At most two index
-        probes, however many messages share the key."""
+        resend), else one stored under ``key`` with another digest (the
+        sender reused the control ID), else None. At most two index probes,
+        however many messages share the key."""
         ...
 
     def insert_message(

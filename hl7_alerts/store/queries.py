@@ -121,20 +121,21 @@ class SqlTransaction(Listings, OperationsQueries, WebQueries):
 
     def prior_message(self, key: DedupKey, digest: str) -> PriorAck | None:
         # Two probes of the (key, digest) unique index in one statement: the
-        # resend with this digest, and the first other message under the key.
-        # At most two rows, however often a sender has reused the control ID.
+        # resend with this digest, and any one other message under the key
+        # (no ORDER BY: the index's first entry ends the search). At most two
+        # rows, however often a sender has reused the control ID.
         k = (key.sending_application, key.sending_facility, key.control_id)
         rows = self.execute(
             "SELECT id, ack_code, ack_text, digest FROM messages WHERE sending_application = ? "
             "AND sending_facility = ? AND control_id = ? AND digest = ? UNION ALL "
             "SELECT * FROM (SELECT id, ack_code, ack_text, digest FROM messages "
             "WHERE sending_application = ? AND sending_facility = ? AND control_id = ? AND digest <> ? "
-            "ORDER BY id LIMIT 1) AS other",
+            "LIMIT 1) AS other",
             (*k, digest, *k, digest),
         ).fetchall()
         if not rows:
             return None
-        r = min(rows, key=lambda r: (r[3] != digest, r[0]))
+        r = min(rows, key=lambda r: r[3] != digest)
         return PriorAck(message_id=r[0], ack_code=AckCode(r[1]), ack_text=r[2], digest=r[3])
 
     def insert_message(
