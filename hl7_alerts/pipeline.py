@@ -92,16 +92,15 @@ def process(
     # and a patient's orders, results and alerts are read as committed.
     tx.lock(message=key, patients=_patients(message))
     raw_digest = digest(raw)
-    seen = tx.find_messages(key)
-    for prior in seen:
-        if prior.digest == raw_digest:
-            return Outcome(ack_code=prior.ack_code, ack_text=prior.ack_text, duplicate=True)
-    if seen:
+    prior = tx.prior_message(key, raw_digest)
+    if prior is not None and prior.digest == raw_digest:
+        return Outcome(ack_code=prior.ack_code, ack_text=prior.ack_text, duplicate=True)
+    if prior is not None:
         # Same (MSH-3, MSH-4, MSH-10), other content: not a resend but a sender
         # reusing control IDs (counters reset, test feeds). Dropping it would
         # lose a result, so it is processed; alert identity keeps it from
         # alerting twice on the same evidence.
-        log.warning("control_id_reused", previous_messages=len(seen))
+        log.warning("control_id_reused")
     message_id = tx.insert_message(
         key, header, raw, digest=raw_digest, received_at=received_at, ack_code=AckCode.AA, ack_text=""
     )
@@ -222,7 +221,7 @@ def _context(
     near = earliest - timedelta(hours=settings.rules.hys_law_window_hours)
     recent = tx.patient_history(patient, near)
     older = tx.latest_results(patient, near, earliest - timedelta(days=settings.history_days))
-    pgx = [o for o in tx.latest_results(patient, near, None) if o.analyte in _PGX and o not in older]
+    pgx = [o for o in tx.latest_results(patient, near, None, analytes=_PGX) if o not in older]
     return PatientContext(
         patient=patient,
         orders=orders,

@@ -10,7 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import run
+import pytest
+
+from bench import fuzz_soak, run
 from bench.gen import Generator
 from hl7_alerts.config import parse_config
 from hl7_alerts.messages import parse_message
@@ -36,9 +38,20 @@ def test_generator_sends_unique_ids_a_tenth_on_azathioprine_and_some_abnormal() 
 def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     report = run.main(
-        ["--messages", "200", "--rate", "250", "--paced-seconds", "0.4", "--stores", "sqlite,pg2", "--out", str(out)]
+        ["--messages", "200", "--rate", "250", "--paced-seconds", "0.4", "--stores", "sqlite,pg2", "--sweep", "1",
+         "--out", str(out)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    # One table per run, every server at each connection count (two daemons
+    # need two connections: their 1-connection cell is a dash), in a file.
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert "| server | 1 connection | 8 connections | CPU µs/msg (8 conn.) | p99 ms @250/s over 8 | peak RSS |" in table
+    rows = [line for line in table if line.startswith("| hl7-alerts") or line.startswith(("| python", "| bare"))]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| hl7-alerts, SQLite", "| hl7-alerts, PostgreSQL, 2 daemons", "| python-hl7", "| bare asyncio"
+    ]
+    assert all(row.count(" msg/s, p50 ") == (1 if "2 daemons" in row else 2) for row in rows)
+    assert any(line.startswith("Load before: `") and "load average" in line for line in table)
     # The README's Performance table is this Markdown, pasted: the same
     # header (columns in order) and a README row for each row printed.
     printed = run.markdown_table(report["results"], argparse.Namespace(rate=500.0)).splitlines()
@@ -47,3 +60,13 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path) -> None:
     names = [row.split(" | ")[0] for row in printed[2:]]
     assert names == ["| hl7-alerts, SQLite", "| hl7-alerts, PostgreSQL, 2 daemons", "| python-hl7", "| bare asyncio"]
     assert all(any(line.startswith(f"{name} | ") for line in readme) for name in names)
+
+
+def test_the_fuzz_soak_runs_rounds_against_a_real_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.fuzz_soak` end to end on a few frames: every frame
+    answered, round after round, the daemon alive and cleanly stopped."""
+    fuzz_soak.main(["--frames", "80", "--round", "40", "--connections", "2"])
+    out = capsys.readouterr().out
+    assert "       40 frames sent" in out
+    assert "fuzz soak: 80 mutated frames" in out
+    assert "0 crashes" in out

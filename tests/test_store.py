@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from hl7_alerts.messages import ParseOptions, parse_message
-from hl7_alerts.model import AckCode
+from hl7_alerts.model import AckCode, Observation, PatientKey, ResultStatus
 from hl7_alerts.pipeline import digest, process
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import SchemaTooNewError, SqliteStore, StoreError, Transaction
-from hl7_alerts.store.rows import ALERT_COLUMNS
+from hl7_alerts.store.rows import ALERT_COLUMNS, observation_rows
 from hl7_alerts.terminology import Terminology
 from tests.support.samples import SAMPLES
 
@@ -272,3 +272,35 @@ async def test_a_patients_open_alerts_are_read_by_patient_not_by_state(tmp_path:
             ("GENHOSP|MR|H1",),
         ).fetchall()
     assert [row[3] for row in plan] == ["SEARCH alerts USING INDEX alerts_one_open (patient=?)"]
+
+
+def _observed(at: datetime) -> Observation:
+    return Observation(
+        analyte="ALT", code="1742-6", code_system="LN", text="ALT", value_type="NM", value_text="40", value=40.0,
+        comparator="", unit="U/L", ref_low=7.0, ref_high=56.0, ref_text="7-56", flag="", status=ResultStatus.FINAL,
+        observed_at=at, specimen_id="S1", set_id="1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("times", "texts"),
+    [
+        ([datetime(2026, 10, 1, 8, tzinfo=UTC)] * 3, ["2026-10-01T08:00:00+00:00"] * 3),
+        (
+            [datetime(2026, 10, 1, 8, tzinfo=UTC), datetime(2026, 10, 1, 9, tzinfo=timezone(timedelta(hours=1)))],
+            ["2026-10-01T08:00:00+00:00", "2026-10-01T09:00:00+01:00"],
+        ),
+        (
+            [datetime(2026, 10, 1, 8, tzinfo=UTC), datetime(2026, 10, 2, 8, tzinfo=UTC)],
+            ["2026-10-01T08:00:00+00:00", "2026-10-02T08:00:00+00:00"],
+        ),
+    ],
+    ids=["one-panel-time", "same-instant-two-zones", "two-times"],
+)
+def test_observation_rows_convert_each_time_as_its_result_gave_it(times: list[datetime], texts: list[str]) -> None:
+    """Times are converted once per message (the write's fast path), yet
+    every row keeps its own text and epoch."""
+    rows = observation_rows(7, PatientKey(id="H1", id_type="MR", authority="GENHOSP"), [_observed(t) for t in times])
+    assert [r[16] for r in rows] == texts
+    assert [r[17] for r in rows] == [t.timestamp() for t in times]
+    assert {r[1] for r in rows} == {"GENHOSP|MR|H1"}

@@ -18,15 +18,15 @@ from hl7_alerts.alerts import ReminderPolicy
 from hl7_alerts.lifecycle import send_reminders
 from hl7_alerts.messages import ParseOptions, parse_message
 from hl7_alerts.model import AckCode, Severity
-from hl7_alerts.pipeline import Outcome, process
+from hl7_alerts.pipeline import Outcome, digest, process
 from hl7_alerts.segments import split_file
 from hl7_alerts.settings import PipelineSettings
-from hl7_alerts.store import SCHEMA_VERSION, SchemaTooNewError, StoreError, Transaction
+from hl7_alerts.store import SCHEMA_VERSION, DedupKey, SchemaTooNewError, StoreError, Transaction
 from hl7_alerts.store.postgres import PostgresStore
 from hl7_alerts.store.queries import SqlTransaction
 from hl7_alerts.terminology import Terminology
 from tests.support.backends import Backend
-from tests.support.hl7kit import AZA, WITH_NUL, alt, merge_msg, order_msg, oru
+from tests.support.hl7kit import AST, AZA, WITH_NUL, alt, merge_msg, order_msg, oru, result
 from tests.support.samples import SAMPLES
 from tests.support.waiting import WAIT, eventually
 
@@ -159,6 +159,95 @@ async def test_a_resend_gets_the_first_answer_and_changes_nothing(backend: Backe
     await store.close()
     assert (first.duplicate, again.duplicate, again.ack_code, again.changes) == (False, True, AckCode.AA, ())
     assert backend.query("SELECT count(*) FROM messages") == [(2,)]
+
+
+async def test_a_reused_control_id_is_processed_and_every_resend_gets_its_own_answer(backend: Backend) -> None:
+    """A sender reusing MSH-10 (counters reset): each new content under the
+    key is processed; a resend of any of them is found by its digest, not
+    mistaken for the first one under the key (`prior_message` reads at most
+    two rows, however many share the key)."""
+    store = await backend.open()
+    panels = [PANEL.replace(b"|190|", f"|{v}|".encode()) for v in (190, 191, 192, 193)]
+    assert len(set(panels)) == 4
+    first = [await store.transact(unit(p)) for p in panels]
+    resent = [await store.transact(unit(p)) for p in reversed(panels)]
+    key = DedupKey(sending_application="LAB", sending_facility="GENHOSP", control_id="LAB0001")
+    found = [await store.read(lambda tx, p=p: tx.prior_message(key, digest(p))) for p in panels]
+    other = await store.read(lambda tx: tx.prior_message(key, "0" * 32))
+    unknown = await store.read(
+        lambda tx: tx.prior_message(DedupKey(sending_application="LAB", sending_facility="GENHOSP",
+                                             control_id="NEVER"), digest(PANEL))
+    )
+    await store.close()
+    assert [o.duplicate for o in first] == [False] * 4
+    assert [o.duplicate for o in resent] == [True] * 4
+    ids = [row[0] for row in backend.query("SELECT id FROM messages WHERE control_id = 'LAB0001' ORDER BY id")]
+    assert len(ids) == 4
+    assert [f.message_id if f else None for f in found] == ids  # each resend finds its own message
+    assert [f.digest if f else None for f in found] == [digest(p) for p in panels]
+    assert other is not None  # new content under a used key: one of the messages there
+    assert (other.message_id, other.digest) in {(i, digest(p)) for i, p in zip(ids, panels, strict=True)}
+    assert unknown is None
+
+
+async def test_latest_results_per_analyte_in_one_statement(backend: Backend) -> None:
+    """Per analyte the latest evaluable result before ``before`` (and from
+    ``since``): pending (I) and superseded results are not evaluable;
+    ``analytes`` narrows it to those asked for."""
+    store = await backend.open()
+    messages = [
+        oru("L0", "20250101080000", result(AST, "21", ref="10-40", name="AST"), specimen="S0"),
+        oru("L1", "20261001080000", alt("30"), result(AST, "20", ref="10-40", name="AST"), specimen="S1"),
+        oru("L2", "20261002080000", alt("40", status="P"), result(AST, "25", ref="10-40", name="AST", status="I"),
+            specimen="S2"),
+        oru("L3", "20261003080000", alt("50"), specimen="S3"),
+        oru("L4", "20261003080000", alt("55", status="C"), specimen="S3"),  # corrects L3's ALT
+        oru("L5", "20261004080000", alt("60"), specimen="S4"),
+    ]
+    for m in messages:
+        await store.transact(unit(m.encode()))
+    who = parse_message(messages[1].encode(), OPTIONS).patient  # type: ignore[union-attr]
+
+    def at(text: str) -> datetime:
+        return datetime.strptime(text, "%Y%m%d%H").replace(tzinfo=UTC)
+
+    async def latest(before: str, since: str | None, analytes: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        rows = await store.read(
+            lambda tx: tx.latest_results(who, at(before), at(since) if since else None, analytes=analytes)
+        )
+        return [(str(o.analyte), o.value_text) for o in rows]
+
+    everything = await latest("2026100320", None)
+    recent = await latest("2026100320", "2026100208")
+    asked = await latest("2026100320", None, ("AST", "TPMT"))
+    old = await latest("2026100100", None, ("AST",))
+    before_all = await latest("2024010100", None)
+    none_asked = await latest("2026100320", None, ())
+    await store.close()
+    # Sorted by observation time: AST of 1 Oct (2 Oct's is pending), ALT 55 (corrected) of 3 Oct.
+    assert everything == [("AST", "20"), ("ALT", "55")]
+    assert recent == [("ALT", "55")]
+    assert asked == [("AST", "20")]
+    assert old == [("AST", "21")]
+    assert before_all == []
+    assert none_asked == []
+
+
+async def test_a_result_skipped_for_want_of_an_order_counts_once_one_arrives(backend: Backend) -> None:
+    """The fast path reads no history for a patient with no thiopurine order;
+    the order that arrives later (its own commit) judges that result
+    (decision 18), and the next result is judged as it comes."""
+    store = await backend.open()
+    skipped = await store.transact(unit(oru("S1", "20261001080000", alt("300")).encode()))
+    order = await store.transact(
+        unit(order_msg("RX1", "NW", "RX1", AZA, "20260901090000", tx="20261005090000").encode())
+    )
+    later = await store.transact(unit(oru("S2", "20261006080000", alt("400"), specimen="S2").encode()))
+    await store.close()
+    assert skipped.changes == ()
+    assert [c.alert.rule for c in order.changes] == [STOP]
+    assert later.changes  # the open alert moves on with the new panel
+    assert {c.alert.rule for c in later.changes} == {STOP}
 
 
 async def test_the_outbox_goes_out_in_order_and_is_audited(backend: Backend) -> None:

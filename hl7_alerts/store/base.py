@@ -254,7 +254,12 @@ class Transaction(Protocol):
         one writer."""
         ...
 
-    def find_messages(self, key: DedupKey) -> list[PriorAck]: ...
+    def prior_message(self, key: DedupKey, digest: str) -> PriorAck | None:
+        """The message already stored under ``key`` with this ``digest`` (a
+        resend), else one stored under ``key`` with another digest (the
+        sender reused the control ID), else None. At most two index probes,
+        however many messages share the key."""
+        ...
 
     def insert_message(
         self,
@@ -306,11 +311,17 @@ class Transaction(Protocol):
         ...
 
     def latest_results(
-        self, patient: PatientKey, before: datetime, since: datetime | None
+        self,
+        patient: PatientKey,
+        before: datetime,
+        since: datetime | None,
+        *,
+        analytes: Sequence[str] | None = None,
     ) -> tuple[Observation, ...]:
-        """Per analyte, the latest evaluable result observed before ``before``
-        (and at or after ``since``, when given): what "the previous result"
-        and "on file" need, without loading the whole history."""
+        """Per analyte (every one, or only ``analytes``), the latest evaluable
+        result observed before ``before`` (and at or after ``since``, when
+        given): what "the previous result" and "on file" need, without
+        loading the whole history. One statement."""
         ...
 
     def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:

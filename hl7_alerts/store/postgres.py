@@ -185,17 +185,23 @@ class PgTransaction(SqlTransaction):
         return super().merge_patient(prior, surviving)
 
     def latest_results(
-        self, patient: PatientKey, before: datetime, since: datetime | None
+        self,
+        patient: PatientKey,
+        before: datetime,
+        since: datetime | None,
+        *,
+        analytes: Sequence[str] | None = None,
     ) -> tuple[Observation, ...]:
-        # The same indexed probe per analyte as SQLite's, in one statement:
-        # one round trip to the server instead of one per analyte.
+        # The same indexed probe per analyte as SQLite's, in one statement
+        # whose text does not depend on how many analytes are asked for (one
+        # prepared statement).
         rows = self.execute(
             f"SELECT o.* FROM unnest(?::text[]) AS a(analyte) CROSS JOIN LATERAL ("  # noqa: S608 (constants)
             f"SELECT {OBSERVATION_COLUMNS} FROM observations WHERE patient = ? AND analyte = a.analyte "
             "AND observed_ts < ? AND observed_ts >= ? AND superseded = 0 AND status IN ('F', 'C', 'P') "
             "ORDER BY observed_ts DESC, id DESC LIMIT 1) AS o",
             (
-                [a.value for a in Analyte],
+                [a.value for a in Analyte] if analytes is None else list(analytes),
                 patient.key,
                 before.timestamp(),
                 since.timestamp() if since is not None else float("-inf"),

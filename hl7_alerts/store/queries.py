@@ -119,13 +119,24 @@ class SqlTransaction(Listings, OperationsQueries, WebQueries):
 
     # -- queries -----------------------------------------------------------------
 
-    def find_messages(self, key: DedupKey) -> list[PriorAck]:
+    def prior_message(self, key: DedupKey, digest: str) -> PriorAck | None:
+        # Two probes of the (key, digest) unique index in one statement: the
+        # resend with this digest, and any one other message under the key
+        # (no ORDER BY: the index's first entry ends the search). At most two
+        # rows, however often a sender has reused the control ID.
+        k = (key.sending_application, key.sending_facility, key.control_id)
         rows = self.execute(
-            "SELECT id, ack_code, ack_text, digest FROM messages "
-            "WHERE sending_application = ? AND sending_facility = ? AND control_id = ? ORDER BY id",
-            (key.sending_application, key.sending_facility, key.control_id),
+            "SELECT id, ack_code, ack_text, digest FROM messages WHERE sending_application = ? "
+            "AND sending_facility = ? AND control_id = ? AND digest = ? UNION ALL "
+            "SELECT * FROM (SELECT id, ack_code, ack_text, digest FROM messages "
+            "WHERE sending_application = ? AND sending_facility = ? AND control_id = ? AND digest <> ? "
+            "LIMIT 1) AS other",
+            (*k, digest, *k, digest),
         ).fetchall()
-        return [PriorAck(message_id=r[0], ack_code=AckCode(r[1]), ack_text=r[2], digest=r[3]) for r in rows]
+        if not rows:
+            return None
+        r = min(rows, key=lambda r: r[3] != digest)
+        return PriorAck(message_id=r[0], ack_code=AckCode(r[1]), ack_text=r[2], digest=r[3])
 
     def insert_message(
         self,
@@ -233,22 +244,27 @@ class SqlTransaction(Listings, OperationsQueries, WebQueries):
         return tuple(observation_from_row(r) for r in rows)
 
     def latest_results(
-        self, patient: PatientKey, before: datetime, since: datetime | None
+        self,
+        patient: PatientKey,
+        before: datetime,
+        since: datetime | None,
+        *,
+        analytes: Sequence[str] | None = None,
     ) -> tuple[Observation, ...]:
-        # One indexed probe per analyte: a long history costs nothing here.
-        rows = []
-        for analyte in Analyte:
-            row = self.execute(
-                f"SELECT {OBSERVATION_COLUMNS} FROM observations {self._ANALYTE_INDEX} "  # noqa: S608 (constants)
-                "WHERE patient = ? AND analyte = ? AND observed_ts < ? AND observed_ts >= ? "
-                "AND superseded = 0 AND status IN ('F', 'C', 'P') ORDER BY observed_ts DESC, id DESC LIMIT 1",
-                (
-                    patient.key, analyte.value, epoch(before),
-                    epoch(since) if since is not None else float("-inf"),
-                ),
-            ).fetchone()
-            if row is not None:
-                rows.append(row)
+        # One indexed probe per analyte (a long history costs nothing here),
+        # all in one statement: one execution instead of one per analyte.
+        wanted = [a.value for a in Analyte] if analytes is None else list(analytes)
+        if not wanted:
+            return ()
+        probe = (
+            f"SELECT * FROM (SELECT {OBSERVATION_COLUMNS} FROM observations {self._ANALYTE_INDEX} "  # noqa: S608
+            "WHERE patient = ? AND analyte = ? AND observed_ts < ? AND observed_ts >= ? "
+            "AND superseded = 0 AND status IN ('F', 'C', 'P') "
+            "ORDER BY observed_ts DESC, id DESC LIMIT 1) AS a"
+        )
+        bounds = (epoch(before), epoch(since) if since is not None else float("-inf"))
+        params = [p for analyte in wanted for p in (patient.key, analyte, *bounds)]
+        rows = self.execute(" UNION ALL ".join(probe for _ in wanted), params).fetchall()
         return tuple(sorted((observation_from_row(r) for r in rows), key=lambda o: o.observed_at))
 
     def supersede(self, patient: PatientKey, corrections: Sequence[Observation]) -> int:

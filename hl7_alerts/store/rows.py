@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from hl7_alerts.alerts import Alert, AlertEvent, AlertState, Tracking
@@ -134,14 +134,24 @@ def observation_rows(
     message_id: int, patient: PatientKey, observations: Sequence[Observation]
 ) -> list[tuple[Any, ...]]:
     """New observation rows, in `OBSERVATION_TYPES` order."""
-    return [
-        (
-            message_id, patient.key, o.analyte, o.code, o.code_system, o.text, o.value_type, o.value_text,
+    # A panel's results share their observation time (and always the patient):
+    # each is converted once per message, not once per row (a tenth of the
+    # write's CPU in bench/).
+    # Keyed by the zone too: equal instants in two zones are two texts.
+    key = patient.key
+    times: dict[tuple[datetime, tzinfo | None], tuple[str | None, float]] = {}
+    rows = []
+    for o in observations:
+        when = (o.observed_at, o.observed_at.tzinfo)
+        at = times.get(when)
+        if at is None:
+            at = times[when] = (to_iso(o.observed_at), epoch(o.observed_at))
+        rows.append((
+            message_id, key, o.analyte, o.code, o.code_system, o.text, o.value_type, o.value_text,
             o.value, o.comparator, o.unit, o.ref_low, o.ref_high, o.ref_text, o.flag, str(o.status),
-            to_iso(o.observed_at), epoch(o.observed_at), o.specimen_id, o.set_id,
-        )
-        for o in observations
-    ]
+            *at, o.specimen_id, o.set_id,
+        ))
+    return rows
 
 
 ALERT_COLUMNS = (
