@@ -1,10 +1,17 @@
-"""100,000 mutated frames at a running listener, then a valid message.
+"""100,000 mutated frames at a running listener, then a valid message; and
+the worst inputs of issue 18 at their largest.
 
 Mutations are seeded (the seed is in the test id, so a failure replays): bit
 flips, delimiter and control bytes (VT, FS, CR, LF) dropped in, spans
 deleted, duplicated or truncated, messages spliced. Whatever arrives, every
 frame the framer sees gets exactly one well-formed answer, in order, the
-daemon never dies, and afterwards a valid message is answered AA."""
+daemon never dies, and afterwards a valid message is answered AA.
+
+The worst inputs (`tests/support/hostile.py`: 100,000 spaces before a value,
+a range, a unit; 100,000 digits; bare segments by the hundred thousand...)
+each get the answer they deserve from a real daemon within the tests' wait:
+read in quadratic time, the first of them took minutes. Their time budget is
+`bench/hostile.py`'s, not a test's."""
 
 from __future__ import annotations
 
@@ -12,16 +19,19 @@ import asyncio
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hl7_alerts import frames
 from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
 from hl7_alerts.segments import split_file
 from tests.support.broker import Broker
-from tests.support.daemon import serve, write_config
+from tests.support.daemon import make_config, running, serve, write_config
+from tests.support.hostile import WORST
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.samples import SAMPLES
 
@@ -162,3 +172,63 @@ async def test_fuzzed_frames_are_all_answered_and_the_listener_survives(
         assert await asyncio.to_thread(daemon.stop) == 0  # SIGTERM: a clean exit
     assert "Traceback" not in log_path.read_text()
     print(f"fuzz: {sum(expected)} frames answered in {elapsed:.1f}s")
+
+
+WORST_N = 100_000  # characters or repeated units: 100 KB to 400 KB frames
+
+
+async def test_the_worst_inputs_are_answered_by_a_real_daemon(
+    tmp_path: Path, store_dir: Path, broker: Broker, prefix: str
+) -> None:
+    """Issue 18 item 1 through `hl7-alerts serve`: MLLP bytes in, the ACK each
+    deserves out, within the wait (12,000 spaces once took 6.4 s, 100,000
+    would take minutes), and a valid message after them answered AA."""
+    config = write_config(
+        tmp_path / "config.yaml", broker.port, prefix, store={"path": str(store_dir / "store.sqlite3")},
+        metrics={"enabled": False},
+    )
+    log_path = tmp_path / "daemon.log"
+    async with serve(config, log=log_path) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        answers = {}
+        for name, worst in WORST.items():
+            ack = ack_fields(await client.send(worst.build(WORST_N, control=f"W-{name}")))
+            answers[name] = (ack["code"], ack["control_id"])
+        valid = split_file((SAMPLES / "05_no_thiopurine_high_enzymes.hl7").read_bytes())[0]
+        after = ack_fields(await client.send(valid.replace(b"|LAB0003|", b"|AFTERWORST|")))
+        await client.close()
+        assert answers == {name: (w.ack, f"W-{name}") for name, w in WORST.items()}
+        assert (after["code"], after["control_id"]) == ("AA", "AFTERWORST")
+        assert daemon.alive(), log_path.read_text()[-2000:]
+        assert await asyncio.to_thread(daemon.stop) == 0
+    log_text = log_path.read_text()
+    assert "Traceback" not in log_text
+    assert "SECRETFAMILY" not in log_text  # invalid OBX-11: the field and table are named, not the value
+
+
+async def test_long_frames_are_read_off_the_event_loop(
+    tmp_path: Path, broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame over `frames.INLINE_READ_BYTES` is read on the reader thread
+    (a 1 MiB frame of bare segments takes seconds to read), a short one on
+    the loop; both get their answer, over real MLLP."""
+    threads: dict[str, str] = {}
+    read = frames._read
+
+    def recording(data: bytes, options: frames.ParseOptions) -> frames._Read:
+        result = read(data, options)
+        threads[result.header.control_id if result.header else "?"] = threading.current_thread().name
+        return result
+
+    monkeypatch.setattr(frames, "_read", recording)
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        short = WORST["spaces_value"].build(10, control="SHORT")
+        long = WORST["bare_segments"].build(frames.INLINE_READ_BYTES, control="LONG")
+        assert len(short) <= frames.INLINE_READ_BYTES < len(long)
+        assert ack_fields(await client.send(short))["code"] == "AA"
+        assert ack_fields(await client.send(long))["code"] == "AE"
+        await client.close()
+    assert threads["SHORT"] == threading.current_thread().name  # the test's loop is the daemon's
+    assert threads["LONG"].startswith("hl7-alerts-read")
