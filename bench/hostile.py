@@ -133,11 +133,13 @@ def _code(ack: bytes) -> str:
     return ack[at + 5 : at + 7].decode("ascii", "replace") if at != -1 else "??"
 
 
-async def worst_inputs(port: int, rate: float, size: int, until: float, tally: Tally, lane: int) -> None:
+async def worst_inputs(
+    port: int, rate: float, size: int, until: float, tally: Tally, lane: int, kinds: set[str]
+) -> None:
     """The worst inputs in turn, each awaiting its ACK, paced at ``rate``."""
     reader, writer = await _connect(port)
     framer = Framer(max_frame_bytes=1 << 24)
-    names = sorted(WORST)
+    names = sorted(kinds)
     k = lane
     next_at = time.monotonic()
     while time.monotonic() < until:
@@ -240,7 +242,8 @@ async def hostile(port: int, args: argparse.Namespace, until: float, tally: Tall
     rng = random.Random(args.seed)
     senders = {
         "worst": lambda: asyncio.gather(
-            *(worst_inputs(port, args.hostile_rate / 2, args.size, until, tally, lane) for lane in (0, 1))
+            *(worst_inputs(port, args.hostile_rate / 2, args.size, until, tally, lane, args.kinds)
+              for lane in (0, 1))
         ),
         "idle": lambda: idle(port, args.idle, until, tally),
         "stalled": lambda: stalled(port, until, tally),
@@ -315,6 +318,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--skip", type=lambda v: set(v.split(",")), default=set(),
         help="senders left out: worst,idle,stalled,pipelined,oversize,garbage",
+    )
+    parser.add_argument(
+        "--kinds", type=lambda v: set(v.split(",")), default=set(WORST),
+        help="worst inputs sent (default: all of tests/support/hostile.py's WORST)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

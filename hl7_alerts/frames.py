@@ -23,12 +23,12 @@ import itertools
 import json
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cache
 from typing import TypeVar
 
 import structlog
@@ -55,19 +55,60 @@ _ALERT_ID = re.compile(r"[0-9a-f]{32}")
 
 INLINE_READ_BYTES = 2048
 """Frames up to this size are read (batch split, parse, MSH salvage) on the
-event loop; longer ones on the reader thread (`_reader`). Reading is linear
+event loop; longer ones on the reader thread (`Reader`). Reading is linear
 in the frame's length, and its dearest input (a frame of bare ``OBX``
 segments) costs under 2 µs a byte, so reading on the loop holds it for at
 most a few milliseconds; a 1 MiB frame would hold it for seconds.
 `bench/hostile.py` measures the loop's longest hold."""
 
+READER_SHARE = 0.25
+"""The most of the process's time the reader thread takes: after a read
+that cost it t seconds of CPU it rests 3t before the next one. Reading
+holds the GIL, so a sender of megabyte frames of bare segments would
+otherwise take half of it from the loop and the store's writer, and the
+other connections' ACKs would queue behind that sender's input."""
 
-@cache
-def _reader() -> ThreadPoolExecutor:
-    """The one thread that reads long frames. One, so that a flood of long
-    frames queues here instead of taking every thread of the default executor
-    (the store's reads use it) or the loop's share of the GIL."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-alerts-read")
+
+class Reader:
+    """The one thread that reads long frames, at most `READER_SHARE` of the
+    time. One thread, so that a flood of long frames queues here rather than
+    taking every thread of the default executor (the store's reads use it).
+    The clocks and ``sleep`` are parameters for the tests."""
+
+    def __init__(
+        self,
+        *,
+        share: float = READER_SHARE,
+        cpu: Callable[[], float] = time.thread_time,
+        wall: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rest_factor = 1 / share - 1
+        self._cpu, self._wall, self._sleep = cpu, wall, sleep
+        self._resume_at = 0.0
+        self._executor: ThreadPoolExecutor | None = None
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()`` after the rest the previous read earned (on the reader
+        thread: its sleep releases the GIL)."""
+        wait = self._resume_at - self._wall()
+        if wait > 0:
+            self._sleep(wait)
+        start = self._cpu()
+        try:
+            return call()
+        finally:
+            self._resume_at = self._wall() + (self._cpu() - start) * self._rest_factor
+
+    async def read(self, call: Callable[[], T]) -> T:
+        """``call()`` on the reader thread, in this task's context (its log fields)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-alerts-read")
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self.run, call)
+
+
+_READER = Reader()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -479,12 +520,10 @@ class FrameHandler:
 
 async def _reading(data: bytes, call: Callable[[], T]) -> T:
     """``call()``, which reads ``data``: at once when ``data`` is short
-    (`INLINE_READ_BYTES`), else on the reader thread, in this task's context
-    (its log fields)."""
+    (`INLINE_READ_BYTES`), else on the reader thread (`Reader`)."""
     if len(data) <= INLINE_READ_BYTES:
         return call()
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(_reader(), context.run, call)
+    return await _READER.read(call)
 
 
 def _claimed_alert_id(data: bytes) -> str | None:

@@ -19,18 +19,16 @@ import asyncio
 import random
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hl7_alerts import frames
 from hl7_alerts.framer import NEED_DATA, Frame, Framer, Oversize, frame
 from hl7_alerts.segments import split_file
 from tests.support.broker import Broker
-from tests.support.daemon import make_config, running, serve, write_config
+from tests.support.daemon import serve, write_config
 from tests.support.hostile import WORST
 from tests.support.mllp import AsyncMllpClient, ack_fields
 from tests.support.samples import SAMPLES
@@ -204,31 +202,3 @@ async def test_the_worst_inputs_are_answered_by_a_real_daemon(
     log_text = log_path.read_text()
     assert "Traceback" not in log_text
     assert "SECRETFAMILY" not in log_text  # invalid OBX-11: the field and table are named, not the value
-
-
-async def test_long_frames_are_read_off_the_event_loop(
-    tmp_path: Path, broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A frame over `frames.INLINE_READ_BYTES` is read on the reader thread
-    (a 1 MiB frame of bare segments takes seconds to read), a short one on
-    the loop; both get their answer, over real MLLP."""
-    threads: dict[str, str] = {}
-    read = frames._read
-
-    def recording(data: bytes, options: frames.ParseOptions) -> frames._Read:
-        result = read(data, options)
-        threads[result.header.control_id if result.header else "?"] = threading.current_thread().name
-        return result
-
-    monkeypatch.setattr(frames, "_read", recording)
-    config = make_config(tmp_path, broker.port, prefix)
-    async with running(config) as daemon:
-        client = await AsyncMllpClient.connect(daemon.port)
-        short = WORST["spaces_value"].build(10, control="SHORT")
-        long = WORST["bare_segments"].build(frames.INLINE_READ_BYTES, control="LONG")
-        assert len(short) <= frames.INLINE_READ_BYTES < len(long)
-        assert ack_fields(await client.send(short))["code"] == "AA"
-        assert ack_fields(await client.send(long))["code"] == "AE"
-        await client.close()
-    assert threads["SHORT"] == threading.current_thread().name  # the test's loop is the daemon's
-    assert threads["LONG"].startswith("hl7-alerts-read")
