@@ -62,43 +62,57 @@ most a few milliseconds; a 1 MiB frame would hold it for seconds.
 `bench/hostile.py` measures the loop's longest hold."""
 
 READER_SHARE = 0.25
-"""The most of the process's time the reader thread takes: after a read
-that cost it t seconds of CPU it rests 3t before the next one. Reading
-holds the GIL, so a sender of megabyte frames of bare segments would
-otherwise take half of it from the loop and the store's writer, and the
-other connections' ACKs would queue behind that sender's input."""
+"""The most of the process's time the reader thread takes, over time:
+reading holds the GIL, so a sender of megabyte frames of bare segments
+would otherwise take half of it from the loop and the store's writer, and
+the other connections' ACKs would queue behind that sender's input."""
+READER_BURST = 1.0
+"""Seconds of reading the reader may do at once before the share applies:
+a feed of long messages, read a few milliseconds each, never waits."""
 
 
 class Reader:
     """The one thread that reads long frames, at most `READER_SHARE` of the
-    time. One thread, so that a flood of long frames queues here rather than
-    taking every thread of the default executor (the store's reads use it).
-    The clocks and ``sleep`` are parameters for the tests."""
+    time once a `READER_BURST` is spent (a token bucket: the budget refills
+    at the share per second of wall time, up to the burst, and each read
+    spends its CPU time; a read that finds the budget spent waits until it
+    is back to zero). One thread, so that a flood of long frames queues here
+    rather than taking every thread of the default executor (the store's
+    reads use it). The clocks and ``sleep`` are parameters for the tests."""
 
     def __init__(
         self,
         *,
         share: float = READER_SHARE,
+        burst: float = READER_BURST,
         cpu: Callable[[], float] = time.thread_time,
         wall: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._rest_factor = 1 / share - 1
+        self._share, self._burst = share, burst
         self._cpu, self._wall, self._sleep = cpu, wall, sleep
-        self._resume_at = 0.0
+        self._budget, self._at = burst, wall()
         self._executor: ThreadPoolExecutor | None = None
 
+    def _refill(self) -> None:
+        now = self._wall()
+        self._budget = min(self._burst, self._budget + (now - self._at) * self._share)
+        self._at = now
+
     def run(self, call: Callable[[], T]) -> T:
-        """``call()`` after the rest the previous read earned (on the reader
-        thread: its sleep releases the GIL)."""
-        wait = self._resume_at - self._wall()
-        if wait > 0:
-            self._sleep(wait)
+        """``call()``, once the budget allows (on the reader thread: its
+        sleep releases the GIL)."""
+        self._refill()
+        if self._budget < 0:
+            self._sleep(-self._budget / self._share)
+            self._refill()
         start = self._cpu()
         try:
             return call()
         finally:
-            self._resume_at = self._wall() + (self._cpu() - start) * self._rest_factor
+            spent = self._cpu() - start
+            self._refill()
+            self._budget -= spent
 
     async def read(self, call: Callable[[], T]) -> T:
         """``call()`` on the reader thread, in this task's context (its log fields)."""

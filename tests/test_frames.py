@@ -55,27 +55,32 @@ class _Clocks:
         self.wall += seconds
 
 
-@pytest.mark.parametrize(("share", "cost", "idle", "rest"), [
-    (0.25, 0.8, 0.0, 2.4),  # a read of 0.8 s CPU, the next at once: 2.4 s of rest first
-    (0.25, 0.8, 1.0, 1.4),  # the next a second later: what is left of the rest
-    (0.25, 0.8, 5.0, None),  # long after: no rest
-    (0.5, 0.2, 0.0, 0.2),
-    (1.0, 0.8, 0.0, None),  # a share of 1: never rests
-], ids=["at-once", "a-second-later", "long-after", "half", "all"])
-def test_the_reader_rests_for_what_it_took(share: float, cost: float, idle: float, rest: float | None) -> None:
-    """After a read that cost t of CPU, the reader takes the next only after
-    t x (1/share - 1) has passed: at most `READER_SHARE` of the process's
-    time goes to reading long frames, whatever a sender sends."""
+@pytest.mark.parametrize(("costs", "gaps", "sleeps"), [
+    ([0.8, 0.8, 0.8], [0, 0], [None, None, 1.6]),  # the burst covers two; the third waits 0.4 / 0.25
+    ([0.8, 0.8, 0.8], [0, 2.0], [None, None, None]),  # two seconds later the budget is back
+    ([2.0, 0.1], [0], [None, 4.0]),  # longer than the burst: the next waits until the budget is back to 0
+    ([0.005] * 200, [0.01] * 199, [None] * 200),  # a feed of long messages (5 ms each, 100/s): never waits
+], ids=["burst-then-share", "refilled", "over-the-burst", "a-feed-of-long-messages"])
+def test_the_reader_takes_its_share_after_a_burst(
+    costs: list[float], gaps: list[float], sleeps: list[float | None]
+) -> None:
+    """After `READER_BURST` seconds of reading, reads wait so that reading
+    takes at most `READER_SHARE` of the time, whatever a sender sends; a
+    feed whose reads fit in the share never waits."""
     clocks = _Clocks()
-    reader = frames.Reader(share=share, cpu=lambda: clocks.cpu, wall=lambda: clocks.wall, sleep=clocks.sleep)
+    reader = frames.Reader(share=0.25, burst=1.0, cpu=lambda: clocks.cpu, wall=lambda: clocks.wall,
+                           sleep=clocks.sleep)
+    seen: list[float | None] = []
+    for k, cost in enumerate(costs):
+        if k:
+            clocks.wall += gaps[k - 1]
+        before = len(clocks.slept)
 
-    def read() -> str:
-        clocks.cpu += cost
-        clocks.wall += cost
-        return "read"
+        def read(cost: float = cost) -> float:
+            clocks.cpu += cost
+            clocks.wall += cost
+            return cost
 
-    assert reader.run(read) == "read"
-    assert clocks.slept == []  # the first read waits for nothing
-    clocks.wall += idle
-    assert reader.run(lambda: "next") == "next"
-    assert clocks.slept == ([] if rest is None else [pytest.approx(rest)])
+        assert reader.run(read) == cost
+        seen.append(clocks.slept[before] if len(clocks.slept) > before else None)
+    assert seen == [None if s is None else pytest.approx(s) for s in sleeps]
