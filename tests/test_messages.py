@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hl7_alerts import batches, frames, messages, segments, terminology, timeutil
 from hl7_alerts.batches import read_batch
@@ -28,7 +30,7 @@ from hl7_alerts.model import (
 from hl7_alerts.segments import MessageError, decode, split_file
 from hl7_alerts.terminology import Analyte, Terminology
 from tests.support.hl7kit import AZA, alt, events, order_msg, oru, run_check
-from tests.support.hostile import WORST
+from tests.support.hostile import WORST, digits_value, spaces_then_number, spaces_value
 from tests.support.samples import SAMPLES
 
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
@@ -449,3 +451,35 @@ def test_reading_twice_the_input_makes_at_most_twice_the_calls(name: str) -> Non
     assert large <= 2 * small + 20
     salvage = [_calls(lambda n=n: salvage_header(build(n), UTC)) for n in (5_000, 10_000)]
     assert salvage[0] == salvage[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(min_value=0, max_value=100_000))
+def test_obx5_of_n_spaces_then_x_reads_as_text_for_any_n(n: int) -> None:
+    """The probe of issue 18 through the whole reader, as a property: OBX-5
+    of N spaces then ``x`` is that text and no number; N spaces then 190 is
+    190 while it fits in a value's 32 characters, and text after that; N
+    digits are a number only up to 32 of them."""
+    (obs,) = _observations(spaces_value(n))
+    assert (obs.value, obs.value_text) == (None, " " * n + "x")
+    (obs,) = _observations(spaces_then_number(n))
+    assert obs.value == (190.0 if n + 3 <= terminology.MAX_VALUE_CHARS else None)
+    (obs,) = _observations(digits_value(n))
+    assert obs.value == (float("9" * n) if 0 < n <= terminology.MAX_VALUE_CHARS else None)
+
+
+def _observations(data: bytes) -> tuple[Observation, ...]:
+    message = parse_message(data, OPTIONS)
+    assert isinstance(message, ResultMessage)
+    return message.observations
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(WORST)), n=st.integers(min_value=0, max_value=100_000))
+def test_every_worst_input_gets_its_answer_at_any_length(name: str, n: int) -> None:
+    """Each worst input is read to the answer it is owed (AA, or the AE/AR
+    of its refusal), whatever its length, with a header for the NAK."""
+    result = frames._read(WORST[name].build(n, control=f"P{n}"), OPTIONS)
+    assert (result.rejection.ack_code if result.rejection else "AA") == WORST[name].ack
+    assert result.header is not None
+    assert result.header.control_id == f"P{n}"
