@@ -94,9 +94,11 @@ async def drive(
     connections: int,
     rate: float | None,
     host: str = "127.0.0.1",
+    window: float | None = None,
 ) -> dict[str, Any]:
     """Send ``messages`` over ``connections`` (dealt out among ``port``s in
-    turn) and measure every ACK."""
+    turn) and measure every ACK; with ``window`` (seconds), the latency per
+    window of wall-clock time too (`windows`)."""
     ports = [port] if isinstance(port, int) else list(port)
     if not ports or connections < len(ports):
         raise ValueError(f"{connections} connections cannot cover {len(ports)} ports")
@@ -107,6 +109,7 @@ async def drive(
         conns.append((ports[i % len(ports)], proto))
     latencies: list[int] = []
     service: list[int] = []
+    stamped: list[tuple[int, int]] = []  # (scheduled or sent, latency) for `windows`
     codes: Counter[str] = Counter()
     per_port: Counter[int] = Counter()
     next_index = 0
@@ -130,8 +133,10 @@ async def drive(
             per_port[port] += 1
             service.append(done - sent)
             latencies.append(done - (scheduled if rate else sent))
+            stamped.append((scheduled if rate else sent, latencies[-1]))
 
     start = time.perf_counter_ns()
+    wall_offset = time.time_ns() - start  # perf_counter to wall clock, for `windows`
     await asyncio.gather(*(worker(p, c) for p, c in conns))
     elapsed = (time.perf_counter_ns() - max(start, t0 if rate else start)) / 1e9
     for _, c in conns:
@@ -158,7 +163,28 @@ async def drive(
             "p50": round(percentile(service, 50), 3),
             "p99": round(percentile(service, 99), 3),
         },
+        **({"windows": windows(stamped, wall_offset, window)} if window else {}),
     }
+
+
+def windows(stamped: Sequence[tuple[int, int]], wall_offset: int, seconds: float) -> list[dict[str, Any]]:
+    """Latency percentiles per ``seconds`` of wall-clock time, by when each
+    message was scheduled (or sent): ``start`` is the window's Unix time."""
+    size = int(seconds * 1e9)
+    groups: dict[int, list[int]] = {}
+    for at, latency in stamped:
+        groups.setdefault((at + wall_offset) // size, []).append(latency)
+    out = []
+    for key in sorted(groups):
+        group = sorted(groups[key])
+        out.append({
+            "start": key * size / 1e9,
+            "count": len(group),
+            "p50": round(percentile(group, 50), 3),
+            "p99": round(percentile(group, 99), 3),
+            "max": round(group[-1] / 1e6, 3),
+        })
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,10 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orders", action="store_true", help="send the warm-up orders instead of results")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--run-id", default="B")
+    parser.add_argument("--window", type=float, default=None, help="also report latency per N seconds")
     args = parser.parse_args(argv)
     gen = Generator(seed=args.seed, run_id=args.run_id)
     messages = gen.orders() if args.orders else list(gen.results(args.start, args.count))
-    result = asyncio.run(drive(args.port, messages, connections=args.connections, rate=args.rate))
+    result = asyncio.run(
+        drive(args.port, messages, connections=args.connections, rate=args.rate, window=args.window)
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

@@ -221,6 +221,7 @@ def load(
     connections: int,
     orders: bool = False,
     run_id: str,
+    window: float | None = None,
 ) -> dict[str, Any]:
     """Run the load client in its own process; return its JSON report. With
     several ports, the client deals its connections out among them."""
@@ -243,6 +244,8 @@ def load(
         argv += ["--rate", str(rate)]
     if orders:
         argv.append("--orders")
+    if window:
+        argv += ["--window", str(window)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, check=False, timeout=7200)
     if done.returncode != 0:
         raise RuntimeError(f"load client failed: {done.stderr.decode(errors='replace')[-2000:]}")

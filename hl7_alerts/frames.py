@@ -18,13 +18,18 @@ dropped connection. The daemon answers its listener with it, and
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import json
 import os
 import re
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -43,9 +48,81 @@ from hl7_alerts.settings import PipelineSettings
 from hl7_alerts.store import Store, StoreError, Transaction
 
 log = structlog.get_logger("hl7_alerts.frames")
+T = TypeVar("T")
 
 STORE_UNAVAILABLE = "store unavailable, resend later"
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")
+
+INLINE_READ_BYTES = 2048
+"""Frames up to this size are read (batch split, parse, MSH salvage) on the
+event loop; longer ones on the reader thread (`Reader`). Reading is linear
+in the frame's length, and its dearest input (a frame of bare ``OBX``
+segments) costs under 2 µs a byte, so reading on the loop holds it for at
+most a few milliseconds; a 1 MiB frame would hold it for seconds.
+`bench/hostile.py` measures the loop's longest hold."""
+
+READER_SHARE = 0.25
+"""The most of the process's time the reader thread takes, over time:
+reading holds the GIL, so a sender of megabyte frames of bare segments
+would otherwise take half of it from the loop and the store's writer, and
+the other connections' ACKs would queue behind that sender's input."""
+READER_BURST = 1.0
+"""Seconds of reading the reader may do at once before the share applies:
+a feed of long messages, read a few milliseconds each, never waits."""
+
+
+class Reader:
+    """The one thread that reads long frames, at most `READER_SHARE` of the
+    time once a `READER_BURST` is spent (a token bucket: the budget refills
+    at the share per second of wall time, up to the burst, and each read
+    spends its CPU time; a read that finds the budget spent waits until it
+    is back to zero). One thread, so that a flood of long frames queues here
+    rather than taking every thread of the default executor (the store's
+    reads use it). The clocks and ``sleep`` are parameters for the tests."""
+
+    def __init__(
+        self,
+        *,
+        share: float = READER_SHARE,
+        burst: float = READER_BURST,
+        cpu: Callable[[], float] = time.thread_time,
+        wall: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._share, self._burst = share, burst
+        self._cpu, self._wall, self._sleep = cpu, wall, sleep
+        self._budget, self._at = burst, wall()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _refill(self) -> None:
+        now = self._wall()
+        self._budget = min(self._burst, self._budget + (now - self._at) * self._share)
+        self._at = now
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()``, once the budget allows (on the reader thread: its
+        sleep releases the GIL)."""
+        self._refill()
+        if self._budget < 0:
+            self._sleep(-self._budget / self._share)
+            self._refill()
+        start = self._cpu()
+        try:
+            return call()
+        finally:
+            spent = self._cpu() - start
+            self._refill()
+            self._budget -= spent
+
+    async def read(self, call: Callable[[], T]) -> T:
+        """``call()`` on the reader thread, in this task's context (its log fields)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-alerts-read")
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self.run, call)
+
+
+_READER = Reader()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +162,41 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _Read:
+    """What reading one message gave, before anything is logged or counted
+    (`_read` may run off the loop): a message, or a refusal with the header
+    salvaged for its NAK; ``crashed`` when the refusal is a defect of ours."""
+
+    header: Header | None
+    message: Message | None = None
+    rejection: MessageError | None = None
+    crashed: Exception | None = None
+    # Results whose OBX-3 maps to no analyte, counted per (code, system) here
+    # rather than after the commit, on the loop.
+    unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def _read(data: bytes, options: ParseOptions) -> _Read:
+    """Read one message. Pure, and safe on any thread."""
+    try:
+        message = parse_message(data, options)
+    except MessageError as exc:
+        return _Read(header=salvage_header(data, options.timezone, options.fallback_charset), rejection=exc)
+    except Exception as exc:
+        error = MessageError(
+            "receiver could not read this message",
+            ack_code=AckCode.AE,
+            error_code=ErrorCode.INTERNAL_ERROR,
+        )
+        header = salvage_header(data, options.timezone, options.fallback_charset)
+        return _Read(header=header, rejection=error, crashed=exc)
+    unmapped: Counter[tuple[str, str]] = Counter()
+    if isinstance(message, ResultMessage):
+        unmapped.update((o.code, o.code_system) for o in message.observations if o.analyte is None)
+    return _Read(header=message.header, message=message, unmapped=unmapped)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Work:
     """One message on its way to its answer: read (``message``) or refused
     (``rejection``), and when it counts as received."""
@@ -94,6 +206,7 @@ class _Work:
     message: Message | None
     rejection: MessageError | None
     received_at: datetime
+    unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _envelope_header(envelope: Envelope) -> Header:
@@ -176,10 +289,10 @@ class FrameHandler:
         received_at = self._clock()
         current = self._settings()
         with bound_contextvars(peer=peer):
-            batch = read_batch(data)
+            batch = await _reading(data, lambda: read_batch(data))
             if batch is not None:
                 return await self._answer_batch(data, batch, received_at, current)
-            work = self._prepare(data, received_at, current.options)
+            work = await self._prepare(data, received_at, current.options)
             try:
                 result: object = await self.store.transact(self._unit(work, current))
             except Exception as exc:
@@ -197,7 +310,7 @@ class FrameHandler:
             return await self._no_message(data, batch, received_at, current)
         works: list[_Work] = []
         for message in batch.messages:
-            works.append(self._prepare(message, received_at, current.options))
+            works.append(await self._prepare(message, received_at, current.options))
             await asyncio.sleep(0)  # a long batch does not hold the other connections up
         try:
             results: list[object] = list(
@@ -235,26 +348,22 @@ class FrameHandler:
             result = exc
         return self._finish(work, result)
 
-    def _prepare(self, data: bytes, received_at: datetime, options: ParseOptions) -> _Work:
-        """Read one message: a domain message to process, or a refusal to keep."""
-        try:
-            message = parse_message(data, options)
-        except MessageError as exc:
-            header = salvage_header(data, options.timezone, options.fallback_charset)
-            return self._rejected(data, header, exc, received_at)
-        except Exception:
-            log.exception("parse_crashed")
-            error = MessageError(
-                "receiver could not read this message",
-                ack_code=AckCode.AE,
-                error_code=ErrorCode.INTERNAL_ERROR,
-            )
-            header = salvage_header(data, options.timezone, options.fallback_charset)
-            return self._rejected(data, header, error, received_at)
+    async def _prepare(self, data: bytes, received_at: datetime, options: ParseOptions) -> _Work:
+        """Read one message (on the loop up to `INLINE_READ_BYTES`, else on
+        the reader thread): a domain message to process, or a refusal to keep."""
+        read = await _reading(data, lambda: _read(data, options))
+        if read.crashed is not None:
+            log.error("parse_crashed", exc_info=read.crashed)
+        if read.rejection is not None:
+            return self._rejected(data, read.header, read.rejection, received_at)
+        message = read.message
+        assert message is not None
         if self._replay:
             received_at = message.header.message_time or received_at
-        header = message.header
-        return _Work(data=data, header=header, message=message, rejection=None, received_at=received_at)
+        return _Work(
+            data=data, header=read.header, message=message, rejection=None, received_at=received_at,
+            unmapped=read.unmapped,
+        )
 
     def _rejected(
         self, data: bytes, header: Header | None, exc: MessageError, received_at: datetime
@@ -320,8 +429,8 @@ class FrameHandler:
             assert isinstance(result, Outcome)
             assert message is not None
             self._metrics.alert_changes(result.changes)
-            if isinstance(message, ResultMessage) and not result.duplicate:
-                self._count_unmapped(message)
+            if work.unmapped and not result.duplicate:
+                self._count_unmapped(work.unmapped)
             # Debug, not info: one JSON line per message was a tenth of the
             # daemon's CPU at load (bench/). Rejections and warnings stay.
             log.debug(
@@ -333,14 +442,11 @@ class FrameHandler:
             answer = self._answer(header, result.ack_code, text=result.ack_text)
             return replace(answer, message=message, outcome=result)
 
-    def _count_unmapped(self, message: ResultMessage) -> None:
+    def _count_unmapped(self, unmapped: Counter[tuple[str, str]]) -> None:
         """Results whose code maps to no analyte are stored but never read
         by a rule: a site that has not mapped its local codes gets no alert.
         Counted per code, and said once per code in the log (codes are not
         patient data; the code's text is not logged)."""
-        unmapped = [(o.code, o.code_system) for o in message.observations if o.analyte is None]
-        if not unmapped:
-            return
         for code, system in self._metrics.unmapped_results(unmapped):
             log.info("lab_code_unmapped", code=code, system=system,
                      hint="map it in terminology.lab_codes; `hl7-alerts codes` lists the codes seen")
@@ -424,6 +530,14 @@ class FrameHandler:
         self._metrics.message_answered(header.type_code if header else "", str(ack_code_for(header, code)))
         ack = build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
         return Answer(ack=ack, code=code, text=text, header=header)
+
+
+async def _reading(data: bytes, call: Callable[[], T]) -> T:
+    """``call()``, which reads ``data``: at once when ``data`` is short
+    (`INLINE_READ_BYTES`), else on the reader thread (`Reader`)."""
+    if len(data) <= INLINE_READ_BYTES:
+        return call()
+    return await _READER.read(call)
 
 
 def _claimed_alert_id(data: bytes) -> str | None:

@@ -13,6 +13,7 @@ deserves and where the problem is, never a bare exception.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,8 +101,9 @@ def read_header(segments: list[Segment], tz: tzinfo) -> Header:
 
 def salvage_header(data: bytes, tz: tzinfo, fallback: str = "cp1252") -> Header | None:
     """Best-effort MSH of a message we could not otherwise read, so that even a
-    NAK for it can swap sender and receiver and echo MSH-10."""
-    text = decode(data, fallback)
+    NAK for it can swap sender and receiver and echo MSH-10. Reads the first
+    segment only: its cost does not grow with the rest of the message."""
+    text = decode(_first_segment(data), fallback)
     try:
         _, segments = read_segments(text)
         return read_header(segments, tz)
@@ -109,6 +111,14 @@ def salvage_header(data: bytes, tz: tzinfo, fallback: str = "cp1252") -> Header 
         return _header_with_default_delimiters(text, tz)
     except (IndexError, ValueError):
         return None
+
+
+def _first_segment(data: bytes) -> bytes:
+    """The bytes up to the end of the first segment that is not blank."""
+    body = data.removeprefix(codecs.BOM_UTF8)
+    start = len(data) - len(body.lstrip())
+    ends = [i for i in (data.find(b"\r", start), data.find(b"\n", start)) if i != -1]
+    return data[: min(ends)] if ends else data
 
 
 def _header_with_default_delimiters(text: str, tz: tzinfo) -> Header | None:
@@ -168,6 +178,7 @@ def parse_message(data: bytes, options: ParseOptions) -> Message:
 # types we do not evaluate (ADT, MDM, ...) are stored and answered AA.
 _MESSAGE_CODE = re.compile(r"[A-Z0-9]{3}")
 _VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)*")
+_MAX_VERSION_CHARS = 16  # "2.5.1"; longer is no version of table 0104
 
 
 def check_header(header: Header, options: ParseOptions) -> None:
@@ -189,7 +200,7 @@ def check_header(header: Header, options: ParseOptions) -> None:
         raise _content_error(
             "MSH-10 message control ID is empty", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 10
         )
-    if not _VERSION.fullmatch(header.version):
+    if len(header.version) > _MAX_VERSION_CHARS or not _VERSION.fullmatch(header.version):
         raise _header_rejection(
             "MSH-12 not in HL7 table 0104 (a version like 2.5 or 2.5.1)"
             if header.version

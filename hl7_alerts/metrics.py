@@ -16,10 +16,11 @@ on the daemon's own loop: a blocked loop answers nothing, which is the truth.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -169,12 +170,16 @@ class Metrics:
     def message_answered(self, type_code: str, ack_code: str) -> None:
         self.messages.labels(self._type_label(type_code), ack_code).inc()
 
-    def unmapped_results(self, codes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    def unmapped_results(
+        self, codes: Iterable[tuple[str, str]] | Mapping[tuple[str, str], int]
+    ) -> list[tuple[str, str]]:
         """Count results by the OBX-3 (code, coding system) that mapped to no
-        analyte; return the pairs this process had not seen before (each is
-        logged once), in order. An empty code or system is "(none)"."""
+        analyte (one pair per result, or a count per pair); return the pairs
+        this process had not seen before (each is logged once), in order. An
+        empty code or system is "(none)"."""
+        counts = codes if isinstance(codes, Mapping) else collections.Counter(codes)
         first_seen: list[tuple[str, str]] = []
-        for code, system in codes:
+        for (code, system), count in counts.items():
             key = (_lab_code_label(code), _lab_code_label(system))
             if key not in self._unmapped:
                 if len(self._unmapped) >= MAX_UNMAPPED_CODES:
@@ -182,7 +187,7 @@ class Metrics:
                 else:
                     self._unmapped.add(key)
                     first_seen.append(key)
-            self.unmapped.labels(*key).inc()
+            self.unmapped.labels(*key).inc(count)
         return first_seen
 
     def parse_error(self, ack_code: str, error_code: str) -> None:

@@ -236,7 +236,10 @@ def component_of(rep: str, d: Delimiters, component: int = 1, subcomponent: int 
     return unescape(value, d) if d.escape in value else value
 
 
-_HEX = re.compile(r"^X([0-9A-Fa-f]+)$")
+_HEX = re.compile(r"X((?:[0-9A-Fa-f]{2})+)")
+# The longest escape sequence read (``\\Xhh...\\`` of 32 bytes): a longer one is
+# no escape we know and is kept as sent, without a regex over it.
+_MAX_ESCAPE_CHARS = 65
 
 
 def unescape(value: str, d: Delimiters) -> str:
@@ -245,6 +248,16 @@ def unescape(value: str, d: Delimiters) -> str:
     esc = d.escape
     if esc not in value:
         return value
+    replacements = {
+        "F": d.field,
+        "S": d.component,
+        "T": d.subcomponent,
+        "R": d.repetition,
+        "E": esc,
+        ".br": "\n",
+        "H": "",
+        "N": "",
+    }
     out: list[str] = []
     i = 0
     n = len(value)
@@ -259,17 +272,8 @@ def unescape(value: str, d: Delimiters) -> str:
             out.append(value[i:])
             break
         seq = value[i + 1 : end]
-        replacement = {
-            "F": d.field,
-            "S": d.component,
-            "T": d.subcomponent,
-            "R": d.repetition,
-            "E": esc,
-            ".br": "\n",
-            "H": "",
-            "N": "",
-        }.get(seq)
-        if replacement is None and (m := _HEX.match(seq)) and len(m.group(1)) % 2 == 0:
+        replacement = replacements.get(seq)
+        if replacement is None and len(seq) <= _MAX_ESCAPE_CHARS and (m := _HEX.fullmatch(seq)):
             replacement = bytes.fromhex(m.group(1)).decode("latin-1")
         if replacement is None:
             out.append(value[i : end + 1])  # unknown escape: keep it as sent

@@ -281,7 +281,6 @@ def _sex_ranges(tokens: list[str]) -> dict[str, Range]:
     return found
 
 
-@lru_cache(maxsize=1024)  # a feed sends the same few ranges over and over; Range is immutable
 def parse_range(text: str, sex: str = "") -> Range:
     """OBX-7 in the forms CLINICAL.md lists: ``7-56``, ``7 - 56``, ``<40``,
     ``0-40 U/L``, ``>3.5``, and sex-specific ranges (``M:10-50 F:7-35``,
@@ -292,7 +291,12 @@ def parse_range(text: str, sex: str = "") -> Range:
     Anything else, or anything longer than `MAX_RANGE_CHARS`, is no range."""
     text = text.strip()
     if not text or len(text) > MAX_RANGE_CHARS:
-        return NO_RANGE
+        return NO_RANGE  # checked before the cache: only short text is ever kept
+    return _parse_range(text, sex)
+
+
+@lru_cache(maxsize=1024)  # a feed sends the same few ranges over and over; Range is immutable
+def _parse_range(text: str, sex: str) -> Range:
     tokens = _RANGE_TOKENS.findall(text)
     if tokens[0].lower() in _SEXES:
         by_sex = _sex_ranges(tokens)
@@ -337,6 +341,11 @@ _DRUG_NAMES: tuple[tuple[re.Pattern[str], Ingredient], ...] = (
     (re.compile(r"\b(?:FEBUXOSTAT|ULORIC|ADENURIC)", re.I), Ingredient.FEBUXOSTAT),
 )
 
+MAX_DRUG_TEXT_CHARS = 250
+"""How much of a drug's code and text is searched for a drug name: a CWE
+text is at most 199 characters (HL7 v2.5), and every sender puts the name
+first. Text beyond it is not searched."""
+
 _RXNORM_SYSTEMS = frozenset({"RXNORM", "RXN", "RXNCUI", "RXCUI"})
 
 
@@ -374,7 +383,7 @@ class Terminology:
             for key in (f"{system_u}:{code}", code):
                 if key in self.drug_codes:
                     return self.drug_codes[key]
-        for candidate in (text, code):
+        for candidate in (text[:MAX_DRUG_TEXT_CHARS], code[:MAX_DRUG_TEXT_CHARS]):
             for pattern, ingredient in _DRUG_NAMES:
                 if candidate and pattern.search(candidate):
                     return ingredient

@@ -20,6 +20,11 @@ _DTM = re.compile(
 
 _PLAUSIBLE_YEARS = (1900, 2199)
 
+MAX_DTM_CHARS = 24
+"""The longest DTM (``YYYYMMDDHHMMSS.SSSS+ZZZZ``): longer text is not a time,
+and is neither matched nor cached (a sender's 1 MB OBX-14 must not sit in
+the cache)."""
+
 
 def parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     """Parse an HL7 DTM/TS (``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``).
@@ -30,7 +35,7 @@ def parse_dtm(text: str, tz: tzinfo) -> datetime | None:
     first component.
     """
     text = text.strip()
-    if not text:
+    if not text or len(text) > MAX_DTM_CHARS:
         return None
     return _parse_dtm(text, tz)
 

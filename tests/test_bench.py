@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import fuzz_soak, run
+from bench import fuzz_soak, hostile, run
 from bench.gen import Generator
 from hl7_alerts.config import parse_config
 from hl7_alerts.messages import parse_message
@@ -70,3 +70,23 @@ def test_the_fuzz_soak_runs_rounds_against_a_real_daemon(capsys: pytest.CaptureF
     assert "       40 frames sent" in out
     assert "fuzz soak: 80 mutated frames" in out
     assert "0 crashes" in out
+
+
+def test_hostile_soak_runs_end_to_end(tmp_path: Path) -> None:
+    """`bench.hostile` on a few seconds and small worst inputs: every sender
+    runs, every worst input gets the ACK it is owed, the feed gets AA, the
+    probe reports on the loop, and the daemon is still up afterwards. Its
+    figures are the benchmark's, not this test's."""
+    report = hostile.main([
+        "--seconds", "2", "--window", "1", "--rate", "50", "--size", "2000", "--hostile-rate", "8",
+        "--idle", "2", "--out", str(tmp_path / "hostile.json"),
+    ])
+    assert report["daemon_alive"]
+    assert report["hostile_unexpected"] == {}
+    assert set(report["hostile_sent"]) >= {
+        "idle_connections", "stalled_frames", "pipelined", "oversize", "garbage", "spaces_value",
+    }
+    for name in ("quiet", "hostile"):
+        assert report[name]["feed"]["ack_codes"] == {"AA": 100}
+        assert report[name]["loop_busy_ms"] is not None
+    assert report["hostile_answers"]["oversize:AR"] >= 1

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hl7_alerts import batches, frames, messages, segments, terminology, timeutil
+from hl7_alerts.batches import read_batch
 from hl7_alerts.config import parse_config
-from hl7_alerts.messages import ParseOptions, parse_message
+from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.model import (
     AckCode,
     MergeMessage,
@@ -22,6 +30,7 @@ from hl7_alerts.model import (
 from hl7_alerts.segments import MessageError, decode, split_file
 from hl7_alerts.terminology import Analyte, Terminology
 from tests.support.hl7kit import AZA, alt, events, order_msg, oru, run_check
+from tests.support.hostile import WORST, digits_value, spaces_then_number, spaces_value
 from tests.support.samples import SAMPLES
 
 OPTIONS = ParseOptions(terminology=Terminology(), timezone=UTC)
@@ -334,3 +343,143 @@ def test_sex_specific_obx7_read_for_pid8(sex: str, low: float, high: float) -> N
 @pytest.mark.parametrize("obx3", ["1742-6^ALT^LOINC", "ALTX^Alanine aminotransferase^L^1742-6^ALT^LOINC"], ids=str)
 def test_loinc_written_out_in_identifier_or_alternate(obx3: str) -> None:
     assert _one(_oru(f"OBX|1|NM|{obx3}||40|U/L|7-56||||F")).analyte == "ALT"
+
+
+# -- issue 18 item 1: reading is linear, whatever the sender writes
+
+_READERS = (terminology, timeutil, segments, messages, batches)
+# Every regex the reader modules hold, with the longest text it may be run
+# over. None: run over the whole message, which only a pattern with no
+# repetition may be (each position is tried once; no backtracking).
+_REGEX_BOUNDS: dict[str, int | None] = {
+    "terminology._TEMPERATURE": terminology.MAX_UNIT_CHARS,
+    "terminology._NUMBER": terminology.MAX_RANGE_CHARS,  # tokens of a bounded range
+    "terminology._SIGNED": terminology.MAX_VALUE_CHARS,
+    "terminology._RANGE_TOKENS": terminology.MAX_RANGE_CHARS,
+    "terminology._DRUG_NAMES": terminology.MAX_DRUG_TEXT_CHARS,
+    "timeutil._DTM": timeutil.MAX_DTM_CHARS,
+    "timeutil._ISO_UTC": None,  # our own ISO text, never the message's
+    "segments._SEGMENT_SPLIT": None,
+    "segments._HEX": segments._MAX_ESCAPE_CHARS,
+    "messages._MESSAGE_CODE": None,  # three characters, then the end
+    "messages._VERSION": messages._MAX_VERSION_CHARS,
+    "batches._MORE": None,
+    "batches._LINES": None,
+}
+
+
+class _Recording:
+    """A compiled pattern that notes the longest text it was run over."""
+
+    def __init__(self, pattern: re.Pattern[str], seen: dict[str, int], name: str) -> None:
+        self._pattern, self._seen, self._name = pattern, seen, name
+
+    def _note(self, text: str | bytes) -> None:
+        self._seen[self._name] = max(self._seen.get(self._name, 0), len(text))
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._pattern, method)
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            self._note(args[1] if method in ("sub", "subn") else args[0])
+            return call(*args, **kwargs)
+
+        return recorded
+
+
+def _record_regexes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Swap every module-level regex of the reader modules for a recording
+    one; the answer fills in as they are used."""
+    seen: dict[str, int] = {}
+    found = set()
+    for module in _READERS:
+        short = module.__name__.rsplit(".", 1)[1]
+        for attr, value in vars(module).items():
+            name = f"{short}.{attr}"
+            if isinstance(value, re.Pattern):
+                found.add(name)
+                monkeypatch.setattr(module, attr, _Recording(value, seen, name))
+            elif isinstance(value, tuple) and value and isinstance(value[0], tuple) \
+                    and isinstance(value[0][0], re.Pattern):
+                found.add(name)
+                monkeypatch.setattr(module, attr, tuple((_Recording(p, seen, name), *rest) for p, *rest in value))
+    assert found == set(_REGEX_BOUNDS), "a regex of the reader needs its bound in _REGEX_BOUNDS"
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(WORST))
+def test_no_regex_reads_more_than_its_bound(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structural linearity: the quadratic regex of issue 18 ran over 12,000
+    spaces. No regex of the reader now sees more of a message than its
+    bound, for any of the worst inputs at 100,000, however it is read
+    (batch split, parse, the NAK's salvaged header)."""
+    monkeypatch.setattr(terminology, "_parse_range", terminology._parse_range.__wrapped__)  # no cache hits
+    monkeypatch.setattr(timeutil, "_parse_dtm", timeutil._parse_dtm.__wrapped__)
+    seen = _record_regexes(monkeypatch)
+    data = WORST[name].build(100_000)
+    read_batch(data)
+    result = frames._read(data, OPTIONS)
+    assert (result.rejection.ack_code if result.rejection else "AA") == WORST[name].ack
+    over = {k: v for k, v in seen.items() if (bound := _REGEX_BOUNDS[k]) is not None and v > bound}
+    assert not over
+
+
+def _calls(read: Callable[[], object]) -> int:
+    """Python and C function calls made by ``read()``."""
+    count = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        read()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("name", sorted(WORST))
+def test_reading_twice_the_input_makes_at_most_twice_the_calls(name: str) -> None:
+    """Structural linearity without a clock: reading a worst input of 2N
+    costs at most twice the function calls of N, and the header salvaged
+    for a NAK costs the same at any N (it reads the first segment only)."""
+    build = WORST[name].build
+    frames._read(build(1000), OPTIONS)  # warm the caches: what follows is the reading itself
+    small, large = (_calls(lambda n=n: frames._read(build(n), OPTIONS)) for n in (5_000, 10_000))
+    assert large <= 2 * small + 20
+    salvage = [_calls(lambda n=n: salvage_header(build(n), UTC)) for n in (5_000, 10_000)]
+    assert salvage[0] == salvage[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(min_value=0, max_value=100_000))
+def test_obx5_of_n_spaces_then_x_reads_as_text_for_any_n(n: int) -> None:
+    """The probe of issue 18 through the whole reader, as a property: OBX-5
+    of N spaces then ``x`` is that text and no number; N spaces then 190 is
+    190 while it fits in a value's 32 characters, and text after that; N
+    digits are a number only up to 32 of them."""
+    (obs,) = _observations(spaces_value(n))
+    assert (obs.value, obs.value_text) == (None, " " * n + "x")
+    (obs,) = _observations(spaces_then_number(n))
+    assert obs.value == (190.0 if n + 3 <= terminology.MAX_VALUE_CHARS else None)
+    (obs,) = _observations(digits_value(n))
+    assert obs.value == (float("9" * n) if 0 < n <= terminology.MAX_VALUE_CHARS else None)
+
+
+def _observations(data: bytes) -> tuple[Observation, ...]:
+    message = parse_message(data, OPTIONS)
+    assert isinstance(message, ResultMessage)
+    return message.observations
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(WORST)), n=st.integers(min_value=0, max_value=100_000))
+def test_every_worst_input_gets_its_answer_at_any_length(name: str, n: int) -> None:
+    """Each worst input is read to the answer it is owed (AA, or the AE/AR
+    of its refusal), whatever its length, with a header for the NAK."""
+    result = frames._read(WORST[name].build(n, control=f"P{n}"), OPTIONS)
+    assert (result.rejection.ack_code if result.rejection else "AA") == WORST[name].ack
+    assert result.header is not None
+    assert result.header.control_id == f"P{n}"

@@ -6,13 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hl7_alerts import terminology, timeutil
 from hl7_alerts.terminology import (
     LOINC,
+    MAX_DRUG_TEXT_CHARS,
     MAX_RANGE_CHARS,
     MAX_VALUE_CHARS,
     NO_RANGE,
     Analyte,
     Ingredient,
+    Range,
     Terminology,
     parse_range,
     parse_value,
@@ -194,3 +197,56 @@ def test_long_whitespace_and_digit_inputs_read_or_refuse_without_error(head: str
 def test_numbers_with_comparator_and_padding_read_back(number: str, comparator: str, pad: int) -> None:
     text = " " * pad + comparator + number + " " * pad
     assert parse_value("ST", text) == (float(number), comparator)
+
+
+# -- issue 18 item 1: the worst inputs, at any length up to 100,000
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(min_value=0, max_value=100_000), value_type=st.sampled_from(["NM", "ST", "TX", "SN"]))
+def test_n_spaces_then_x_is_no_number_for_any_n(n: int, value_type: str) -> None:
+    """The probe of issue 18 (12,000 spaces then ``x``: 6.4 s), as a property:
+    the answer for N spaces then ``x`` is no number, for every N; N spaces
+    then a number is that number exactly while it fits in MAX_VALUE_CHARS."""
+    assert parse_value(value_type, " " * n + "x") == (None, "")
+    number = parse_value("ST", " " * n + "190")
+    assert number == ((190.0, "") if n + 3 <= MAX_VALUE_CHARS else (None, ""))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(min_value=0, max_value=100_000))
+def test_ranges_after_n_spaces_and_before_n_characters(n: int) -> None:
+    """Padding is stripped before the length is judged; what is left over
+    MAX_RANGE_CHARS is no range, however it ends."""
+    assert parse_range(" " * n + "7-56" + " " * n) == Range(low=7, high=56)
+    assert parse_range("7-56 " + "x" * n) == (Range(low=7, high=56) if n + 5 <= MAX_RANGE_CHARS else NO_RANGE)
+    assert parse_range(" " * n + "x") == NO_RANGE
+
+
+def test_text_too_long_to_read_is_never_cached() -> None:
+    """A sender's megabyte of OBX-7 or OBX-14 is refused before the caches:
+    1,024 of them would otherwise be a gigabyte held by the process."""
+    ranges, times = terminology._parse_range.cache_info().currsize, timeutil._parse_dtm.cache_info().currsize
+    for i in range(50):
+        assert parse_range(f"{i}-" + "9" * (MAX_RANGE_CHARS + i)) == NO_RANGE
+        assert timeutil.parse_dtm("2026" + "0" * (timeutil.MAX_DTM_CHARS + i), timeutil.UTC_ZONE) is None
+    assert terminology._parse_range.cache_info().currsize == ranges
+    assert timeutil._parse_dtm.cache_info().currsize == times
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("20261020080000.1234+0200", True),  # the longest DTM: 24 characters
+    ("  20261020080000.1234+0200  ", True),
+    ("20261020080000.1234+02000", False),
+    ("2026" + "0" * 100_000, False),
+], ids=["longest", "padded", "one-more", "huge"])
+def test_a_time_longer_than_any_dtm_is_no_time(text: str, expected: bool) -> None:
+    assert (timeutil.parse_dtm(text, timeutil.UTC_ZONE) is not None) is expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("x" * (MAX_DRUG_TEXT_CHARS - len("azathioprine") - 1) + " azathioprine", Ingredient.AZATHIOPRINE),
+    ("x" * (MAX_DRUG_TEXT_CHARS - len("azathioprine")) + " azathioprine", None),
+    ("Azathioprine 50 MG " + "x" * 100_000, Ingredient.AZATHIOPRINE),
+], ids=["name-ends-at-the-bound", "name-past-the-bound", "name-first-then-a-megabyte"])
+def test_drug_names_are_searched_in_the_first_characters(text: str, expected: Ingredient | None) -> None:
+    assert SITE.ingredient("", "", text) == expected
