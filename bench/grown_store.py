@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gen import Generator
-from bench.run import ROOT, daemon_server, load, mosquitto, uptime
+from bench.run import RESULTS, daemon_server, load, mosquitto, uptime
 from hl7_alerts import logs
 from hl7_alerts.config import parse_config
 from hl7_alerts.frames import FrameHandler, FrameSettings
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hl7-alerts-grown-store"),
                         help="where the built stores are kept between runs")
     parser.add_argument("--log-level", default="info", help="the daemon's logging.level (default: info)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grown_store.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "grown_store.json")
     args = parser.parse_args(argv)
     if args.prefill < 1 or args.messages < 1 or args.rounds < 1:
         parser.error("--prefill, --messages and --rounds are at least 1")
