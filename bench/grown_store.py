@@ -22,8 +22,9 @@ machine's noise. So:
    ``synchronous=FULL``, as `bench.run`) on that store, sends the warm-up
    orders, then ``--messages`` results over ``--connections`` at saturation
    from the load client (its own process), and reads the daemon's CPU time.
-   Both stores get the same messages each round: results N + r·M … of the
-   stream, i.e. the stream going on where the build stopped.
+   Round pair k (an A and the B after it) gets the same messages: results
+   N + k·M … N + (k+1)·M − 1 of the stream, i.e. the stream going on where
+   the build stopped.
 
 Prints per round msg/s, CPU µs per message, ACK p99 and the daemon's
 start-up time, then grown ÷ empty of the medians; the spread between rounds
@@ -160,7 +161,9 @@ def run_round(
     try:
         load(server.port, count=0, orders=True, connections=args.connections, run_id=run_id)
         cpu_start = server.cpu_seconds()
-        start = args.prefill + number * args.messages  # the stream goes on where the build stopped
+        # The stream goes on where the build stopped; each pair of rounds
+        # (empty, grown) gets the same messages.
+        start = args.prefill + number // 2 * args.messages
         sat = load(server.port, count=args.messages, start=start, connections=args.connections, run_id=run_id)
         cpu = server.cpu_seconds() - cpu_start
         memory = server.memory()
