@@ -24,7 +24,7 @@ its default (on); each configuration gets a fresh database.
     .venv/bin/python -m bench.run              # the figures in the README
     .venv/bin/python -m bench.run --sweep 1,8,32,64 --stores sqlite   # other connection counts
     .venv/bin/python -m bench.run --stores sqlite --servers hl7-alerts   # one row
-    .venv/bin/python -m bench.run --long       # RSS from 100k to 1M messages (daemon only)
+    .venv/bin/python -m bench.run --long       # RSS from 100k to 1M messages (daemon only; long.json)
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from tests.support.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
+RESULTS = ROOT / "bench" / "results"  # not committed
 
 # The daemon's store configurations: --stores name -> (label, daemons).
 STORES = {"sqlite": ("sqlite", 1), "pg1": ("postgresql×1", 1), "pg2": ("postgresql×2", 2)}
@@ -454,16 +455,16 @@ def measure(
 
 
 def measure_long(target: Target, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """RSS after every 100,000 messages up to ``--long-messages``."""
+    """RSS after every ``--long-every`` messages (100,000) up to ``--long-messages``."""
     run_id = f"L{int(time.time()) % 100000}"
     (server,) = target.servers
     server.start(work / f"{server.name}-long.log")
     try:
         load(server.port, count=0, orders=True, connections=args.connections, run_id=run_id)
         points = []
-        chunk = 100_000
         sent = 0
         while sent < args.long_messages:
+            chunk = min(args.long_every, args.long_messages - sent)
             report = load(server.port, count=chunk, start=sent, connections=args.connections, run_id=run_id)
             sent += chunk
             mem = server.memory()
@@ -823,7 +824,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--rate", type=float, default=500.0, help="offered rate of the paced run (msg/s)")
     parser.add_argument("--paced-seconds", type=float, help="length of the paced run (default 10 s)")
-    parser.add_argument("--long-messages", type=int, default=1_000_000)
+    parser.add_argument("--long-messages", type=int, default=1_000_000, help="--long: messages in all")
+    parser.add_argument("--long-every", type=int, default=100_000, help="--long: RSS after every this many")
     parser.add_argument("--log-level", default="info", help="the daemon's logging.level (default: info)")
     parser.add_argument(
         "--servers",
@@ -847,7 +849,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="load pg_stat_statements: statements per message and the costliest ones, per PostgreSQL row",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument(
+        "--out", type=Path,
+        help="the JSON report (default bench/results/latest.json; with --long, bench/results/long.json)",
+    )
     parser.add_argument(
         "--markdown", type=Path,
         help="where the one table goes (default: --out with .md, bench/results/latest.md)",
@@ -861,6 +866,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [s for s in stores if s not in STORES]
     if unknown or not stores:
         parser.error(f"--stores: unknown {unknown or 'empty list'}; choose from {', '.join(STORES)}")
+    if args.out is None:
+        # --long's report holds no table: it must not replace the one latest.md was written with.
+        args.out = RESULTS / ("long.json" if args.long else "latest.json")
+    if args.long and (args.long_every < 1 or args.long_messages < 1):
+        parser.error("--long-messages and --long-every are at least 1")
     if args.long and stores[0] == "pg2":
         parser.error("--long measures one daemon: its store is the first of --stores (sqlite or pg1)")
     if len(set(stores)) != len(stores):
@@ -900,7 +910,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["postgresql"] = pg_settings(pg, pg_extra)
         if args.long:
             print(
-                f"long run: daemon on {STORES[stores[0]][0]}, RSS every 100,000 messages up to "
+                f"long run: daemon on {STORES[stores[0]][0]}, RSS every {args.long_every:,} messages up to "
                 f"{args.long_messages:,}",
                 flush=True,
             )
@@ -956,6 +966,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown_table(report["results"], args))
     if "long" in report:
         print(f"RSS growth from first to last point: {report['long']['rss_growth_percent']} %")
+        machine = report["machine"]
+        print(f"uptime before: {machine['uptime_start']}\nuptime after:  {machine['uptime_end']}")
     print(f"results: {args.out}")
     return report
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import fuzz_soak, hostile, run
+from bench import fuzz_soak, grown_store, hostile, run
 from bench.gen import Generator
 from hl7_alerts.config import parse_config
 from hl7_alerts.messages import parse_message
@@ -90,3 +90,41 @@ def test_hostile_soak_runs_end_to_end(tmp_path: Path) -> None:
         assert report[name]["feed"]["ack_codes"] == {"AA": 100}
         assert report[name]["loop_busy_ms"] is not None
     assert report["hostile_answers"]["oversize:AR"] >= 1
+
+
+def test_long_mode_reports_rss_after_every_chunk_in_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench.run --long` on a few hundred messages: an RSS point after each
+    chunk (the last one short), written to long.json, never over the
+    latest.json that latest.md was written from."""
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    report = run.main(["--long", "--stores", "sqlite", "--long-messages", "500", "--long-every", "200"])
+    points = report["long"]["points"]
+    assert [p["messages"] for p in points] == [200, 400, 500]
+    assert all(p["rss_kib"] > 10_000 and p["messages_per_second"] > 0 for p in points)
+    results = tmp_path / "results"
+    assert json.loads((results / "long.json").read_text())["long"] == report["long"]
+    assert sorted(f.name for f in results.iterdir()) == ["long.json"]
+
+
+def test_grown_store_alternates_an_empty_and_a_grown_store_built_once(tmp_path: Path) -> None:
+    """`bench.grown_store` end to end on a tiny N: the grown store holds the
+    orders and N results, as the daemon stored them; rounds alternate empty
+    and grown, each on the same messages; the kept store is not touched by
+    the rounds and is not built again."""
+    kept = tmp_path / "stores"
+    out = tmp_path / "grown.json"
+    report = grown_store.main(
+        ["--prefill", "150", "--messages", "100", "--rounds", "1", "--dir", str(kept), "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    rounds = report["rounds"]
+    assert [(r["store"], r["messages_held"]) for r in rounds] == [("empty", 100), ("grown", 250)]
+    assert all(r["messages_per_second"] > 0 and r["cpu_us_per_message"] > 0 for r in rounds)
+    assert report["summary"]["ratio_messages_per_second"] > 0
+    built = kept / "store-150.sqlite3"
+    assert grown_store.store_messages(built) == 250  # the rounds ran on a copy
+    stamp = built.stat().st_mtime_ns
+    assert grown_store.build_store(kept, 150) == built
+    assert built.stat().st_mtime_ns == stamp
