@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hl7_alerts import frames
-from hl7_alerts.batches import read_batch
+from hl7_alerts.batches import BatchFrame, read_batch
 from hl7_alerts.messages import parse_message
 from hl7_alerts.model import ResultMessage
 from hl7_alerts.segments import MessageError, split_file
@@ -40,6 +40,12 @@ def _read_and_say_where(data: bytes, options: frames.ParseOptions) -> frames._Re
     name = result.header.control_id if result.header else "unknown"
     (Path(os.environ[_WHERE]) / name).write_text(f"{os.getpid()} {threading.current_thread().name}")
     return result
+
+
+def _read_batch_and_say_where(data: bytes) -> BatchFrame | None:
+    """`batches.read_batch`, writing the process that ran it to ``BATCH``."""
+    (Path(os.environ[_WHERE]) / "BATCH").write_text(str(os.getpid()))
+    return read_batch(data)
 
 
 def _read_once_killed(data: bytes, options: frames.ParseOptions) -> frames._Read:
@@ -74,6 +80,30 @@ async def test_long_frames_are_read_off_the_event_loop(
     here = f"{os.getpid()} {threading.current_thread().name}"  # the test's loop is the daemon's
     assert (tmp_path / "SHORT").read_text() == here
     assert (tmp_path / "LONG").read_text().split()[0] != str(os.getpid())
+
+
+async def test_a_long_batch_is_split_and_read_in_the_reader_process(
+    tmp_path: Path, broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch frame over `frames.INLINE_READ_BYTES` is split in the reader
+    process, its long message read there too, and the batch answered with
+    each message's code, in order."""
+    monkeypatch.setenv(_WHERE, str(tmp_path))
+    monkeypatch.setattr(frames, "read_batch", _read_batch_and_say_where)
+    monkeypatch.setattr(frames, "_read", _read_and_say_where)
+    long = WORST["spaces_value"].build(frames.INLINE_READ_BYTES, control="B-LONG").decode()
+    short = WORST["invalid_status"].build(5, control="B-SHORT").decode()
+    frame = f"BHS|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||||B1\r{long}{short}BTS|2\r".encode()
+    config = make_config(tmp_path, broker.port, prefix)
+    async with running(config) as daemon:
+        client = await AsyncMllpClient.connect(daemon.port)
+        ack = (await client.send(frame)).decode()
+        await client.close()
+    msa = [line.split("|")[1:3] for line in ack.split("\r") if line.startswith("MSA")]
+    assert msa == [["AA", "B-LONG"], ["AE", "B-SHORT"]]
+    assert (tmp_path / "BATCH").read_text() != str(os.getpid())
+    assert (tmp_path / "B-LONG").read_text().split()[0] != str(os.getpid())
+    assert (tmp_path / "B-SHORT").read_text().split()[0] == str(os.getpid())
 
 
 async def test_a_reader_process_killed_under_a_frame_loses_no_answer(
