@@ -28,7 +28,7 @@ import structlog
 
 from hl7_alerts.acksig import read_keys
 from hl7_alerts.config import Config, ConfigError
-from hl7_alerts.frames import FrameHandler, FrameSettings
+from hl7_alerts.frames import FrameHandler, FrameSettings, ReadProcess
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits
 from hl7_alerts.publisher import Publisher
@@ -150,6 +150,7 @@ class Daemon:
         self._current = _frame_settings(config)
         self.store: Store | None = None
         self.frames: FrameHandler | None = None
+        self.reader: ReadProcess | None = None
         self.server: MllpServer | None = None
         self.publisher: Publisher | None = None
         self.scheduler: Scheduler | None = None
@@ -177,6 +178,9 @@ class Daemon:
         store = await _writable_store(cfg, self._clock())
         store.commit_observer = self.metrics.observe_commit
         self.store = store
+        reader = ReadProcess()
+        reader.start()
+        self.reader = reader
         frames = FrameHandler(
             store,
             lambda: self._current,
@@ -184,6 +188,7 @@ class Daemon:
             self._clock,
             max_message_bytes=cfg.mllp.max_message_bytes,
             ack_keys=ack_keys,
+            reader=reader,
         )
         self.frames = frames
         try:
@@ -238,6 +243,7 @@ class Daemon:
         finally:
             if self.ops is not None:
                 await self.ops.stop()
+            await reader.stop()
             await store.close()
             log.info("daemon_stopped")
 

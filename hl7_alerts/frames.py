@@ -18,15 +18,16 @@ dropped connection. The daemon answers its listener with it, and
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
@@ -39,6 +40,7 @@ from hl7_alerts.acksig import Verdict, verify
 from hl7_alerts.alerts import InvalidAck, parse_ack
 from hl7_alerts.batches import BatchFrame, Envelope, read_batch
 from hl7_alerts.lifecycle import acknowledge_alert
+from hl7_alerts.logs import render_exception
 from hl7_alerts.messages import ParseOptions, parse_message, salvage_header
 from hl7_alerts.metrics import Metrics
 from hl7_alerts.model import AckCode, Header, Message, ResultMessage
@@ -55,30 +57,30 @@ _ALERT_ID = re.compile(r"[0-9a-f]{32}")
 
 INLINE_READ_BYTES = 2048
 """Frames up to this size are read (batch split, parse, MSH salvage) on the
-event loop; longer ones on the reader thread (`Reader`). Reading is linear
-in the frame's length, and its dearest input (a frame of bare ``OBX``
+event loop; longer ones in the reader process (`ReadProcess`). Reading is
+linear in the frame's length, and its dearest input (a frame of bare ``OBX``
 segments) costs under 2 µs a byte, so reading on the loop holds it for at
-most a few milliseconds; a 1 MiB frame would hold it for seconds.
-`bench/hostile.py` measures the loop's longest hold."""
+most a few milliseconds; a 1 MiB frame would hold it for seconds, and a
+thread of ours would hold the interpreter lock as long. `bench/hostile.py`
+measures the loop's longest hold."""
 
 READER_SHARE = 0.25
-"""The most of the process's time the reader thread takes, over time:
-reading holds the GIL, so a sender of megabyte frames of bare segments
-would otherwise take half of it from the loop and the store's writer, and
-the other connections' ACKs would queue behind that sender's input."""
+"""The most of one core the reader process takes, over time: a sender of
+megabyte frames of bare segments would otherwise keep a core busy, and on a
+small machine the loop and the store's writer share the cores with it."""
 READER_BURST = 1.0
 """Seconds of reading the reader may do at once before the share applies:
 a feed of long messages, read a few milliseconds each, never waits."""
 
 
 class Reader:
-    """The one thread that reads long frames, at most `READER_SHARE` of the
-    time once a `READER_BURST` is spent (a token bucket: the budget refills
-    at the share per second of wall time, up to the burst, and each read
-    spends its CPU time; a read that finds the budget spent waits until it
-    is back to zero). One thread, so that a flood of long frames queues here
-    rather than taking every thread of the default executor (the store's
-    reads use it). The clocks and ``sleep`` are parameters for the tests."""
+    """The pace of the reader process: at most `READER_SHARE` of its time
+    once a `READER_BURST` is spent (a token bucket: the budget refills at the
+    share per second of wall time, up to the burst, and each read spends its
+    CPU time; a read that finds the budget spent waits until it is back to
+    zero). It lives in the reader process (`_paced`), whose only thread
+    reads, so a flood of long frames queues there. The clocks and ``sleep``
+    are parameters for the tests."""
 
     def __init__(
         self,
@@ -92,7 +94,6 @@ class Reader:
         self._share, self._burst = share, burst
         self._cpu, self._wall, self._sleep = cpu, wall, sleep
         self._budget, self._at = burst, wall()
-        self._executor: ThreadPoolExecutor | None = None
 
     def _refill(self) -> None:
         now = self._wall()
@@ -100,8 +101,7 @@ class Reader:
         self._at = now
 
     def run(self, call: Callable[[], T]) -> T:
-        """``call()``, once the budget allows (on the reader thread: its
-        sleep releases the GIL)."""
+        """``call()``, once the budget allows."""
         self._refill()
         if self._budget < 0:
             self._sleep(-self._budget / self._share)
@@ -114,15 +114,81 @@ class Reader:
             self._refill()
             self._budget -= spent
 
-    async def read(self, call: Callable[[], T]) -> T:
-        """``call()`` on the reader thread, in this task's context (its log fields)."""
+
+_PACE: Reader | None = None  # in the reader process: its one `Reader`
+
+
+class ReadFailed(Exception):
+    """A long frame could not be read: the reader process died under it
+    twice, or reading raised (a defect of ours). The frame's answer is an AR
+    (`FrameHandler.answer`), so the sender keeps it and resends."""
+
+
+def _paced(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` in the reader process, at its pace. What it raises
+    comes back as a `ReadFailed` carrying the traceback as text (rendered
+    without exception messages, which may quote the message, `logs`): an
+    exception object may not survive the trip back between processes."""
+    global _PACE  # noqa: PLW0603 - one pace per reader process
+    if _PACE is None:
+        _PACE = Reader()
+    try:
+        return _PACE.run(lambda: function(*args))
+    except Exception as exc:
+        raise ReadFailed(render_exception(exc)) from None
+
+
+class ReadProcess:
+    """The one process that reads long frames (`INLINE_READ_BYTES`), so that
+    reading a megabyte takes neither the event loop's interpreter lock nor
+    its garbage collector's time. Started with the daemon (`start`: the first
+    long frame does not wait for it) and stopped with it (`stop`). A
+    ``spawn`` process: the daemon has threads, which ``fork`` does not copy.
+
+    A reader that dies under a frame (killed, out of memory) is replaced and
+    the frame read once more on the new one; when that one dies too, the
+    frame is answered AR (`ReadFailed`), never read on the loop: a frame that
+    kills a reader would take the daemon with it."""
+
+    def __init__(self) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the reader process (in the background)."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-alerts-read")
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self.run, call)
+            self._executor = self._new()
 
+    @staticmethod
+    def _new() -> ProcessPoolExecutor:
+        executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        executor.submit(os.getpid)  # start it now, not at the first long frame
+        return executor
 
-_READER = Reader()
+    async def read(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` in the reader process (``function`` and its
+        arguments and result go by pickle: a module-level function)."""
+        for attempt in (1, 2):
+            executor = self._executor
+            if executor is None:
+                raise ReadFailed("the reader process is stopped")
+            try:
+                future = executor.submit(_paced, function, *args)
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                log.error("reader_died", attempt=attempt, again=attempt == 1)
+                if self._executor is executor:
+                    self._executor = self._new()
+                    executor.shutdown(wait=False)
+            except ReadFailed as exc:
+                log.error("read_failed", exception=str(exc))
+                raise ReadFailed("reading raised") from None
+        raise ReadFailed("the reader process died twice reading this frame")
+
+    async def stop(self) -> None:
+        """Stop the reader process (reads still queued are cancelled)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,19 +231,22 @@ class Answer:
 class _Read:
     """What reading one message gave, before anything is logged or counted
     (`_read` may run off the loop): a message, or a refusal with the header
-    salvaged for its NAK; ``crashed`` when the refusal is a defect of ours."""
+    salvaged for its NAK; ``crashed`` when the refusal is a defect of ours:
+    its traceback as text (`logs.render_exception`), since a read done in the
+    reader process comes back by pickle, which an exception may not survive."""
 
     header: Header | None
     message: Message | None = None
     rejection: MessageError | None = None
-    crashed: Exception | None = None
+    crashed: str | None = None
     # Results whose OBX-3 maps to no analyte, counted per (code, system) here
     # rather than after the commit, on the loop.
     unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _read(data: bytes, options: ParseOptions) -> _Read:
-    """Read one message. Pure, and safe on any thread."""
+    """Read one message. Pure, safe on any thread, and a module-level
+    function whose arguments and result pickle (`ReadProcess`)."""
     try:
         message = parse_message(data, options)
     except MessageError as exc:
@@ -189,7 +258,7 @@ def _read(data: bytes, options: ParseOptions) -> _Read:
             error_code=ErrorCode.INTERNAL_ERROR,
         )
         header = salvage_header(data, options.timezone, options.fallback_charset)
-        return _Read(header=header, rejection=error, crashed=exc)
+        return _Read(header=header, rejection=error, crashed=render_exception(exc))
     unmapped: Counter[tuple[str, str]] = Counter()
     if isinstance(message, ResultMessage):
         unmapped.update((o.code, o.code_system) for o in message.observations if o.analyte is None)
@@ -237,7 +306,9 @@ class FrameHandler:
     ``ack_keys`` (``mqtt.acks.hmac_key_file``), a pager's ack must be signed
     with one of them (`acksig`). ``keep_rejected=False`` is for resending a
     rejected message (`resend`): it is already kept, and a second copy would
-    say nothing new.
+    say nothing new. With ``reader`` (the daemon's), frames longer than
+    `INLINE_READ_BYTES` are read in that process; without (the offline
+    tools, which have no other connection to keep answering), all inline.
     """
 
     def __init__(
@@ -251,8 +322,10 @@ class FrameHandler:
         replay: bool = False,
         ack_keys: Sequence[bytes] = (),
         keep_rejected: bool = True,
+        reader: ReadProcess | None = None,
     ) -> None:
         self.store = store
+        self._reader = reader
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
@@ -289,7 +362,7 @@ class FrameHandler:
         received_at = self._clock()
         current = self._settings()
         with bound_contextvars(peer=peer):
-            batch = await _reading(data, lambda: read_batch(data))
+            batch = await self._reading(read_batch, data)
             if batch is not None:
                 return await self._answer_batch(data, batch, received_at, current)
             work = await self._prepare(data, received_at, current.options)
@@ -349,11 +422,11 @@ class FrameHandler:
         return self._finish(work, result)
 
     async def _prepare(self, data: bytes, received_at: datetime, options: ParseOptions) -> _Work:
-        """Read one message (on the loop up to `INLINE_READ_BYTES`, else on
-        the reader thread): a domain message to process, or a refusal to keep."""
-        read = await _reading(data, lambda: _read(data, options))
+        """Read one message (on the loop up to `INLINE_READ_BYTES`, else in
+        the reader process): a domain message to process, or a refusal to keep."""
+        read = await self._reading(_read, data, options)
         if read.crashed is not None:
-            log.error("parse_crashed", exc_info=read.crashed)
+            log.error("parse_crashed", exception=read.crashed)
         if read.rejection is not None:
             return self._rejected(data, read.header, read.rejection, received_at)
         message = read.message
@@ -521,6 +594,14 @@ class FrameHandler:
         log.info("ack_received", alert_id=alert_id, outcome=str(outcome))
         return True
 
+    async def _reading(self, function: Callable[..., T], data: bytes, *args: object) -> T:
+        """``function(data, *args)``, which reads ``data``: at once when
+        ``data`` is short (`INLINE_READ_BYTES`) or there is no reader
+        process, else in it. Looked up at each call, so tests may wrap it."""
+        if len(data) <= INLINE_READ_BYTES or self._reader is None:
+            return function(data, *args)
+        return await self._reader.read(function, data, *args)
+
     def _ack_id(self) -> str:
         return f"{self._ack_prefix}{next(self._ack_ids):x}"
 
@@ -530,14 +611,6 @@ class FrameHandler:
         self._metrics.message_answered(header.type_code if header else "", str(ack_code_for(header, code)))
         ack = build_ack(header, code, text=text, error=error, now=self._clock(), control_id=self._ack_id())
         return Answer(ack=ack, code=code, text=text, header=header)
-
-
-async def _reading(data: bytes, call: Callable[[], T]) -> T:
-    """``call()``, which reads ``data``: at once when ``data`` is short
-    (`INLINE_READ_BYTES`), else on the reader thread (`Reader`)."""
-    if len(data) <= INLINE_READ_BYTES:
-        return call()
-    return await _READER.read(call)
 
 
 def _claimed_alert_id(data: bytes) -> str | None:

@@ -68,6 +68,12 @@ class MessageError(Exception):
         self.sequence = sequence
         self.field = field
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Built without __init__ and its keyword-only arguments (an exception
+        # pickles as ``type(*args)``): a message read in the reader process
+        # comes back by pickle.
+        return (MessageError.__new__, (type(self), *self.args), self.__dict__)
+
 
 # ---------------------------------------------------------------------------
 # Charset
