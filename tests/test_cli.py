@@ -109,6 +109,9 @@ def test_alerts_list_show_ack_on_the_store_then_the_daemon_publishes_the_ack(
         f"mllp:\n  port: 0\nstore:\n  path: store.sqlite3\n"
         f"mqtt:\n  port: {broker.port}\n  topic_prefix: {prefix}\n  client_id: {prefix}\n"
         f"  reconnect_max_seconds: 0.5\nlogging:\n  format: json\n"
+        # The order began in September 2026: on the wall clock its schedule is
+        # overdue, and an overdue alert would race the two this test lists.
+        f"rules:\n  monitoring:\n    enabled: false\n"
     )
     config = load_config(config_file)
 
