@@ -294,7 +294,10 @@ def daemon_server(
     config.write_text(
         yaml.safe_dump(
             {
-                "mllp": {"host": "127.0.0.1", "port": port},
+                # The load client opens every connection of the sweep from
+                # one address: the per-peer cap (16) must not churn them.
+                "mllp": {"host": "127.0.0.1", "port": port, "max_connections": 1024,
+                         "max_connections_per_peer": 1024},
                 "store": store,
                 "mqtt": {
                     "host": "127.0.0.1",

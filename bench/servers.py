@@ -49,7 +49,7 @@ async def serve_bare(port: int, stop: asyncio.Event) -> None:
 
 
 async def serve_mllp(port: int, stop: asyncio.Event) -> None:
-    from hl7_alerts.mllp import MllpServer  # noqa: PLC0415 (only this server needs it)
+    from hl7_alerts.mllp import MllpServer, ServerLimits  # noqa: PLC0415 (only this server needs it)
 
     body = ACK[1:-2]  # the listener frames it
 
@@ -59,7 +59,9 @@ async def serve_mllp(port: int, stop: asyncio.Event) -> None:
     async def oversize(head: bytes, size: int, peer: str) -> bytes | None:
         return None
 
-    server = MllpServer(answer, oversize, host="127.0.0.1", port=port)
+    # Every connection of the sweep comes from one address (see bench.run).
+    limits = ServerLimits(max_connections=1024, max_connections_per_peer=1024)
+    server = MllpServer(answer, oversize, host="127.0.0.1", port=port, limits=limits)
     await server.start()
     print("ready", flush=True)
     await stop.wait()
