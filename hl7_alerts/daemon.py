@@ -28,10 +28,11 @@ import structlog
 
 from hl7_alerts.acksig import read_keys
 from hl7_alerts.config import Config, ConfigError
-from hl7_alerts.frames import FrameHandler, FrameSettings, ReadProcess
+from hl7_alerts.frames import FrameHandler, FrameSettings
 from hl7_alerts.metrics import Health, Metrics, OpsServer, check_health
 from hl7_alerts.mllp import MllpServer, ServerLimits
 from hl7_alerts.publisher import Publisher
+from hl7_alerts.reader_process import ReadProcess
 from hl7_alerts.scheduler import Scheduler
 from hl7_alerts.sdnotify import Notifier
 from hl7_alerts.store import Pruned, Store, StoreError, open_store

@@ -1,6 +1,6 @@
-"""Answering frames (`frames.py`): where long frames are read, what survives
-the trip back from the reader process, and how much of its time the reader
-may take."""
+"""Answering frames (`frames.py`) and the reader process
+(`reader_process.py`): where long frames are read, what survives the trip
+back from the reader process, and how much of its time the reader may take."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import os
 import pickle
 import signal
 import threading
-import time
 from datetime import UTC
 from pathlib import Path
 
 import pytest
 
-from hl7_alerts import frames
+from hl7_alerts import frames, reader_process
 from hl7_alerts.batches import BatchFrame, read_batch
 from hl7_alerts.messages import parse_message
 from hl7_alerts.model import ResultMessage
@@ -55,14 +54,14 @@ def _read_once_killed(data: bytes, options: frames.ParseOptions) -> frames._Read
     if not marker.exists():
         marker.with_suffix(".new").write_text(str(os.getpid()))
         marker.with_suffix(".new").rename(marker)  # whole or not at all
-        time.sleep(60)  # the test kills it long before
+        signal.pause()  # until the test's SIGKILL
     return _REAL_READ(data, options)
 
 
 async def test_long_frames_are_read_off_the_event_loop(
     tmp_path: Path, broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A frame over `frames.INLINE_READ_BYTES` is read in the reader process
+    """A frame over `reader_process.INLINE_READ_BYTES` is read in the reader process
     (a 1 MiB frame of bare segments takes a second to read, holding the
     interpreter lock of the process that reads it), a short one on the loop;
     both get their answer, over real MLLP."""
@@ -72,8 +71,8 @@ async def test_long_frames_are_read_off_the_event_loop(
     async with running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
         short = WORST["spaces_value"].build(10, control="SHORT")
-        long = WORST["bare_segments"].build(frames.INLINE_READ_BYTES, control="LONG")
-        assert len(short) <= frames.INLINE_READ_BYTES < len(long)
+        long = WORST["bare_segments"].build(reader_process.INLINE_READ_BYTES, control="LONG")
+        assert len(short) <= reader_process.INLINE_READ_BYTES < len(long)
         assert ack_fields(await client.send(short))["code"] == "AA"
         assert ack_fields(await client.send(long))["code"] == "AE"
         await client.close()
@@ -85,13 +84,13 @@ async def test_long_frames_are_read_off_the_event_loop(
 async def test_a_long_batch_is_split_and_read_in_the_reader_process(
     tmp_path: Path, broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch frame over `frames.INLINE_READ_BYTES` is split in the reader
+    """A batch frame over `reader_process.INLINE_READ_BYTES` is split in the reader
     process, its long message read there too, and the batch answered with
     each message's code, in order."""
     monkeypatch.setenv(_WHERE, str(tmp_path))
     monkeypatch.setattr(frames, "read_batch", _read_batch_and_say_where)
     monkeypatch.setattr(frames, "_read", _read_and_say_where)
-    long = WORST["spaces_value"].build(frames.INLINE_READ_BYTES, control="B-LONG").decode()
+    long = WORST["spaces_value"].build(reader_process.INLINE_READ_BYTES, control="B-LONG").decode()
     short = WORST["invalid_status"].build(5, control="B-SHORT").decode()
     frame = f"BHS|^~\\&|LAB|GENHOSP|HL7ALERTS|ICU|20261020||||B1\r{long}{short}BTS|2\r".encode()
     config = make_config(tmp_path, broker.port, prefix)
@@ -117,7 +116,7 @@ async def test_a_reader_process_killed_under_a_frame_loses_no_answer(
     config = make_config(tmp_path, broker.port, prefix)
     async with running(config) as daemon:
         client = await AsyncMllpClient.connect(daemon.port)
-        first = WORST["bare_segments"].build(frames.INLINE_READ_BYTES, control="KILLED")
+        first = WORST["bare_segments"].build(reader_process.INLINE_READ_BYTES, control="KILLED")
         answer = asyncio.create_task(client.send(first))
         marker = tmp_path / "reader.pid"
         await eventually(marker.exists, what="the reader process reading the frame")
@@ -159,18 +158,18 @@ async def test_what_reading_raises_in_the_reader_comes_back_as_text() -> None:
     """A defect of ours raising in the reader process comes back as
     `ReadFailed` (an exception object may not survive pickling), logged with
     its traceback but not its message, which may quote the frame."""
-    reader = frames.ReadProcess()
+    reader = reader_process.ReadProcess()
     reader.start()
     try:
-        with pytest.raises(frames.ReadFailed):
+        with pytest.raises(reader_process.ReadFailed):
             await reader.read(_raises, b"SECRETVALUE")
         assert await reader.read(read_batch, b"MSH|^~\\&|L\r") is None  # still up
     finally:
         await reader.stop()
     text = ""
     try:
-        frames._paced(_raises, b"SECRETVALUE")
-    except frames.ReadFailed as exc:
+        reader_process._paced(_raises, b"SECRETVALUE")
+    except reader_process.ReadFailed as exc:
         text = str(exc)
     assert "Traceback" in text
     assert "ValueError: (message withheld" in text
@@ -274,7 +273,7 @@ def test_the_reader_takes_its_share_after_a_burst(
     takes at most `READER_SHARE` of the time, whatever a sender sends; a
     feed whose reads fit in the share never waits."""
     clocks = _Clocks()
-    reader = frames.Reader(share=0.25, burst=1.0, cpu=lambda: clocks.cpu, wall=lambda: clocks.wall,
+    reader = reader_process.Reader(share=0.25, burst=1.0, cpu=lambda: clocks.cpu, wall=lambda: clocks.wall,
                            sleep=clocks.sleep)
     seen: list[float | None] = []
     for k, cost in enumerate(costs):

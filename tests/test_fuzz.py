@@ -113,7 +113,7 @@ async def test_the_worst_inputs_are_answered_by_a_real_daemon(
         answers = {}
         for name, worst in WORST.items():
             # The wait is generous: the reader rests 3 x what the bare segments
-            # cost before the next long frame (frames.READER_SHARE), and
+            # cost before the next long frame (reader_process.READER_SHARE), and
             # this machine may be shared. Quadratic reading takes minutes.
             ack = ack_fields(await client.send(worst.build(WORST_N, control=f"W-{name}"), timeout=WORST_WAIT))
             answers[name] = (ack["code"], ack["control_id"])
