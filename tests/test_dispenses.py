@@ -21,6 +21,7 @@ from hl7_alerts.model import AckCode, MedicationOrder, OrderControl, OrderMessag
 from hl7_alerts.offline import list_orders
 from hl7_alerts.orders import apply_event
 from hl7_alerts.segments import MessageError
+from hl7_alerts.store import Store
 from tests.support.backends import Backend
 from tests.support.hl7kit import ALLOPURINOL, AZA, alt, dispense_msg, events, order_msg, oru, run_check
 
@@ -220,15 +221,20 @@ def test_a_dc_stops_an_order_opened_by_dispenses(tmp_path: Path) -> None:
     assert events(out) == [("aza.pgx.missing", "firing", "info")]
 
 
-async def _orders_after(backend: Backend, *messages: str) -> list[OrderState]:
+async def _all_accepted(store: Store, *messages: str) -> None:
+    """``messages`` through the daemon's frame handler (the default config,
+    on the message clock), each answered AA."""
     config = Config()
+    settings = FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
+    frames = FrameHandler(store, lambda: settings, Metrics(), lambda: T0, max_message_bytes=1 << 20, replay=True)
+    for m in messages:
+        assert (await frames.answer(m.encode())).code is AckCode.AA
+
+
+async def _orders_after(backend: Backend, *messages: str) -> list[OrderState]:
     store = await backend.open()
     try:
-        settings = FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
-        frames = FrameHandler(store, lambda: settings, Metrics(), lambda: T0, max_message_bytes=1 << 20,
-                              replay=True)
-        for m in messages:
-            assert (await frames.answer(m.encode())).code is AckCode.AA
+        await _all_accepted(store, *messages)
         return [o for _, o in await list_orders(store, "H0990001", "MR", None)]
     finally:
         await store.close()
@@ -256,15 +262,13 @@ async def test_the_store_keeps_the_dispensed_orders_and_their_lapse(backend: Bac
 async def test_an_order_opened_by_a_dispense_gets_a_liver_test_schedule(backend: Backend) -> None:
     """It counts as a new order for aza.monitoring.overdue too: a schedule
     from the dispense, and a new one (a reintroduction) after a lapse."""
-    config = Config()
     store = await backend.open()
     try:
-        settings = FrameSettings(options=config.parse_options(), pipeline=config.pipeline_settings())
-        frames = FrameHandler(store, lambda: settings, Metrics(), lambda: T0, max_message_bytes=1 << 20,
-                              replay=True)
-        for m in (dispense_msg("D1", "RX1", AZA, D0), dispense_msg("D2", "RX1", AZA, at(30)),
-                  dispense_msg("D3", "RX1", AZA, at(200))):
-            assert (await frames.answer(m.encode())).code is AckCode.AA
+        await _all_accepted(
+            store,
+            dispense_msg("D1", "RX1", AZA, D0), dispense_msg("D2", "RX1", AZA, at(30)),
+            dispense_msg("D3", "RX1", AZA, at(200)),
+        )
         schedules = await store.list_schedules(include_stopped=True)
     finally:
         await store.close()

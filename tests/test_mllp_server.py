@@ -196,6 +196,14 @@ async def start_a_frame(client: AsyncMllpClient, control_id: str) -> None:
     assert await client.receive() == b"ACK|" + control_id.encode()
 
 
+async def hold_a_frame(client: AsyncMllpClient, handler: Answering) -> None:
+    """Send HOLD1 and wait until the handler holds it: the connection then
+    waits for its ACK."""
+    await client.send_raw(frame(oru("HOLD1")))
+    async with asyncio.timeout(WAIT):
+        await handler.entered.wait()
+
+
 async def finish_the_frame(client: AsyncMllpClient, control_id: str) -> None:
     await client.send_raw(oru(f"{control_id}-next")[40:] + b"\x1c\r")
     assert await client.receive() == f"ACK|{control_id}-next".encode()
@@ -263,9 +271,7 @@ async def test_a_connection_mid_frame_or_awaiting_its_ack_never_yields() -> None
         mid_frame = await AsyncMllpClient.connect(server.port)
         await start_a_frame(mid_frame, "F1")
         awaiting = await AsyncMllpClient.connect(server.port)
-        await awaiting.send_raw(frame(oru("HOLD1")))
-        async with asyncio.timeout(WAIT):
-            await handler.entered.wait()
+        await hold_a_frame(awaiting, handler)
         idle = await AsyncMllpClient.connect(server.port)
         assert await idle.send(oru("I1")) == b"ACK|I1"
         newcomer = await AsyncMllpClient.connect(server.port)
@@ -304,9 +310,7 @@ async def test_a_stop_past_its_grace_cuts_the_sender_off_but_never_cancels_the_h
     handler = Answering(hold=("HOLD1",))
     async with listening(handler) as (server, closed):
         working = await AsyncMllpClient.connect(server.port)
-        await working.send_raw(frame(oru("HOLD1")))
-        async with asyncio.timeout(WAIT):
-            await handler.entered.wait()
+        await hold_a_frame(working, handler)
         idle = await AsyncMllpClient.connect(server.port)
         assert await idle.send(oru("I1")) == b"ACK|I1"
         async with asyncio.timeout(WAIT):
