@@ -91,3 +91,21 @@ def test_tls_options_that_cannot_work_are_one_line(tmp_path: Path) -> None:
     mismatched = subprocess.run([*CLI, "send", "--cert", str(client.cert), "--key", str(ca.ca_path), ORDER],
                                 capture_output=True, text=True, timeout=WAIT, check=False)
     assert error_line(mismatched).startswith("Error: cannot load the TLS files (--ca, --cert, --key)")
+
+
+async def test_a_closed_output_is_not_blamed_on_the_listener(tmp_path: Path, broker: Broker, prefix: str) -> None:
+    """``send ... | head`` once said "cannot talk to 127.0.0.1:2575: Broken
+    pipe": a reader that stops reading is not a listener that failed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        async with running(make_config(tmp_path, broker.port, prefix)) as daemon:
+            result = await asyncio.to_thread(
+                subprocess.run, [*CLI, "send", "--port", str(daemon.port), ORDER], stdout=write_end,
+                stderr=subprocess.PIPE, text=True, timeout=WAIT, check=False,
+            )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["Error: the output was closed (the rest was not sent)"]

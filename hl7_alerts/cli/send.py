@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -16,6 +17,19 @@ from hl7_alerts.timeutil import UTC_ZONE
 from hl7_alerts.tls import client_context
 
 _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class _OutputClosed(Exception):
+    """Whoever read our output (``| head``) stopped reading: not the listener's fault."""
+
+
+def _say(line: str) -> None:
+    """One answer's line on stdout; a closed stdout is `_OutputClosed`, so it
+    is never reported as the connection's (both are a broken pipe)."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        raise _OutputClosed from None
 
 
 @click.command()
@@ -66,7 +80,7 @@ def send(
                     # One frame, as a batch-sending engine sends it; the batch
                     # acknowledgment answers each of its messages.
                     for control_id, code, text in _batch_answers(client.send(_as_frame(data))):
-                        click.echo(f"{control_id}\t{code}\t{text}")
+                        _say(f"{control_id}\t{code}\t{text}")
                         failures += code not in ("AA", "CA")
                     continue
                 messages = split_file(data)
@@ -77,9 +91,14 @@ def send(
                     header = salvage_header(message, UTC_ZONE)
                     control_id = header.control_id if header else "(no MSH)"
                     code, text = _ack_fields(client.send(message))
-                    click.echo(f"{control_id}\t{code}\t{text}")
+                    _say(f"{control_id}\t{code}\t{text}")
                     if code not in ("AA", "CA"):
                         failures += 1
+    except _OutputClosed:
+        # Python's advice for a closed stdout: point it at devnull, so that
+        # flushing it at exit does not fail again, and stop.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise click.ClickException("the output was closed (the rest was not sent)") from None
     except ssl.SSLError as exc:
         raise click.ClickException(f"TLS with {host}:{port} failed: {exc.reason or exc}") from None
     except OSError as exc:
